@@ -1,0 +1,216 @@
+"""Structured configuration: one dataclass per component, composed into `Config`.
+
+`load_config(path, overrides)` merges defaults <- YAML file <- `key=value` overrides and
+validates the result before any work starts. Errors are `ConfigError` with one line that
+names the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+DEFAULT_CONFIG_NAME = "quickstart"
+
+
+class ConfigError(ValueError):
+    """A bad configuration: unknown key, wrong type or value out of range."""
+
+
+@dataclass
+class RunConfig:
+    name: str = DEFAULT_CONFIG_NAME  # set from the YAML file's stem unless given
+    dir: Optional[str] = None  # default: runs/<name>; the same dir continues the same run
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    path: Optional[str] = None  # None: the built-in MNIST demo shards (built once, cached)
+    resolution: int = 28
+    channels: int = 1
+    workers: int = 1  # DataLoader worker processes per rank
+    shuffle_buffer: int = 1000  # samples shuffled together inside one worker
+    xflip: bool = False
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dcgan"
+    z_dim: int = 64
+    g_width: int = 64  # channels of G's last hidden layer; doubles towards low resolution
+    d_width: int = 64  # channels of D's first layer; doubles towards low resolution
+
+
+@dataclass
+class LossConfig:
+    name: str = "nonsaturating"
+    r1_gamma: float = 0.0  # R1 penalty weight on reals; 0 disables it
+
+
+@dataclass
+class OptimConfig:
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # per process
+    steps: int = 1500  # one D step + one G step each
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    ema_beta: float = 0.999  # G_ema half-life; ramped up from 0.9 during the first steps
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # steps; a checkpoint is also written at the end
+    keep: int = 2
+
+
+@dataclass
+class LogConfig:
+    every: int = 250  # steps between scalar logs and sample grids
+    grid: int = 64  # images in the fixed-z sample grid
+    progress: bool = True
+
+
+@dataclass
+class BackendConfig:
+    name: str = "ddp"
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "backend.name": ("ddp",),
+    "model.name": ("dcgan",),
+    "loss.name": ("nonsaturating",),
+    "data.resolution": (28, 32, 64),
+}
+POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.keep",
+            "log.every", "log.grid", "data.channels", "model.z_dim", "model.g_width",
+            "model.d_width", "optim.lr_g", "optim.lr_d")
+NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma")
+
+
+def all_keys(node: Any = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the schema, e.g. ``train.batch_size``."""
+    keys: list[str] = []
+    for f in fields(node):
+        if is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
+            keys += all_keys(f.default_factory().__class__, f"{prefix}{f.name}.")  # type: ignore[misc]
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `dgan train --print-config`"
+    return ConfigError(f"unknown config key '{key}' ({where}){hint}")
+
+
+def _check_keys(node: Any, where: str, prefix: str = "") -> None:
+    """Fail on keys that the schema does not have, suggesting the closest valid ones."""
+    valid = set(all_keys())
+    groups = {k.split(".")[0] for k in valid}
+    if not isinstance(node, dict):
+        raise ConfigError(f"{where}: expected a mapping of config groups, got {type(node).__name__}")
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key in groups:
+            _check_keys(v, where, key + ".")
+        elif key not in valid:
+            raise _unknown_key(key, where)
+
+
+def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        raise _unknown_key(str(e.full_key), where) from None
+    except OmegaConfBaseException as e:
+        expected = type(OmegaConf.select(base, str(e.full_key))).__name__ if e.full_key else "?"
+        raise ConfigError(
+            f"bad value for '{e.full_key}' ({where}): {e.msg.splitlines()[0]} (expected {expected})"
+        ) from None
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and choice checks that types alone cannot express."""
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"bad value for '{key}': {value!r}; expected one of {list(choices)}")
+    for key in POSITIVE:
+        if OmegaConf.select(cfg, key) <= 0:
+            raise ConfigError(f"bad value for '{key}': {OmegaConf.select(cfg, key)}; expected > 0")
+    for key in NON_NEGATIVE:
+        if OmegaConf.select(cfg, key) < 0:
+            raise ConfigError(f"bad value for '{key}': {OmegaConf.select(cfg, key)}; expected >= 0")
+    if cfg.data.channels not in (1, 3):
+        raise ConfigError(f"bad value for 'data.channels': {cfg.data.channels}; expected 1 or 3")
+    if not 0.0 <= cfg.train.ema_beta < 1.0:
+        raise ConfigError(f"bad value for 'train.ema_beta': {cfg.train.ema_beta}; expected [0, 1)")
+
+
+def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
+    """Defaults <- YAML file <- dotlist overrides, validated. Raises ConfigError."""
+    cfg: DictConfig = OmegaConf.structured(Config)
+    name = DEFAULT_CONFIG_NAME
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = OmegaConf.to_container(OmegaConf.load(p))
+        except Exception as e:  # yaml errors come in many types
+            raise ConfigError(f"cannot parse config file {path}: {e}") from None
+        _check_keys(data or {}, f"in {path}")
+        cfg = _merge(cfg, data or {}, f"in {path}")
+        name = p.stem
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"bad override '{item}': expected key=value, e.g. train.steps=100")
+        key, value = item.split("=", 1)
+        if key not in all_keys():
+            raise _unknown_key(key, "command line")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]), "command line")
+    if cfg.run.name == DEFAULT_CONFIG_NAME and name != DEFAULT_CONFIG_NAME:
+        cfg.run.name = name
+    if cfg.run.dir is None:
+        cfg.run.dir = os.path.join("runs", cfg.run.name)
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def config_from_yaml_text(text: str) -> DictConfig:
+    """Rebuild a validated config from a saved resolved config (e.g. a run's config.yaml)."""
+    cfg = _merge(OmegaConf.structured(Config), OmegaConf.create(text), "saved config")
+    validate(cfg)
+    return cfg

@@ -1,0 +1,75 @@
+"""Built-in datasets shipped with the package (no download): MNIST (5,000 digits)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from dgan.data.shards import INDEX, encode_image, write_shards
+
+BUILTIN = ("mnist",)
+DIGITS = [str(d) for d in range(10)]
+
+
+def load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """The shipped MNIST subset: images uint8 (5000, 28, 28), labels uint8 (5000,)."""
+    with resources.files("dgan.data").joinpath("mnist5k.npz").open("rb") as f:
+        data = np.load(f, allow_pickle=False)
+        return data["images"], data["labels"]
+
+
+def fit_resolution(images: np.ndarray, resolution: int) -> np.ndarray:
+    """Zero-pad (N, 28, 28) digits to (N, R, R) for R >= 28, centred, as is usual for MNIST."""
+    size = images.shape[1]
+    if resolution == size:
+        return images
+    if resolution < size:
+        raise ValueError(f"built-in MNIST is {size}x{size}; resolution {resolution} is smaller")
+    lo = (resolution - size) // 2
+    hi = resolution - size - lo
+    return np.pad(images, ((0, 0), (lo, hi), (lo, hi)))
+
+
+def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
+                 per_shard: int = 1000, seed: int = 0) -> dict:
+    """Write a built-in dataset as shards into `out`. Samples are shuffled (fixed seed)."""
+    if name not in BUILTIN:
+        raise ValueError(f"unknown built-in dataset {name!r}; expected one of {list(BUILTIN)}")
+    images, labels = load_mnist()
+    images = fit_resolution(images, resolution)
+    order = np.random.default_rng(seed).permutation(len(images))
+    samples = ((encode_image(images[i]), "png", int(labels[i])) for i in order)
+    return write_shards(samples, out, name, resolution=resolution, channels=1, labels=DIGITS,
+                        per_shard=per_shard)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DGAN_CACHE", Path.home() / ".cache" / "dgan"))
+
+
+def builtin_shards(name: str = "mnist", resolution: int = 28) -> Path:
+    """The cached shard directory of a built-in dataset, built on first use.
+
+    Safe when several processes call it at once: each builds into its own temporary
+    directory and renames it into place; losers of the race discard theirs.
+    """
+    final = cache_dir() / "data" / f"{name}-{resolution}"
+    if (final / INDEX).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{resolution}-", dir=final.parent))
+    try:
+        make_builtin(name, tmp, resolution=resolution)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / INDEX).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,39 @@
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "dgan", *args], capture_output=True, text=True,
+                          **kw)
+
+
+def test_missing_data_path_fails_fast_with_one_line(tmp_path):
+    start = time.monotonic()
+    out = run("train", "data.path=/nonexistent", f"run.dir={tmp_path}/r")
+    elapsed = time.monotonic() - start
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "/nonexistent" in lines[0], out.stderr
+    assert elapsed < 5
+    assert not (tmp_path / "r").exists()  # nothing was started
+
+
+def test_bad_config_fails_before_work(tmp_path):
+    out = run("train", "train.batch_sise=8", f"run.dir={tmp_path}/r")
+    assert out.returncode == 2
+    assert "did you mean train.batch_size" in out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("verb", [[], ["train"], ["sample"], ["data", "make"], ["ckpt", "inspect"]])
+def test_help(verb):
+    out = run(*verb, "--help")
+    assert out.returncode == 0 and "usage: dgan" in out.stdout
+
+
+def test_print_config():
+    out = run("train", "--print-config", "train.steps=3")
+    assert out.returncode == 0 and "steps: 3" in out.stdout

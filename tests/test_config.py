@@ -1,0 +1,56 @@
+import pytest
+
+from dgan.config import ConfigError, load_config
+
+
+def test_defaults_and_run_dir():
+    cfg = load_config()
+    assert cfg.run.dir == "runs/quickstart"
+    assert cfg.train.precision == "fp32"
+    assert cfg.backend.name == "ddp"
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "exp1.yaml"
+    path.write_text("train:\n  batch_size: 16\n  steps: 7\n")
+    cfg = load_config(str(path), ["train.steps=9", "run.seed=3"])
+    assert (cfg.train.batch_size, cfg.train.steps, cfg.run.seed) == (16, 9, 3)
+    assert cfg.run.dir == "runs/exp1"
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"train\.batch_sise.*did you mean train\.batch_size"):
+        load_config(None, ["train.batch_sise=8"])
+
+
+def test_unknown_key_in_yaml_names_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr_gg: 0.1\n")
+    with pytest.raises(ConfigError, match=r"optim\.lr_gg.*bad\.yaml.*optim\.lr_g"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("train.batch_size=abc", r"train\.batch_size.*abc.*expected int"),
+    ("log.progress=maybe", r"log\.progress.*maybe.*expected bool"),
+    ("train.precision=fp8", r"train\.precision.*fp8.*fp32.*bf16.*fp16"),
+    ("train.steps=0", r"train\.steps.*expected > 0"),
+    ("data.resolution=48", r"data\.resolution.*48"),
+])
+def test_bad_values_name_key_value_and_expectation(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, [override])
+
+
+def test_override_without_equals():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.steps"])
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(str(path))
