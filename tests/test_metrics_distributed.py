@@ -40,8 +40,10 @@ def real_images() -> torch.Tensor:
 
 
 def run_evaluate(cache_key, real):
-    return evaluate(generate, real, METRICS, n=37, n_real=41, feature_net=TinyFeatures(),
-                    cache_key=cache_key, batch_size=4, kid_subsets=5, kid_subset_size=10)  # fmt: skip
+    return evaluate(
+        generate, real, METRICS, n=37, n_real=41, feature_net=TinyFeatures(),
+        cache_key=cache_key, batch_size=4, kid_subsets=5, kid_subset_size=10,
+    )  # fmt: skip
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:

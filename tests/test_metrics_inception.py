@@ -56,7 +56,8 @@ def test_weights_from_environment_variable(random_state, monkeypatch):
     monkeypatch.setenv(WEIGHTS_ENV, str(path))
     net = InceptionV3FID(check_hash=False)
     state, _ = random_state
-    assert torch.equal(net.net.Mixed_7c.branch_pool.conv.weight, state["Mixed_7c.branch_pool.conv.weight"])
+    key = "Mixed_7c.branch_pool.conv.weight"
+    assert torch.equal(net.net.Mixed_7c.branch_pool.conv.weight, state[key])
 
 
 def test_missing_weights_error_names_file_and_env_var(tmp_path, monkeypatch):

@@ -165,6 +165,7 @@ def evaluate(
     if needs_digits and digit_classifier is None:
         digit_classifier = DigitClassifier.load_or_train(device=device, verbose=rank == 0)
 
+    wants_probs = "coverage" in metrics or "modes" in metrics
     start, count = split_range(n, rank, world)
     requests: list[_Request] = []
     probs: list[Tensor] = []
@@ -176,13 +177,16 @@ def evaluate(
             requests = _plan(metrics, feature_net, digit_classifier, images.shape[1])
         for req in requests:
             req.fake.append(req.net(images).float().cpu())
-        if "coverage" in metrics or "modes" in metrics:
+        if wants_probs:
             probs.append(digit_classifier.probs(images).cpu())
     # Rank 0 always has samples; a rank with none (n < world) takes its shapes.
     channels, resolution = broadcast_object(local_shape)
+    if "modes" in metrics and channels != 3:  # checked on every rank: no rank may hang
+        raise ValueError(f"'modes' needs 3-channel (Stacked MNIST) samples, got {channels}")
     if local_shape is None:
         requests = _plan(metrics, feature_net, digit_classifier, channels)
-        probs = [torch.empty(0, channels, 10)] if ("coverage" in metrics or "modes" in metrics) else []
+        if wants_probs:
+            probs = [torch.empty(0, channels, 10)]
     fake = [gather_features(torch.cat(r.fake) if r.fake else torch.empty(0, r.net.dim))
             for r in requests]  # fmt: skip
     fake_probs = gather_features(torch.cat(probs)) if probs else None
@@ -207,8 +211,6 @@ def evaluate(
         if "coverage" in metrics:
             results.update(coverage_metrics(fake_probs))
         if "modes" in metrics:
-            if fake_probs.shape[1] != 3:
-                raise ValueError("'modes' needs 3-channel (Stacked MNIST) samples")
             found = modes_from_digits(fake_probs.argmax(-1))
             results["modes"], results["modes_kl"] = float(found["modes"]), found["kl"]
     return broadcast_object(results)
@@ -285,7 +287,8 @@ def format_table(results: dict[str, float]) -> str:
         if key in ("modes", "classes_covered"):
             rows.append((key, f"{int(value)}"))
         else:
-            rows.append((key, f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"))
+            small = 0 < abs(value) < 1e-3
+            rows.append((key, f"{value:.3e}" if small else f"{value:.4f}"))
     if histogram:
         rows.append(("coverage (0..9)", " ".join(f"{v:.3f}" for v in histogram)))
     width = max(len(k) for k, _ in rows) if rows else 6
