@@ -62,12 +62,22 @@ def test_weights_from_environment_variable(random_state, monkeypatch):
 
 def test_missing_weights_error_names_file_and_env_var(tmp_path, monkeypatch):
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("DGAN_CACHE", str(tmp_path))
     with pytest.raises(InceptionWeightsMissing) as err:
         InceptionV3FID()
     assert WEIGHTS_ENV in str(err.value) and WEIGHTS_FILE in str(err.value)
+    assert str(tmp_path / WEIGHTS_FILE) in str(err.value)
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "nope.pth"))
     with pytest.raises(InceptionWeightsMissing, match=WEIGHTS_ENV):
         InceptionV3FID()
+
+
+def test_weights_found_in_the_cache_dir(random_state, tmp_path, monkeypatch):
+    _, path = random_state
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("DGAN_CACHE", str(tmp_path))
+    (tmp_path / WEIGHTS_FILE).symlink_to(path)
+    assert InceptionV3FID(check_hash=False).net.fc.weight.shape == (1008, 2048)
 
 
 def test_mismatched_state_dict_is_rejected(random_state, tmp_path):

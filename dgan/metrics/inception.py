@@ -9,7 +9,8 @@ with published ones when they are:
 - the last block (Mixed_7c) max-pools instead of average-pools in its pool branch;
 - the classifier has 1008 outputs (unused for features);
 - inputs are resized to 299x299 bilinearly, without antialiasing.
-Weights are never downloaded: pass a path or set DGAN_INCEPTION_WEIGHTS.
+Weights are never downloaded: pass a path, set DGAN_INCEPTION_WEIGHTS, or put the
+file in the dgan cache directory ($DGAN_CACHE, default ~/.cache/dgan).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dgan.metrics.cache import cache_dir
 
 WEIGHTS_ENV = "DGAN_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -210,17 +213,26 @@ class InceptionV3Network(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
+def default_weights_path() -> Path:
+    """Where dgan looks when no path is given: <cache dir>/pt_inception-2015-12-05-....pth."""
+    return cache_dir() / WEIGHTS_FILE
+
+
 def resolve_weights(path: str | os.PathLike | None = None) -> Path:
-    """The weights file to load: `path`, else $DGAN_INCEPTION_WEIGHTS; raises
-    InceptionWeightsMissing naming the file and the variable when neither exists."""
-    given = path if path is not None else os.environ.get(WEIGHTS_ENV)
+    """The weights file to load: `path`, else $DGAN_INCEPTION_WEIGHTS, else
+    `default_weights_path()`; raises InceptionWeightsMissing naming the file, the
+    variable and the default location when none of them exists."""
+    given = path if path is not None else os.environ.get(WEIGHTS_ENV) or None
     hint = (
         f"FID needs the Inception weights file {WEIGHTS_FILE} (pytorch-fid's release "
         f"asset 'fid_weights'); dgan never downloads it. Download it once and pass its "
-        f"path (--inception-weights / weights=...) or set the environment variable "
-        f"{WEIGHTS_ENV}=/path/to/{WEIGHTS_FILE}. See docs/metrics.md."
+        f"path (--inception-weights / weights=...), set the environment variable "
+        f"{WEIGHTS_ENV}=/path/to/{WEIGHTS_FILE}, or put it at {default_weights_path()}. "
+        f"See docs/metrics.md."
     )
     if given is None:
+        if default_weights_path().is_file():
+            return default_weights_path()
         raise InceptionWeightsMissing(f"no Inception weights given. {hint}")
     resolved = Path(given).expanduser()
     if not resolved.is_file():
@@ -254,8 +266,9 @@ class InceptionV3FID:
 
     __call__(images (N, C, H, W) float in [-1, 1], C in {1, 3}) -> (N, 2048) float32.
     Grayscale is repeated to RGB; any size is resized to 299x299 bilinearly.
-    `weights`: a path, else $DGAN_INCEPTION_WEIGHTS. `random_init=True` builds the
-    network with random weights (tests, shape checks only; not FID).
+    `weights`: a path, else $DGAN_INCEPTION_WEIGHTS, else the file in the cache dir.
+    `random_init=True` builds the network with random weights (tests and shape checks
+    only; not FID).
     """
 
     name = "inception_v3_fid"
