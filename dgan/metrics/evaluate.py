@@ -36,7 +36,7 @@ from dgan.metrics.inception import WEIGHTS_ENV, InceptionV3FID, inception_availa
 from dgan.metrics.stacked import modes_from_digits
 
 METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes")
-# Metrics that compare against real features, and the ones that need them per sample.
+# Metrics computed on the main feature net (Inception, else the digit fallback).
 _MAIN = ("fd", "kid", "pr")
 
 Generate = Callable[[int, int], Tensor]
@@ -119,6 +119,7 @@ def evaluate(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     pr_k: int = 3,
+    quantize: bool = True,
 ) -> dict[str, float]:
     """Evaluate a generator; call on every rank (same arguments), returns the same dict
     on every rank.
@@ -135,6 +136,8 @@ def evaluate(
     n: generated samples; n_real: real samples (default n).
     cache_key: identity of the real data (a dataset id string or the shard paths) for
     the real-statistics cache (`real_stats_key`); None computes real features each time.
+    quantize: round generated images to 8-bit levels first, as published numbers are
+    computed from saved images and real data is 8-bit too.
     Keys: fid / fd_<net>, kid[_<net>] and kid..._std, precision..., recall...,
     fd_digits, coverage/0..9, classes_covered, coverage_min, coverage_kl, confident,
     modes, modes_kl.
@@ -172,6 +175,8 @@ def evaluate(
     local_shape: tuple[int, int] | None = None
     for lo in range(start, start + count, batch_size):
         images = to_model_images(generate(lo, min(batch_size, start + count - lo))).to(device)
+        if quantize:
+            images = images.add(1).mul(127.5).round().clamp(0, 255).div(127.5).sub(1)
         if local_shape is None:
             local_shape = (images.shape[1], images.shape[-1])
             requests = _plan(metrics, feature_net, digit_classifier, images.shape[1])
