@@ -44,7 +44,11 @@ def test_classifier_reaches_97_percent_and_is_cached(classifier, cache, capsys):
     assert heldout_accuracy(classifier.net) >= 0.97
     assert classifier.accuracy == pytest.approx(heldout_accuracy(classifier.net), abs=1e-4)
     assert classifier_path(cache).exists()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
     again = DigitClassifier.load_or_train()
+    assert torch.equal(torch.rand(3), expected)  # the caller's RNG stream is untouched
     assert "trained" not in capsys.readouterr().out  # loaded, not retrained
     for a, b in zip(classifier.net.state_dict().values(), again.net.state_dict().values()):
         assert torch.equal(a, b)

@@ -176,7 +176,8 @@ class DigitClassifier:
         rank 0 does this and broadcasts the weights, so every rank embeds identically
         even when nodes do not share a cache directory."""
         rank, _ = rank_and_world()
-        net = DigitCNN()
+        with torch.random.fork_rng(devices=[]):  # the init is overwritten; keep the caller's RNG
+            net = DigitCNN()
         accuracy = 0.0
         if rank == 0:
             path = classifier_path(root)
