@@ -20,9 +20,14 @@ import torch
 from dgan.metrics.core import FeatureStats
 
 
+def cache_root() -> Path:
+    """The cache root ($DGAN_CACHE or ~/.cache/dgan), without creating it."""
+    return Path(os.environ.get("DGAN_CACHE") or Path.home() / ".cache" / "dgan")
+
+
 def cache_dir() -> Path:
-    """The cache root ($DGAN_CACHE or ~/.cache/dgan); created on first use."""
-    root = Path(os.environ.get("DGAN_CACHE") or Path.home() / ".cache" / "dgan")
+    """The cache root, created on first use."""
+    root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -61,7 +66,7 @@ def real_stats_key(
 
 
 def stats_path(key: str) -> Path:
-    return cache_dir() / "real-stats" / f"{key}.npz"
+    return cache_root() / "real-stats" / f"{key}.npz"
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:

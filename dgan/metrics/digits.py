@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from dgan.metrics.cache import atomic_write, cache_dir, digest
+from dgan.metrics.cache import atomic_write, cache_root, digest
 from dgan.metrics.distributed import broadcast_module, broadcast_object, rank_and_world
 
 # Everything that changes the trained weights; its hash names the cache file.
@@ -140,7 +140,7 @@ def train_digit_cnn(verbose: bool = True) -> tuple[DigitCNN, float]:
 
 def classifier_path(root: Path | None = None) -> Path:
     """Where the classifier for the current recipe is cached."""
-    return (root or cache_dir()) / "digits" / f"digit-cnn-{digest(RECIPE)[:16]}.safetensors"
+    return (root or cache_root()) / "digits" / f"digit-cnn-{digest(RECIPE)[:16]}.safetensors"
 
 
 def fit_to_28(x: Tensor) -> Tensor:

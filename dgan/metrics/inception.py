@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgan.metrics.cache import cache_dir
+from dgan.metrics.cache import cache_root
 
 WEIGHTS_ENV = "DGAN_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -215,7 +215,7 @@ class InceptionV3Network(nn.Module):
 
 def default_weights_path() -> Path:
     """Where dgan looks when no path is given: <cache dir>/pt_inception-2015-12-05-....pth."""
-    return cache_dir() / WEIGHTS_FILE
+    return cache_root() / WEIGHTS_FILE
 
 
 def resolve_weights(path: str | os.PathLike | None = None) -> Path:
