@@ -63,8 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     source = _resolve_data(cfg)
     from dgan.engine.trainer import Trainer
 
-    Trainer(cfg, source).fit()
-    return 0
+    return Trainer(cfg, source).fit()
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -72,8 +72,10 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 500  # steps; a checkpoint is also written at the end
-    keep: int = 2
+    every: int = 500  # steps; a checkpoint is also written at the end and on preemption
+    keep: int = 2  # newest checkpoints kept ...
+    milestone: int = 0  # ... plus every one whose step is a multiple of this (0: none)
+    async_save: bool = True  # write in a background thread while training continues
 
 
 @dataclass
@@ -99,6 +101,9 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    # auto: the newest valid checkpoint in run.dir, else a fresh start; never: always fresh
+    # (run.dir should then be new); or a checkpoint directory / another run's directory
+    resume: str = "auto"
 
 
 CHOICES: dict[str, tuple[Any, ...]] = {
@@ -111,7 +116,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.keep",
             "log.every", "log.grid", "data.channels", "model.z_dim", "model.g_width",
             "model.d_width", "optim.lr_g", "optim.lr_d")
-NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma")
+NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma", "checkpoint.milestone")
 
 
 def all_keys(node: Any = Config, prefix: str = "") -> list[str]:
@@ -171,6 +176,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"bad value for '{key}': {OmegaConf.select(cfg, key)}; expected >= 0")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"bad value for 'data.channels': {cfg.data.channels}; expected 1 or 3")
+    if not str(cfg.resume).strip():
+        raise ConfigError("bad value for 'resume': ''; expected auto, never or a checkpoint path")
     if not 0.0 <= cfg.train.ema_beta < 1.0:
         raise ConfigError(f"bad value for 'train.ema_beta': {cfg.train.ema_beta}; expected [0, 1)")
 

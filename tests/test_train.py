@@ -52,7 +52,7 @@ def test_short_run_trains_and_writes_everything(tmp_path):
         assert key in records[-1]
     assert records[-1]["progress/images_seen"] == 12 * 16
     path, state = checkpoint.load_latest(run)
-    assert path.name == "step-00000012.pt" and state["step"] == 12
+    assert path.name == "step-00000012" and state["step"] == 12
     assert state["world_size"] == 1 and state["backend_name"] == "ddp"
 
 
@@ -94,10 +94,11 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, r1):
 def test_finished_run_is_not_retrained(tmp_path):
     cfg = small_config(tmp_path / "run")
     fit(cfg)
-    before = (tmp_path / "run" / "checkpoints" / "step-00000012.pt").stat().st_mtime_ns
+    meta = tmp_path / "run" / "checkpoints" / "step-00000012" / "meta.json"
+    before = meta.stat().st_mtime_ns
     again = fit(cfg)
     assert again.step == 12
-    assert (tmp_path / "run" / "checkpoints" / "step-00000012.pt").stat().st_mtime_ns == before
+    assert meta.stat().st_mtime_ns == before
 
 
 def test_resume_refuses_a_different_model(tmp_path):
@@ -108,7 +109,7 @@ def test_resume_refuses_a_different_model(tmp_path):
 
 def test_torn_newest_checkpoint_falls_back(tmp_path):
     fit(small_config(tmp_path / "run"))
-    newest = tmp_path / "run" / "checkpoints" / "step-00000012.pt"
+    newest = tmp_path / "run" / "checkpoints" / "step-00000012" / "__0_0.distcp"
     newest.write_bytes(newest.read_bytes()[:1000])
     path, state = checkpoint.load_latest(tmp_path / "run")
-    assert path.name == "step-00000006.pt" and state["step"] == 6
+    assert path.name == "step-00000006" and state["step"] == 6

@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
+import sys
 import time
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-from dgan import checkpoint
+from dgan import __version__, checkpoint
+from dgan.checkpoint import hooks, rng
 from dgan.config import to_yaml
 from dgan.data.stream import DataStream
 from dgan.engine import losses
 from dgan.engine.backend import build_backend
 from dgan.engine.ema import make_ema, update_ema
+from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag, kill_at_step_hook
 from dgan.logging import RunLogger
 from dgan.models import build_models
 
@@ -54,49 +59,77 @@ class Trainer:
             xflip=cfg.data.xflip, device=b.device)
         self.step = 0
         self.images_seen = 0
+        self.augment: dict[str, Any] = {}  # augmentation state (ADA p), filled by augmenters
+        self.lr_schedules: dict[str, Any] = {}  # name -> torch LR scheduler, saved when present
+        c = cfg.checkpoint
+        self.checkpointer = checkpoint.Checkpointer(
+            self.run_dir, rank=b.rank, world_size=b.world_size, keep=c.keep,
+            milestone=c.milestone, async_save=c.async_save)
         self.grid_z = torch.randn(cfg.log.grid, cfg.model.z_dim,
                                   generator=torch.Generator().manual_seed(GRID_SEED))
 
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Everything shared by all ranks: nested dicts of tensors and plain values."""
+        g, opt_g = hooks.network_state(self.backend, "G")
+        d, opt_d = hooks.network_state(self.backend, "D")
         return {
-            "G": self.backend.g_module.state_dict(),
-            "D": self.backend.d_module.state_dict(),
-            "G_ema": self.g_ema.state_dict(),
-            "opt_G": self.opt_g.state_dict(),
-            "opt_D": self.opt_d.state_dict(),
+            "G": g, "D": d, "G_ema": get_model_state_dict(self.g_ema),
+            "opt_G": opt_g, "opt_D": opt_d,
+            "lr_schedules": {k: s.state_dict() for k, s in self.lr_schedules.items()},
             "backend": self.backend.state_dict(),
+            "augment": dict(self.augment),
             "step": self.step,
             "images_seen": self.images_seen,
-            "data": self.stream.state_dict(),
             "world_size": self.backend.world_size,
             "backend_name": self.backend.name,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def rank_state_dict(self) -> dict[str, Any]:
+        """This rank's own state: RNG states and the data-stream position (JSON)."""
+        return {"rank": self.backend.rank, "rng": rng.capture(), "data": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], rank_state: Optional[dict[str, Any]] = None,
+                        rank0_state: Optional[dict[str, Any]] = None) -> None:
+        """Load shared `state`, and this rank's `rank_state` (None after a world-size change:
+        then the data stream follows its layout-change rule from `rank0_state`)."""
         diff = checkpoint.model_key_differences(state["config"],
                                                 OmegaConf.to_container(self.cfg, resolve=True))
         if diff:
             raise ValueError("the checkpoint was trained with a different model; refusing to "
                              "load it. Differences: " + "; ".join(diff) +
                              ". Use another run.dir for a new model.")
-        self.backend.g_module.load_state_dict(state["G"])
-        self.backend.d_module.load_state_dict(state["D"])
-        self.g_ema.load_state_dict(state["G_ema"])
-        self.opt_g.load_state_dict(state["opt_G"])
-        self.opt_d.load_state_dict(state["opt_D"])
+        hooks.load_network_state(self.backend, "G", state["G"], state["opt_G"])
+        hooks.load_network_state(self.backend, "D", state["D"], state["opt_D"])
+        set_model_state_dict(self.g_ema, state["G_ema"])
+        for k, s in self.lr_schedules.items():
+            s.load_state_dict(state["lr_schedules"][k])
         self.backend.load_state_dict(state["backend"])
+        self.augment = dict(state.get("augment", {}))
         self.step = int(state["step"])
         self.images_seen = int(state["images_seen"])
-        self.stream.load_state_dict(state["data"])
+        if rank_state is not None:
+            rng.restore(rank_state["rng"])
+            self.stream.load_state_dict(rank_state["data"])
+        elif rank0_state is not None:
+            self.stream.load_state_dict(rank0_state["data"])
 
     def resume(self) -> Optional[str]:
-        found = checkpoint.load_latest(self.run_dir)
+        """Load the checkpoint `resume` points at (auto | never | PATH); its path, or None."""
+        found = self.checkpointer.find(str(self.cfg.resume))
         if found is None:
             return None
-        path, state = found
-        self.load_state_dict(state)
+        path, meta = found
+        hooks.check_resume(self.backend, meta)
+        state, own, first = self.checkpointer.read(path, meta)
+        self.load_state_dict(state, own, first)
+        saved_world = int(meta["world_size"])
+        if saved_world != self.backend.world_size:
+            log.warning("checkpoint %s was written by %d process(es), resuming on %d: weights and "
+                        "optimizer state are resharded, images seen continue at %d, and the data "
+                        "stream starts a new shuffled order (docs/checkpointing.md)",
+                        path, saved_world, self.backend.world_size, self.images_seen)
         return str(path)
 
     # -- one iteration ------------------------------------------------------------------
@@ -147,12 +180,19 @@ class Trainer:
         return self.g_ema(self.grid_z.to(self.backend.device)).float()
 
     # -- the run ------------------------------------------------------------------------
-    def save(self) -> None:
-        if self.backend.is_main:
-            checkpoint.save(self.run_dir, self.step, self.state_dict(), self.cfg.checkpoint.keep)
-        self.backend.barrier()
+    def save(self, blocking: bool = True) -> None:
+        """Checkpoint the current step on every rank (async when not `blocking` and enabled)."""
+        cfg = self.cfg
+        meta = {"backend": self.backend.name, "precision": cfg.train.precision,
+                "images_seen": self.images_seen, "config_hash": checkpoint.config_hash(
+                    OmegaConf.to_container(cfg, resolve=True)),
+                "versions": {"dgan": __version__, "torch": torch.__version__,
+                             "python": platform.python_version()}}
+        self.checkpointer.save(self.step, self.state_dict(), self.rank_state_dict(), meta,
+                               blocking=blocking)
 
-    def fit(self) -> None:
+    def fit(self) -> int:
+        """Train to `train.steps`; 0 when done, REQUEUE_EXIT_CODE when preempted (saved)."""
         cfg, b = self.cfg, self.backend
         os.makedirs(self.run_dir, exist_ok=True)
         resumed = self.resume()
@@ -161,19 +201,24 @@ class Trainer:
                 f.write(to_yaml(cfg))
         logger = RunLogger(self.run_dir, enabled=b.is_main, total_steps=cfg.train.steps,
                            start_step=self.step, progress=cfg.log.progress)
-        logger.message(f"dgan: run {self.run_dir}: " + (
-            f"resumed from {resumed} at step {self.step}" if resumed else "fresh start") +
-            f"; {b.world_size} process(es) on {b.device}, global batch "
-            f"{cfg.train.batch_size * b.world_size}, precision {cfg.train.precision}")
+        start = (f"resumed from {resumed} at step {self.step}" if resumed else
+                 "fresh start (resume=never)" if cfg.resume == "never" else
+                 "fresh start (no valid checkpoint)")
+        logger.message(f"dgan: run {self.run_dir}: {start}"
+                       f"; {b.world_size} process(es) on {b.device}, global batch "
+                       f"{cfg.train.batch_size * b.world_size}, precision {cfg.train.precision}")
         if self.step >= cfg.train.steps:
             logger.message(f"dgan: already at step {self.step} of train.steps={cfg.train.steps}; "
                            "raise train.steps to train longer")
             logger.close()
-            return
+            self.checkpointer.close()
+            return 0
         sums: dict[str, torch.Tensor] = {}
         count, last_step, last_time = 0, self.step, time.perf_counter()
+        preemption = PreemptionFlag().install()
         try:
             while self.step < cfg.train.steps:
+                kill_at_step_hook(self.step, b.rank, self.checkpointer.wait)
                 real, _ = next(self.stream)
                 metrics = self.train_step(real)
                 self.step += 1
@@ -193,10 +238,23 @@ class Trainer:
                     logger.grid(self.step, self.sample_grid())
                     logger.postfix({"img/s": rate, "D": values["loss/D"], "G": values["loss/G"]})
                     sums, count, last_step, last_time = {}, 0, self.step, time.perf_counter()
+                if not done and preemption.agreed(b.all_reduce, b.device):
+                    # every rank leaves here at the same step
+                    self.save(blocking=True)
+                    seen = f" ({preemption.signal_name} on this rank)" if preemption.requested else ""
+                    logger.message(f"dgan: preempted{seen}: saved step {self.step}, exiting with "
+                                   f"{REQUEUE_EXIT_CODE} (requeue me; the same command resumes)")
+                    if preemption.requested and not b.is_main:
+                        print(f"dgan: rank {b.rank}: {preemption.signal_name} at step {self.step}",
+                              file=sys.stderr, flush=True)
+                    return REQUEUE_EXIT_CODE
                 if self.step % cfg.checkpoint.every == 0 or done:
-                    self.save()
+                    self.save(blocking=done or not cfg.checkpoint.async_save)
         finally:
+            preemption.uninstall()
             self.stream.close()
             logger.close()
+            self.checkpointer.close()
         logger.message(f"dgan: finished {self.step} steps ({self.images_seen} images); "
                        f"checkpoints in {checkpoint.checkpoint_dir(self.run_dir)}")
+        return 0

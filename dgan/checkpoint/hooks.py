@@ -1,0 +1,52 @@
+"""How the trainer gets a network's weights and optimizer state from a backend, and back.
+
+The default (DDP, plain modules) goes through `torch.distributed.checkpoint.state_dict`
+(`get_state_dict` / `set_state_dict`): parameter-name keyed state that DCP can reshard. A
+backend that owns its state differently (DeepSpeed engines with ZeRO-partitioned
+optimizers) plugs in by defining these methods, which are used instead when present:
+
+    backend.checkpoint_state(name) -> (model_state, optim_state)
+        nested dicts of tensors and plain values for network "G" or "D", identical on
+        every rank or DTensor/ShardedTensor shards that DCP can reshard
+    backend.load_checkpoint_state(name, model_state, optim_state) -> None
+    backend.check_resume(meta) -> None
+        raise ValueError with what to do when the checkpoint (its meta.json: world_size,
+        backend, ...) cannot be loaded by this backend, e.g. a ZeRO checkpoint written
+        by another world size
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+
+def network_state(backend: Any, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    hook = getattr(backend, "checkpoint_state", None)
+    if hook is not None:
+        return hook(name)
+    net = backend.g_module if name == "G" else backend.d_module
+    return get_state_dict(net, backend.opt[name])
+
+
+def load_network_state(backend: Any, name: str, model_state: dict[str, Any],
+                       optim_state: dict[str, Any]) -> None:
+    hook = getattr(backend, "load_checkpoint_state", None)
+    if hook is not None:
+        hook(name, model_state, optim_state)
+        return
+    net = backend.g_module if name == "G" else backend.d_module
+    set_state_dict(net, backend.opt[name], model_state_dict=model_state,
+                   optim_state_dict=optim_state)
+
+
+def check_resume(backend: Any, meta: dict[str, Any]) -> None:
+    hook = getattr(backend, "check_resume", None)
+    if hook is not None:
+        hook(meta)
+        return
+    saved = meta.get("backend", backend.name)
+    if saved != backend.name:
+        raise ValueError(f"checkpoint written by backend {saved!r}, this run uses "
+                         f"{backend.name!r}; resume with backend.name={saved}")

@@ -1,0 +1,126 @@
+"""`Checkpointer`: one rank's side of saving (sync or async) and finding checkpoints of a run.
+
+Save protocol (every rank calls `save` at the same step):
+  1. wait for this rank's previous save (its collectives must be over before new ones);
+  2. write `rank-RRRRR.json` (RNG, data position) into `step-N.tmp/`;
+  3. copy the tensors to private CPU memory (async) and hand them to a writer thread, or
+     write them in the caller (sync); DCP writes each rank's share on a dedicated gloo
+     group, so the thread's collectives never interleave with the training's;
+  4. when DCP returns on rank 0, every rank has finished steps 2-3 (DCP's coordinator
+     gathers all ranks' write results before it writes `.metadata`), so rank 0 writes
+     `meta.json`, renames `step-N.tmp/` to `step-N/`, moves `latest` and prunes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Optional
+
+import torch.distributed as dist
+
+from dgan.checkpoint import layout, store
+
+log = logging.getLogger(__name__)
+# Test-only hook: `DGAN_TEST_KILL_IN_SAVE=N` makes rank 0 SIGKILL itself after the tensors
+# of step N are written and before the checkpoint is committed (a kill during a save).
+KILL_IN_SAVE_ENV = "DGAN_TEST_KILL_IN_SAVE"
+
+
+class Checkpointer:
+    """Saves, finds and reads the checkpoints of `run_dir` for process `rank` of `world_size`."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, rank: int, world_size: int, keep: int,
+                 milestone: int = 0, async_save: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.rank, self.world_size = rank, world_size
+        self.keep, self.milestone = keep, milestone
+        self.group: Optional[dist.ProcessGroup] = None
+        if world_size > 1 and dist.is_available() and dist.is_initialized():
+            # gloo: DCP needs a CPU-capable group, also when training uses NCCL
+            self.group = dist.new_group(backend="gloo")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="dgan-ckpt") if async_save else None
+        self._pending: Optional[Future] = None
+        self.last_saved_step: Optional[int] = None
+        if rank == 0:
+            # Nobody is saving yet: every rank's first save follows a training step, which
+            # needs rank 0, which is past this point.
+            layout.remove_unfinished(self.run_dir)
+
+    # -- saving -------------------------------------------------------------------------
+    def save(self, step: int, state: dict[str, Any], rank_state: dict[str, Any],
+             meta: dict[str, Any], blocking: bool = False) -> None:
+        """Save `state` (identical on every rank) and this rank's `rank_state` as step `step`.
+
+        `meta` (JSON) goes into meta.json; it must hold the same values on every rank.
+        With `blocking=False` and async saving on, returns once the tensors are copied.
+        """
+        self.wait()
+        tmp = layout.checkpoint_dir(self.run_dir) / (layout.step_name(step) + layout.TMP_SUFFIX)
+        tmp.mkdir(parents=True, exist_ok=True)
+        layout.write_json(tmp / layout.rank_file(self.rank), rank_state)
+        skeleton, tensors = store.split(state)
+        meta = dict(meta, step=step, world_size=self.world_size, state=skeleton)
+        if blocking or self._pool is None:
+            self._write(tmp, step, tensors, meta)
+        else:
+            self._pending = self._pool.submit(self._write, tmp, step,
+                                              store.stage_to_cpu(tensors), meta)
+
+    def _write(self, tmp: Path, step: int, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
+        store.write_tensors(tmp, tensors, self.group)
+        if self.rank == 0:
+            if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
+                os.kill(os.getpid(), signal.SIGKILL)
+            final = layout.commit(tmp, meta)
+            removed = layout.prune(self.run_dir, self.keep, self.milestone)
+            log.info("saved checkpoint %s%s", final,
+                     f" (removed {', '.join(p.name for p in removed)})" if removed else "")
+        self.last_saved_step = step
+
+    def wait(self) -> None:
+        """Block until this rank's pending save is written (re-raises its error)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        self.wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    # -- finding and reading ------------------------------------------------------------
+    def find(self, resume: str) -> Optional[tuple[Path, dict[str, Any]]]:
+        """(checkpoint dir, meta) to resume from for `resume` = auto | never | PATH.
+
+        auto: the newest valid checkpoint of the run (None: fresh start). PATH: a
+        checkpoint directory (must be valid) or another run's directory (its newest valid).
+        """
+        if resume == "never":
+            return None
+        if resume == "auto":
+            return layout.newest_valid(self.run_dir)
+        path = Path(resume)
+        if (path / layout.META).is_file() or layout.NAME.match(path.name):
+            return path, layout.read_meta(path)
+        found = layout.newest_valid(path)
+        if found is None:
+            raise FileNotFoundError(f"resume={resume}: no valid checkpoint there")
+        return found
+
+    def read(self, path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], Optional[dict[str, Any]],
+                                                              dict[str, Any]]:
+        """(shared state, this rank's saved state or None, rank 0's saved state).
+
+        This rank's own state exists only when the world size is unchanged.
+        """
+        state = store.join(meta["state"], store.read_tensors(path))
+        def rank_state(r: int) -> dict[str, Any]:
+            return json.loads((path / layout.rank_file(r)).read_text())
+
+        same = int(meta["world_size"]) == self.world_size
+        return state, rank_state(self.rank) if same else None, rank_state(0)
