@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Optional
 
 from dgan import __version__
@@ -86,23 +87,80 @@ def cmd_data_make(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_arg(path: Path) -> Optional[Path]:
+    """The checkpoint directory `path` names itself, or None when it is a run directory."""
+    from dgan.checkpoint import layout
+
+    if (path / layout.META).is_file() or (path / ".metadata").is_file() or \
+            layout.NAME.match(path.name.removesuffix(layout.TMP_SUFFIX)):
+        return path
+    return None
+
+
 def cmd_ckpt_inspect(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from dgan.checkpoint import layout
+
+    path = Path(args.path)
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint or run directory")
+    chosen = _checkpoint_arg(path)
+    if chosen is None:
+        listed = layout.candidates(path)
+        if not listed:
+            raise UserError(f"{path}: no checkpoint found in {layout.checkpoint_dir(path)}")
+        found = layout.newest_valid(path)
+        print(f"run          {path}")
+        print(f"checkpoints  {', '.join(p.name for p in sorted(listed))}")
+        if found is None:
+            chosen = listed[0]
+        else:
+            chosen = found[0]
+            print(f"resume=auto  {chosen.name}")
+    print(f"checkpoint   {chosen}")
+    print(f"size         {layout.disk_size(chosen) / 2**20:.2f} MiB")
+    try:
+        meta = layout.read_meta(chosen)
+    except layout.InvalidCheckpoint as e:
+        print(f"valid        no: {e}")
+        return 1
+    versions = meta.get("versions", {})
+    print(f"step         {meta['step']}")
+    print(f"images seen  {meta['images_seen']}")
+    print(f"world size   {meta['world_size']}")
+    print(f"backend      {meta['backend']}")
+    print(f"precision    {meta['precision']}")
+    print(f"config hash  {meta['config_hash']}")
+    print(f"versions     " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    print("valid        yes")
+    return 0
+
+
+def cmd_ckpt_export(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
 
     from dgan import checkpoint
 
-    path = Path(args.path)
-    found = (path, checkpoint.load(path)) if path.is_file() else checkpoint.load_latest(path)
-    if found is None:
-        raise UserError(f"{path}: no checkpoint found")
-    file, state = found
-    print(f"checkpoint   {file}")
-    print(f"step         {state['step']}")
-    print(f"images seen  {state['images_seen']}")
-    print(f"world size   {state.get('world_size')}")
-    print(f"backend      {state.get('backend_name')}")
-    print(f"precision    {state['config']['train']['precision']}")
-    print(f"size         {file.stat().st_size / 2**20:.2f} MiB")
+    path = Path(args.run)
+    chosen = _checkpoint_arg(path)
+    if chosen is None:
+        found = checkpoint.newest_valid(path)
+        if found is None:
+            raise UserError(f"{path}: no valid checkpoint in {checkpoint.checkpoint_dir(path)}")
+        chosen = found[0]
+    try:
+        state = checkpoint.load(chosen)
+    except checkpoint.InvalidCheckpoint as e:
+        raise UserError(f"{chosen}: {e}") from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in state["G_ema"].items()}
+    save_file(tensors, str(out / "G_ema.safetensors"),
+              metadata={"step": str(state["step"]), "images_seen": str(state["images_seen"]),
+                        "source": str(chosen)})
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
+    print(f"dgan: wrote G_ema of {chosen.name} (step {state['step']}) to "
+          f"{out / 'G_ema.safetensors'} and {out / 'config.yaml'}")
     return 0
 
 
@@ -145,12 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
     make.set_defaults(func=cmd_data_make)
 
-    ckpt = verbs.add_parser("ckpt", help="inspect checkpoints")
+    ckpt = verbs.add_parser("ckpt", help="inspect and export checkpoints")
     ckpt_verbs = ckpt.add_subparsers(dest="ckpt_verb", metavar="ACTION", required=True)
-    inspect = ckpt_verbs.add_parser("inspect", help="step, images seen, world size, backend",
-                                    description="Show what a checkpoint holds.")
-    inspect.add_argument("path", help="a checkpoint file or a run directory")
+    inspect = ckpt_verbs.add_parser(
+        "inspect", help="step, images seen, world size, backend, size, valid or why not",
+        description="Show what a checkpoint holds and whether it is valid (exit status 1 if "
+        "not). Given a run directory: the checkpoint resume=auto would use.")
+    inspect.add_argument("path", help="a checkpoint directory or a run directory")
     inspect.set_defaults(func=cmd_ckpt_inspect)
+    export = ckpt_verbs.add_parser(
+        "export", help="write G_ema alone (safetensors + config.yaml) for inference",
+        description="Write OUT/G_ema.safetensors and OUT/config.yaml from the newest valid "
+        "checkpoint of RUN (or from RUN itself when it is a checkpoint directory).")
+    export.add_argument("run", help="a run directory or a checkpoint directory")
+    export.add_argument("out", help="output directory")
+    export.set_defaults(func=cmd_ckpt_export)
     return parser
 
 
