@@ -56,14 +56,19 @@ class Checkpointer:
              meta: dict[str, Any], blocking: bool = False) -> None:
         """Save `state` (identical on every rank) and this rank's `rank_state` as step `step`.
 
+        Both may hold tensors; `rank_state`'s are stored under keys of this rank only (e.g.
+        BatchNorm statistics, which DDP lets drift apart between ranks).
+
         `meta` (JSON) goes into meta.json; it must hold the same values on every rank.
         With `blocking=False` and async saving on, returns once the tensors are copied.
         """
         self.wait()
         tmp = layout.checkpoint_dir(self.run_dir) / (layout.step_name(step) + layout.TMP_SUFFIX)
         tmp.mkdir(parents=True, exist_ok=True)
-        layout.write_json(tmp / layout.rank_file(self.rank), rank_state)
+        rank_skeleton, rank_tensors = store.split(rank_state, rank_prefix(self.rank))
+        layout.write_json(tmp / layout.rank_file(self.rank), rank_skeleton)
         skeleton, tensors = store.split(state)
+        tensors.update(rank_tensors)
         meta = dict(meta, step=step, world_size=self.world_size, state=skeleton)
         if blocking or self._pool is None:
             self._write(tmp, step, tensors, meta)
@@ -118,9 +123,16 @@ class Checkpointer:
 
         This rank's own state exists only when the world size is unchanged.
         """
-        state = store.join(meta["state"], store.read_tensors(path))
+        tensors = store.read_tensors(path)
+
         def rank_state(r: int) -> dict[str, Any]:
-            return json.loads((path / layout.rank_file(r)).read_text())
+            return store.join(json.loads((path / layout.rank_file(r)).read_text()), tensors)
 
         same = int(meta["world_size"]) == self.world_size
-        return state, rank_state(self.rank) if same else None, rank_state(0)
+        return (store.join(meta["state"], tensors), rank_state(self.rank) if same else None,
+                rank_state(0))
+
+
+def rank_prefix(rank: int) -> str:
+    """Key prefix of one rank's own tensors in the DCP checkpoint."""
+    return layout.rank_file(rank).removesuffix(".json")

@@ -86,9 +86,15 @@ class Trainer:
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
+    def _buffer_owners(self) -> dict[str, torch.nn.Module]:
+        return {"G": self.backend.g_module, "D": self.backend.d_module, "G_ema": self.g_ema}
+
     def rank_state_dict(self) -> dict[str, Any]:
-        """This rank's own state: RNG states and the data-stream position (JSON)."""
-        return {"rank": self.backend.rank, "rng": rng.capture(), "data": self.stream.state_dict()}
+        """This rank's own state: RNG states, data-stream position, and the networks' buffers
+        (BatchNorm statistics are updated from each rank's own batch, so they differ)."""
+        buffers = {name: dict(net.named_buffers()) for name, net in self._buffer_owners().items()}
+        return {"rank": self.backend.rank, "rng": rng.capture(), "data": self.stream.state_dict(),
+                "buffers": buffers}
 
     def load_state_dict(self, state: dict[str, Any], rank_state: Optional[dict[str, Any]] = None,
                         rank0_state: Optional[dict[str, Any]] = None) -> None:
@@ -114,6 +120,12 @@ class Trainer:
             self.stream.load_state_dict(rank_state["data"])
         elif rank0_state is not None:
             self.stream.load_state_dict(rank0_state["data"])
+        own = rank_state or rank0_state
+        if own is not None:
+            with torch.no_grad():
+                for name, net in self._buffer_owners().items():
+                    for key, buf in net.named_buffers():
+                        buf.copy_(own["buffers"][name][key])
 
     def resume(self) -> Optional[str]:
         """Load the checkpoint `resume` points at (auto | never | PATH); its path, or None."""
