@@ -1,0 +1,109 @@
+"""Preemption: a signal sets a flag, ranks agree at the next step, save, exit 75, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dgan.checkpoint import layout
+from dgan.cli import _resolve_data
+from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag
+from dgan.engine.trainer import Trainer
+from test_checkpoint_resume import ROOT, TINY, dgan_cmd, env, shards  # noqa: F401 (fixture)
+from test_train import small_config
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM])
+def test_signal_only_sets_the_flag_and_handlers_are_restored(sig):
+    before = signal.getsignal(sig)
+    flag = PreemptionFlag().install()
+    try:
+        assert not flag.requested
+        assert not flag.agreed(lambda t: t)
+        os.kill(os.getpid(), sig)
+        assert flag.requested and flag.signal_name == sig.name
+        assert flag.agreed(lambda t: t)
+    finally:
+        flag.uninstall()
+    assert signal.getsignal(sig) == before
+
+
+def test_any_rank_flagged_means_all_agree():
+    flag = PreemptionFlag()
+    # the mean over two ranks where only the other one was signalled
+    assert flag.agreed(lambda t: (t + torch.ones(1)) / 2)
+
+
+def test_sigterm_in_process_saves_exits_75_and_resumes(tmp_path, monkeypatch):
+    cfg = small_config(tmp_path / "run")
+    original = Trainer.train_step
+
+    def signalled_at_step_7(self, real):
+        if self.step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, real)
+
+    monkeypatch.setattr(Trainer, "train_step", signalled_at_step_7)
+    trainer = Trainer(cfg, _resolve_data(cfg))
+    assert trainer.fit() == REQUEUE_EXIT_CODE
+    assert trainer.step == 8 and layout.newest_valid(tmp_path / "run")[1]["step"] == 8
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    monkeypatch.setattr(Trainer, "train_step", original)
+    again = Trainer(cfg, _resolve_data(cfg))
+    assert again.fit() == 0 and again.step == 12
+
+
+@pytest.mark.slow
+def test_sigusr2_to_one_rank_of_two_saves_on_both_and_exits_75_then_resumes(tmp_path):
+    run = tmp_path / "run"
+    cmd = dgan_cmd(2, "train", f"run.dir={run}", *TINY, "train.steps=100000", "log.every=5",
+                   "checkpoint.every=100000")
+    first = preempt_once(cmd, run, signal.SIGUSR2)
+    assert "fresh start" in first["out"]
+    second = preempt_once(cmd, run, signal.SIGUSR2)
+    assert f"resumed from {run / 'checkpoints' / layout.step_name(first['step'])}" in second["out"]
+    assert second["step"] > first["step"]
+
+
+def preempt_once(cmd: list[str], run: Path, sig: signal.Signals) -> dict:
+    """Start `cmd`, wait for a new log line, signal rank 1 only, check both ranks saved and left."""
+    log_file = run / "log.jsonl"
+    lines_before = len(log_file.read_text().splitlines()) if log_file.exists() else 0
+    proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (log_file.exists() and len(log_file.read_text().splitlines()) > lines_before):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "the run logged nothing within 120 s"
+            time.sleep(0.05)
+        os.kill(rank_pid(proc.pid, 1), sig)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # torchrun itself exits 1 whenever a worker exits non-zero; it reports each worker's code
+    assert out.count(f"exitcode  : {REQUEUE_EXIT_CODE}") == 2, out[-4000:]
+    path, meta = layout.newest_valid(run)
+    step = meta["step"]
+    assert f"rank 1: {sig.name} at step {step}" in out, out[-4000:]
+    assert f"saved step {step}, exiting with {REQUEUE_EXIT_CODE}" in out
+    assert meta["world_size"] == 2 and meta["images_seen"] == step * 16
+    return {"out": out, "step": step}
+
+
+def rank_pid(torchrun_pid: int, rank: int) -> int:
+    """The pid of the worker process with RANK=`rank` among torchrun's children."""
+    children = Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read_text().split()
+    for pid in children:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no worker with RANK={rank} among {children}")
