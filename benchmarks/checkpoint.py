@@ -97,7 +97,8 @@ def main() -> None:
     print("| --- | ---: | ---: |")
     for name, values in rows.items():
         t = statistics.median(values)
-        rate = f"{size / 2**20 / t:.0f}" if name in ("sync save", "async: written", "load") and t > 0 else ""
+        timed_write = name in ("sync save", "async: written", "load") and t > 0
+        rate = f"{size / 2**20 / t:.0f}" if timed_write else ""
         print(f"| {name} | {t:.3f} | {rate} |")
 
 

@@ -130,7 +130,7 @@ def cmd_ckpt_inspect(args: argparse.Namespace) -> int:
     print(f"backend      {meta['backend']}")
     print(f"precision    {meta['precision']}")
     print(f"config hash  {meta['config_hash']}")
-    print(f"versions     " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    print("versions     " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
     print("valid        yes")
     return 0
 

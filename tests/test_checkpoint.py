@@ -142,7 +142,8 @@ def test_inspect_and_export(tmp_path, capsys):
     assert "resume=auto  step-00000010" in out and "valid        yes" in out
     assert "world size   1" in out and "backend      ddp" in out
     assert main(["ckpt", "export", str(tmp_path), str(tmp_path / "out")]) == 0
-    assert torch.equal(load_file(str(tmp_path / "out" / "G_ema.safetensors"))["w"], torch.ones(2, 2))
+    exported = load_file(str(tmp_path / "out" / "G_ema.safetensors"))
+    assert torch.equal(exported["w"], torch.ones(2, 2))
     assert "name: dcgan" in (tmp_path / "out" / "config.yaml").read_text()
     broken = layout.checkpoint_dir(tmp_path) / "step-00000010"
     (broken / "rank-00000.json").unlink()

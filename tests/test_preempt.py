@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_checkpoint_resume import ROOT, TINY, dgan_cmd, env, shards  # noqa: F401 (fixture)
+from test_train import small_config
 
 from dgan.checkpoint import layout
 from dgan.cli import _resolve_data
 from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag
 from dgan.engine.trainer import Trainer
-from test_checkpoint_resume import ROOT, TINY, dgan_cmd, env, shards  # noqa: F401 (fixture)
-from test_train import small_config
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM])

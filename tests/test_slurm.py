@@ -130,9 +130,8 @@ def test_a_crash_is_reported_not_requeued(fake, script):
     assert "requeue" not in log(fake, "scontrol")
 
 
-def test_a_plain_launcher_exit_75_requeues(fake, tmp_path):
+def test_a_plain_launcher_exit_75_requeues(fake):
     """`python -m dgan train` (no torchrun) exits 75 itself when it was signalled directly."""
-    tmp, env = fake
-    (tmp / "bin" / "torchrun").write_text("#!/bin/bash\nexit 75\n")
+    (fake[0] / "bin" / "torchrun").write_text("#!/bin/bash\nexit 75\n")
     assert submit(fake, "slurm/train.sbatch", signal_after_start=False) == 0
     assert log(fake, "scontrol") == "requeue 4242\n"

@@ -13,8 +13,15 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from dgan.checkpoint.layout import (InvalidCheckpoint, checkpoint_dir, config_hash, disk_size,
-                                    list_checkpoints, newest_valid, read_meta)
+from dgan.checkpoint.layout import (
+    InvalidCheckpoint,
+    checkpoint_dir,
+    config_hash,
+    disk_size,
+    list_checkpoints,
+    newest_valid,
+    read_meta,
+)
 from dgan.checkpoint.manager import Checkpointer
 
 __all__ = ["Checkpointer", "InvalidCheckpoint", "checkpoint_dir", "config_hash", "disk_size",
@@ -63,4 +70,5 @@ def model_key_differences(saved: dict[str, Any], current: dict[str, Any]) -> lis
     a, b = flat(saved), flat(current)
     keys = sorted(k for k in set(a) | set(b)
                   if any(k == m or k.startswith(m + ".") for m in MODEL_KEYS))
-    return [f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    return [f"{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}"
+            for k in keys if a.get(k) != b.get(k)]

@@ -79,7 +79,10 @@ def file_sizes(directory: Path) -> dict[str, int]:
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """meta.json of a committed checkpoint after checking every listed file. Raises InvalidCheckpoint."""
+    """meta.json of a committed checkpoint, after checking every listed file.
+
+    Raises InvalidCheckpoint saying why the directory must not be loaded.
+    """
     path = Path(path)
     if path.name.endswith(TMP_SUFFIX):
         raise InvalidCheckpoint(f"{path.name} is an unfinished save")

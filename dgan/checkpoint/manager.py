@@ -117,8 +117,8 @@ class Checkpointer:
             raise FileNotFoundError(f"resume={resume}: no valid checkpoint there")
         return found
 
-    def read(self, path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], Optional[dict[str, Any]],
-                                                              dict[str, Any]]:
+    def read(self, path: Path, meta: dict[str, Any]
+             ) -> tuple[dict[str, Any], Optional[dict[str, Any]], dict[str, Any]]:
         """(shared state, this rank's saved state or None, rank 0's saved state).
 
         This rank's own state exists only when the world size is unchanged.

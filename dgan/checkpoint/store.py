@@ -31,7 +31,7 @@ NO_DIST_WARNING = ".*assuming the intent is to"
 
 
 def split(tree: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
-    """(JSON-able skeleton, {path: tensor}) of a nested dict/list/tuple of tensors and plain values."""
+    """(JSON-able skeleton, {path: tensor}) of nested dicts/lists/tuples of tensors and scalars."""
     tensors: dict[str, torch.Tensor] = {}
 
     def walk(node: Any, path: str) -> Any:

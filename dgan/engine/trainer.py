@@ -253,7 +253,8 @@ class Trainer:
                 if not done and preemption.agreed(b.all_reduce, b.device):
                     # every rank leaves here at the same step
                     self.save(blocking=True)
-                    seen = f" ({preemption.signal_name} on this rank)" if preemption.requested else ""
+                    got = preemption.signal_name
+                    seen = f" ({got} on this rank)" if preemption.requested else ""
                     logger.message(f"dgan: preempted{seen}: saved step {self.step}, exiting with "
                                    f"{REQUEUE_EXIT_CODE} (requeue me; the same command resumes)")
                     if preemption.requested and not b.is_main:
