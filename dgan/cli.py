@@ -62,9 +62,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     cfg = load_config(args.config, args.overrides)
     source = _resolve_data(cfg)
+    from dgan.checkpoint import InvalidCheckpoint
+    from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag
     from dgan.engine.trainer import Trainer
 
-    return Trainer(cfg, source).fit()
+    # Installed before the trainer exists, so a signal during start-up or resume counts too.
+    preemption = PreemptionFlag().install()
+    try:
+        status = Trainer(cfg, source).fit(preemption)
+    except InvalidCheckpoint as e:  # resume=PATH naming a checkpoint that must not load
+        raise UserError(f"resume={cfg.resume}: {e}") from None
+    if status == REQUEUE_EXIT_CODE:
+        # Saved and committed. Leave now, handlers still installed: a launcher that saw a
+        # peer exit sends SIGTERM, which must not turn this exit into a kill.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    preemption.uninstall()
+    return status
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -149,3 +149,35 @@ def test_inspect_and_export(tmp_path, capsys):
     (broken / "rank-00000.json").unlink()
     assert main(["ckpt", "inspect", str(broken)]) == 1
     assert "valid        no: step-00000010: rank-00000.json is missing" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+def test_trainer_saves_lr_schedules_augment_state_and_rank_state(tmp_path):
+    from test_train import small_config
+
+    from dgan.cli import _resolve_data
+    from dgan.engine.trainer import Trainer
+
+    cfg = small_config(tmp_path / "run", "train.steps=6")
+
+    def build():
+        t = Trainer(cfg, _resolve_data(cfg))
+        t.lr_schedules = {"G": torch.optim.lr_scheduler.StepLR(t.opt_g, step_size=2, gamma=0.5)}
+        return t
+
+    first = build()
+    for _ in range(3):
+        first.lr_schedules["G"].step()
+    first.augment = {"p": 0.25, "adjust": [1, 2]}
+    assert first.fit() == 0
+    meta = layout.newest_valid(tmp_path / "run")[1]
+    assert meta["state"]["augment"] == {"p": 0.25, "adjust": [1, 2]}
+    again = build()
+    assert again.resume().endswith("step-00000006")
+    assert again.lr_schedules["G"].last_epoch == 3 and again.opt_g.param_groups[0]["lr"] == 1e-4
+    assert again.augment == {"p": 0.25, "adjust": [1, 2]} and again.images_seen == 6 * 16
+    assert again.stream.state_dict() == first.stream.state_dict()
+    rank_file = json.loads((layout.checkpoint_dir(tmp_path / "run") / "step-00000006" /
+                            "rank-00000.json").read_text())
+    assert set(rank_file) == {"rank", "rng", "data", "buffers"}
+    assert set(rank_file["rng"]) >= {"python", "numpy", "torch"}

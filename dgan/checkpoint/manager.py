@@ -85,6 +85,9 @@ class Checkpointer:
             removed = layout.prune(self.run_dir, self.keep, self.milestone)
             log.info("saved checkpoint %s%s", final,
                      f" (removed {', '.join(p.name for p in removed)})" if removed else "")
+        if self.group is not None:
+            # nobody returns (and perhaps exits) before rank 0 has committed
+            dist.barrier(group=self.group)
         self.last_saved_step = step
 
     def wait(self) -> None:
@@ -104,7 +107,30 @@ class Checkpointer:
 
         auto: the newest valid checkpoint of the run (None: fresh start). PATH: a
         checkpoint directory (must be valid) or another run's directory (its newest valid).
+        Rank 0 chooses and tells the others, so all ranks load the same checkpoint even
+        when a shared filesystem shows them different states for a moment.
         """
+        choice: dict[str, Optional[str]] = {"path": None, "error": None}
+        if self.rank == 0:
+            try:
+                found = self._find(resume)
+                choice["path"] = None if found is None else str(found[0])
+            except (FileNotFoundError, layout.InvalidCheckpoint) as e:
+                choice["error"] = f"{type(e).__name__}: {e}"
+        if self.group is not None:
+            box = [choice]
+            dist.broadcast_object_list(box, src=0, group=self.group)
+            choice = box[0]
+        if choice["error"]:
+            kind, _, message = choice["error"].partition(": ")
+            raise (FileNotFoundError if kind == "FileNotFoundError" else
+                   layout.InvalidCheckpoint)(message)
+        if choice["path"] is None:
+            return None
+        path = Path(choice["path"])
+        return path, layout.read_meta(path)
+
+    def _find(self, resume: str) -> Optional[tuple[Path, dict[str, Any]]]:
         if resume == "never":
             return None
         if resume == "auto":

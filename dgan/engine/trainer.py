@@ -203,8 +203,13 @@ class Trainer:
         self.checkpointer.save(self.step, self.state_dict(), self.rank_state_dict(), meta,
                                blocking=blocking)
 
-    def fit(self) -> int:
-        """Train to `train.steps`; 0 when done, REQUEUE_EXIT_CODE when preempted (saved)."""
+    def fit(self, preemption: Optional[PreemptionFlag] = None) -> int:
+        """Train to `train.steps`; 0 when done, REQUEUE_EXIT_CODE when preempted (saved).
+
+        `preemption`: an installed flag owned by the caller (the CLI installs it before
+        anything else and keeps it until the process exits); by default fit installs its
+        own and restores the previous handlers when it returns.
+        """
         cfg, b = self.cfg, self.backend
         os.makedirs(self.run_dir, exist_ok=True)
         resumed = self.resume()
@@ -227,7 +232,9 @@ class Trainer:
             return 0
         sums: dict[str, torch.Tensor] = {}
         count, last_step, last_time = 0, self.step, time.perf_counter()
-        preemption = PreemptionFlag().install()
+        own_flag = preemption is None
+        if preemption is None:
+            preemption = PreemptionFlag().install()
         try:
             while self.step < cfg.train.steps:
                 kill_at_step_hook(self.step, b.rank, self.checkpointer.wait)
@@ -264,7 +271,8 @@ class Trainer:
                 if self.step % cfg.checkpoint.every == 0 or done:
                     self.save(blocking=done or not cfg.checkpoint.async_save)
         finally:
-            preemption.uninstall()
+            if own_flag:
+                preemption.uninstall()
             self.stream.close()
             logger.close()
             self.checkpointer.close()
