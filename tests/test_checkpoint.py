@@ -181,3 +181,19 @@ def test_trainer_saves_lr_schedules_augment_state_and_rank_state(tmp_path):
                             "rank-00000.json").read_text())
     assert set(rank_file) == {"rank", "rng", "data", "buffers"}
     assert set(rank_file["rng"]) >= {"python", "numpy", "torch"}
+
+
+def test_native_backend_files_are_committed_listed_and_validated(tmp_path):
+    ck = Checkpointer(tmp_path, rank=0, world_size=1, keep=2, async_save=True)
+
+    def write_native(directory):
+        (directory / "G").mkdir()
+        (directory / "G" / "zero_pp_rank_0.pt").write_bytes(b"x" * 100)
+
+    ck.save(5, {"w": torch.ones(1)}, {}, META, write_native=write_native)
+    ck.close()
+    path = layout.checkpoint_dir(tmp_path) / "step-00000005"
+    assert layout.read_meta(path)["files"]["native/G/zero_pp_rank_0.pt"] == 100
+    (path / "native" / "G" / "zero_pp_rank_0.pt").write_bytes(b"x" * 10)
+    with pytest.raises(layout.InvalidCheckpoint, match="native/G/zero_pp_rank_0.pt has 10 bytes"):
+        layout.read_meta(path)

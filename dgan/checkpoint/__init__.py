@@ -22,11 +22,11 @@ from dgan.checkpoint.layout import (
     newest_valid,
     read_meta,
 )
-from dgan.checkpoint.manager import Checkpointer
+from dgan.checkpoint.manager import NATIVE, Checkpointer
 
-__all__ = ["Checkpointer", "InvalidCheckpoint", "checkpoint_dir", "config_hash", "disk_size",
-           "list_checkpoints", "newest_valid", "read_meta", "load", "load_latest",
-           "model_key_differences", "MODEL_KEYS"]
+__all__ = ["MODEL_KEYS", "NATIVE", "Checkpointer", "InvalidCheckpoint", "checkpoint_dir",
+           "config_hash", "disk_size", "list_checkpoints", "load", "load_latest",
+           "model_key_differences", "newest_valid", "read_meta"]
 
 # Keys whose change makes a checkpoint's weights meaningless for the current config.
 MODEL_KEYS = ("model", "data.resolution", "data.channels")

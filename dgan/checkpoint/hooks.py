@@ -13,11 +13,20 @@ optimizers) plugs in by defining these methods, which are used instead when pres
         raise ValueError with what to do when the checkpoint (its meta.json: world_size,
         backend, ...) cannot be loaded by this backend, e.g. a ZeRO checkpoint written
         by another world size
+    backend.save_native_checkpoint(directory) -> None
+    backend.load_native_checkpoint(directory, meta) -> None
+        state only the backend's own format can hold (DeepSpeed: each engine's
+        `save_checkpoint(directory / "G", tag=...)`, every rank writing its ZeRO
+        partition). Called on every rank; `directory` is `<checkpoint>/native/`, inside
+        the atomic commit and the size-checked file list. Such a backend returns the
+        full weights from `checkpoint_state` (so sampling and export work without it)
+        and may return an empty optimizer state there.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -50,3 +59,18 @@ def check_resume(backend: Any, meta: dict[str, Any]) -> None:
     if saved != backend.name:
         raise ValueError(f"checkpoint written by backend {saved!r}, this run uses "
                          f"{backend.name!r}; resume with backend.name={saved}")
+
+
+def native_writer(backend: Any) -> Optional[Callable[[Path], None]]:
+    """The backend's `save_native_checkpoint`, or None when it keeps no native state."""
+    return getattr(backend, "save_native_checkpoint", None)
+
+
+def load_native(backend: Any, directory: Path, meta: dict[str, Any]) -> None:
+    hook = getattr(backend, "load_native_checkpoint", None)
+    if hook is None:
+        return
+    if not directory.is_dir():
+        raise ValueError(f"{directory.parent} has no {directory.name}/ state for backend "
+                         f"{backend.name!r}; it was written without it")
+    hook(directory, meta)

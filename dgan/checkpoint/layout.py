@@ -8,6 +8,7 @@
             rank-00000.json ...     per-rank state: RNG states, data-stream position
             meta.json               written last: step, world size, versions, config, the
                                     non-tensor state, and every other file with its size
+            native/...              files a backend writes in its own format (hooks.py), if any
         step-00000060.tmp/          a save in progress (or torn by a kill): never loaded
 
 A directory counts only when it has the final name *and* `meta.json` lists files that all
@@ -73,9 +74,9 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def file_sizes(directory: Path) -> dict[str, int]:
-    """Every file in `directory` (not meta.json) with its size in bytes."""
-    return {p.name: p.stat().st_size for p in sorted(directory.iterdir())
-            if p.is_file() and p.name != META}
+    """Every file under `directory` (not its meta.json) by relative path, with its size in bytes."""
+    return {p.relative_to(directory).as_posix(): p.stat().st_size
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != META}
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:

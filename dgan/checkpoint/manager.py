@@ -19,7 +19,7 @@ import os
 import signal
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch.distributed as dist
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # Test-only hook: `DGAN_TEST_KILL_IN_SAVE=N` makes rank 0 SIGKILL itself after the tensors
 # of step N are written and before the checkpoint is committed (a kill during a save).
 KILL_IN_SAVE_ENV = "DGAN_TEST_KILL_IN_SAVE"
+NATIVE = "native"  # sub-directory for files a backend writes in its own format
 
 
 class Checkpointer:
@@ -53,7 +54,8 @@ class Checkpointer:
 
     # -- saving -------------------------------------------------------------------------
     def save(self, step: int, state: dict[str, Any], rank_state: dict[str, Any],
-             meta: dict[str, Any], blocking: bool = False) -> None:
+             meta: dict[str, Any], blocking: bool = False,
+             write_native: Optional[Callable[[Path], None]] = None) -> None:
         """Save `state` (identical on every rank) and this rank's `rank_state` as step `step`.
 
         Both may hold tensors; `rank_state`'s are stored under keys of this rank only (e.g.
@@ -61,12 +63,18 @@ class Checkpointer:
 
         `meta` (JSON) goes into meta.json; it must hold the same values on every rank.
         With `blocking=False` and async saving on, returns once the tensors are copied.
+        `write_native(directory)`, called on every rank before the tensors are handed over,
+        writes files in a backend's own format into `<checkpoint>/native/`; they are
+        committed, listed and validated like the rest.
         """
         self.wait()
         tmp = layout.checkpoint_dir(self.run_dir) / (layout.step_name(step) + layout.TMP_SUFFIX)
         tmp.mkdir(parents=True, exist_ok=True)
         rank_skeleton, rank_tensors = store.split(rank_state, rank_prefix(self.rank))
         layout.write_json(tmp / layout.rank_file(self.rank), rank_skeleton)
+        if write_native is not None:
+            (tmp / NATIVE).mkdir(exist_ok=True)
+            write_native(tmp / NATIVE)
         skeleton, tensors = store.split(state)
         tensors.update(rank_tensors)
         meta = dict(meta, step=step, world_size=self.world_size, state=skeleton)

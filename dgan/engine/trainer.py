@@ -136,6 +136,7 @@ class Trainer:
         hooks.check_resume(self.backend, meta)
         state, own, first = self.checkpointer.read(path, meta)
         self.load_state_dict(state, own, first)
+        hooks.load_native(self.backend, path / checkpoint.NATIVE, meta)
         saved_world = int(meta["world_size"])
         if saved_world != self.backend.world_size:
             log.warning("checkpoint %s was written by %d process(es), resuming on %d: weights and "
@@ -201,7 +202,7 @@ class Trainer:
                 "versions": {"dgan": __version__, "torch": torch.__version__,
                              "python": platform.python_version()}}
         self.checkpointer.save(self.step, self.state_dict(), self.rank_state_dict(), meta,
-                               blocking=blocking)
+                               blocking=blocking, write_native=hooks.native_writer(self.backend))
 
     def fit(self, preemption: Optional[PreemptionFlag] = None) -> int:
         """Train to `train.steps`; 0 when done, REQUEUE_EXIT_CODE when preempted (saved).
