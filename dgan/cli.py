@@ -63,7 +63,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     source = _resolve_data(cfg)
     from dgan.engine.trainer import Trainer
 
-    Trainer(cfg, source).fit()
+    trainer = Trainer(cfg, source)
+    try:
+        trainer.fit()
+    except BaseException:
+        trainer.close(wait=False)  # a peer may be gone: no barrier
+        raise
+    trainer.close()
     return 0
 
 
