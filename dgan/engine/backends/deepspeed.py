@@ -58,8 +58,9 @@ def init_process_group() -> tuple[int, int, int, torch.device]:
             dist.init_process_group(backend, init_method="env://", rank=rank,
                                     world_size=world_size)
         else:
-            # DeepSpeed needs a process group even for one process; without launcher
-            # variables it would try MPI discovery instead.
+            # DeepSpeed needs a process group and LOCAL_RANK even for one process; without
+            # launcher variables it would try MPI discovery instead.
+            os.environ.setdefault("LOCAL_RANK", "0")
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return rank, local_rank, world_size, device
 
@@ -112,6 +113,9 @@ def engine_config(path: Optional[str], *, zero_stage: int, micro_batch: int, gra
     # The optimizer is dgan's torch.optim.Adam: DeepSpeed's fused Adam kernels do not build
     # on every machine (none on CPU) and the ddp backend uses the same optimizer.
     config["zero_allow_untested_optimizer"] = True
+    # DeepSpeed clips gradients to norm 1.0 unless told otherwise; the ddp backend does not
+    # clip, and the two must train the same model.
+    config.setdefault("gradient_clipping", 0.0)
     config.setdefault("steps_per_print", 2**31 - 1)
     config.setdefault("wall_clock_breakdown", False)
     return config
