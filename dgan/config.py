@@ -182,6 +182,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("backend.zero_stage=3 is not supported: ZeRO-3 partitions D's "
                           "parameters, which G's step uses outside D's engine; use "
                           "backend.zero_stage=2 or backend.name=ddp")
+    if cfg.backend.name == "deepspeed" and cfg.loss.r1_gamma > 0:
+        # DeepSpeed hooks the outputs of engine(...) and treats any backward through them,
+        # R1's autograd.grad included, as the engine's backward (ZeRO bookkeeping, and the
+        # gradient divided by the accumulation steps): R1 would be wrong or fail.
+        raise ConfigError("loss.r1_gamma > 0 is not supported with backend.name=deepspeed "
+                          "(DeepSpeed treats R1's input-gradient pass as a training backward); "
+                          "use backend.name=ddp for R1")
     if not 0.0 <= cfg.train.ema_beta < 1.0:
         raise ConfigError(f"bad value for 'train.ema_beta': {cfg.train.ema_beta}; expected [0, 1)")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig
 
 from dgan.engine.backends.base import Backend, check_world_size, parameter_digest
@@ -12,6 +14,12 @@ __all__ = ["Backend", "build_backend", "parameter_digest"]
 def build_backend(cfg: DictConfig) -> Backend:
     """The backend named by `backend.name`, with its process group up, for this process."""
     b, t = cfg.backend, cfg.train
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ValueError(
+            "this process was started by an accelerate config with distributed_type "
+            "DEEPSPEED, which makes accelerate own one DeepSpeed engine; dgan runs two "
+            "itself. Launch with a MULTI_GPU config (launch/8gpu-zero2.yaml) and "
+            "backend.name=deepspeed")
     backend: Backend
     if b.name == "ddp":
         from dgan.engine.backends.ddp import DDPBackend
