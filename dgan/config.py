@@ -182,6 +182,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("backend.zero_stage=3 is not supported: ZeRO-3 partitions D's "
                           "parameters, which G's step uses outside D's engine; use "
                           "backend.zero_stage=2 or backend.name=ddp")
+    if cfg.backend.name == "deepspeed" and cfg.train.precision == "fp16":
+        raise ConfigError("train.precision=fp16 is not supported with backend.name=deepspeed "
+                          "(DeepSpeed's fp16 mode casts the networks to half precision); use "
+                          "train.precision=bf16, or backend.name=ddp for fp16")
     if cfg.backend.name == "deepspeed" and cfg.loss.r1_gamma > 0:
         # DeepSpeed hooks the outputs of engine(...) and treats any backward through them,
         # R1's autograd.grad included, as the engine's backward (ZeRO bookkeeping, and the

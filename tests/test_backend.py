@@ -135,48 +135,45 @@ def test_deepspeed_accumulates_like_ddp_and_leaks_no_gradient(tmp_path, stage):
 
 
 def test_engine_config_fills_batch_keys_and_turns_clipping_off():
-    c = engine_config(None, zero_stage=2, micro_batch=8, grad_accum=3, world_size=4,
-                      precision="bf16")
+    c = engine_config(None, zero_stage=2, micro_batch=8, grad_accum=3, world_size=4)
     assert c["zero_optimization"]["stage"] == 2
     assert (c["train_micro_batch_size_per_gpu"], c["gradient_accumulation_steps"],
             c["train_batch_size"]) == (8, 3, 96)
-    assert c["gradient_clipping"] == 0.0 and "bf16" not in c
-    assert engine_config(None, zero_stage=0, micro_batch=8, grad_accum=1, world_size=1,
-                         precision="fp16")["fp16"]["enabled"]
+    assert c["gradient_clipping"] == 0.0 and "bf16" not in c and "fp16" not in c
 
 
 def test_launch_json_files_are_valid_engine_configs():
     root = os.path.join(os.path.dirname(__file__), "..", "launch")
     for net in "gd":
         c = engine_config(os.path.join(root, f"ds-zero2-{net}.json"), zero_stage=2,
-                          micro_batch=4, grad_accum=2, world_size=8, precision="fp32")
+                          micro_batch=4, grad_accum=2, world_size=8)
         assert c["train_batch_size"] == 64
 
 
 @pytest.mark.parametrize("json_text,match", [
     ('{"zero_optimization": {"stage": 1}}', "backend.zero_stage"),
     ('{"train_micro_batch_size_per_gpu": 3}', "train_micro_batch_size_per_gpu"),
-    ('{"bf16": {"enabled": true}}', "train.precision"),
+    ('{"bf16": {"enabled": true}}', "bf16"),
 ])
 def test_engine_config_refuses_disagreement(tmp_path, json_text, match):
     path = tmp_path / "ds.json"
     path.write_text(json_text)
     with pytest.raises(ValueError, match=match):
-        engine_config(str(path), zero_stage=2, micro_batch=8, grad_accum=1, world_size=1,
-                      precision="fp32")
+        engine_config(str(path), zero_stage=2, micro_batch=8, grad_accum=1, world_size=1)
 
 
-def test_deepspeed_refuses_r1():
+def test_deepspeed_refuses_r1_and_fp16():
     with pytest.raises(ConfigError, match="r1_gamma"):
         load_config(None, ["backend.name=deepspeed", "loss.r1_gamma=1"])
+    with pytest.raises(ConfigError, match="bf16"):
+        load_config(None, ["backend.name=deepspeed", "train.precision=fp16"])
 
 
 def test_zero3_is_refused_with_what_to_do():
     with pytest.raises(ConfigError, match="zero_stage=2"):
         load_config(None, ["backend.name=deepspeed", "backend.zero_stage=3"])
     with pytest.raises(ValueError, match="not supported"):
-        engine_config(None, zero_stage=3, micro_batch=1, grad_accum=1, world_size=1,
-                      precision="fp32")
+        engine_config(None, zero_stage=3, micro_batch=1, grad_accum=1, world_size=1)
 
 
 def test_config_keys():

@@ -3,7 +3,7 @@
 Each engine is made by `deepspeed.initialize` with its own config: the JSON file named by
 `backend.deepspeed_config_g` / `_d` when given (see launch/), else one generated from the
 YAML config. The keys that must agree with the trainer (micro-batch size, accumulation
-steps, ZeRO stage, precision) are set or checked here. The process group is initialised
+steps, ZeRO stage; no fp16/bf16 sections) are set or checked here. The process group is initialised
 from the launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), so
 `accelerate launch`, `torchrun`, `deepspeed` and `srun` all work: NCCL on GPUs, gloo on CPUs.
 
@@ -17,8 +17,9 @@ engine's micro-step counter, and only the boundary call steps the optimizer.
 ZeRO-3 partitions D's parameters, so `engine.module` would run G's step on empty
 shards; it is refused rather than allowed to train something else than it says.
 Precision: fp32 and bf16 keep fp32 weights and use autocast (bf16 needs no loss
-scaling); fp16 turns on DeepSpeed's fp16 mode, whose dynamic loss scaler replaces
-the GradScaler of the ddp backend.
+scaling). fp16 is refused (in the config): DeepSpeed's fp16 mode casts the networks to
+half precision, which G's BatchNorm under autocast does not accept, and its loss scaler
+works only with that mode.
 """
 
 from __future__ import annotations
@@ -79,9 +80,9 @@ def _skip_cpu_shm_kernel() -> None:
 
 
 def engine_config(path: Optional[str], *, zero_stage: int, micro_batch: int, grad_accum: int,
-                  world_size: int, precision: str) -> dict[str, Any]:
+                  world_size: int) -> dict[str, Any]:
     """The DeepSpeed config of one engine: the JSON at `path` (or an empty one), with the
-    trainer's batch, accumulation, ZeRO stage and precision filled in or checked."""
+    trainer's batch, accumulation and ZeRO stage filled in or checked."""
     config: dict[str, Any] = {}
     if path:
         with open(path) as f:
@@ -101,15 +102,10 @@ def engine_config(path: Optional[str], *, zero_stage: int, micro_batch: int, gra
                              "(train.batch_size per process x train.grad_accum x processes); "
                              "remove the key or use \"auto\"")
         config[key] = value
-    want_fp16 = precision == "fp16"
-    for section, wanted in (("fp16", want_fp16), ("bf16", False)):
-        enabled = bool(config.get(section, {}).get("enabled", False))
-        if enabled and not wanted:
-            raise ValueError(f"{path} enables {section} but train.precision={precision}; dgan "
-                             f"keeps fp32 weights and autocasts (set train.precision, and drop "
-                             f"the {section} section)")
-    if want_fp16:
-        config.setdefault("fp16", {}).update({"enabled": True})
+    for section in ("fp16", "bf16"):
+        if config.get(section, {}).get("enabled", False):
+            raise ValueError(f"{path} enables {section}: dgan keeps fp32 weights and autocasts "
+                             "as train.precision says; drop the section")
     # The optimizer is dgan's torch.optim.Adam: DeepSpeed's fused Adam kernels do not build
     # on every machine (none on CPU) and the ddp backend uses the same optimizer.
     config["zero_allow_untested_optimizer"] = True
@@ -130,6 +126,9 @@ class DeepSpeedBackend(Backend):
         super().__init__(precision, grad_accum)
         if zero_stage >= 3:
             raise ValueError(REFUSE_ZERO3)
+        if precision == "fp16":
+            raise ValueError("train.precision=fp16 is not supported with backend.name=deepspeed;"
+                             " use bf16, or backend.name=ddp for fp16")
         self.rank, self.local_rank, self.world_size, self.device = init_process_group()
         if self.device.type == "cpu":
             _skip_cpu_shm_kernel()
@@ -137,7 +136,7 @@ class DeepSpeedBackend(Backend):
         self.zero_stage = zero_stage
         self.configs = {n: engine_config(paths.get(n), zero_stage=zero_stage,
                                          micro_batch=micro_batch, grad_accum=grad_accum,
-                                         world_size=self.world_size, precision=precision)
+                                         world_size=self.world_size)
                         for n in NETS}
         self.current: Optional[str] = None
 
