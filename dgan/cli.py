@@ -68,16 +68,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     # Installed before the trainer exists, so a signal during start-up or resume counts too.
     preemption = PreemptionFlag().install()
+    trainer = Trainer(cfg, source)
     try:
-        status = Trainer(cfg, source).fit(preemption)
+        status = trainer.fit(preemption)
     except InvalidCheckpoint as e:  # resume=PATH naming a checkpoint that must not load
+        trainer.close(wait=False)
         raise UserError(f"resume={cfg.resume}: {e}") from None
+    except BaseException:
+        trainer.close(wait=False)  # a peer may be gone: no barrier
+        raise
     if status == REQUEUE_EXIT_CODE:
-        # Saved and committed. Leave now, handlers still installed: a launcher that saw a
-        # peer exit sends SIGTERM, which must not turn this exit into a kill.
+        # Saved and committed (every rank passed the commit barrier). Leave now, handlers
+        # still installed: a launcher that saw a peer exit sends SIGTERM, which must not
+        # turn this exit into a kill.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
+    trainer.close()
     preemption.uninstall()
     return status
 

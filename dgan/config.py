@@ -68,6 +68,7 @@ class TrainConfig:
     steps: int = 1500  # one D step + one G step each
     precision: str = "fp32"  # fp32 | bf16 | fp16
     ema_beta: float = 0.999  # G_ema half-life; ramped up from 0.9 during the first steps
+    grad_accum: int = 1  # micro-batches of batch_size per optimizer step, per process
 
 
 @dataclass
@@ -87,7 +88,11 @@ class LogConfig:
 
 @dataclass
 class BackendConfig:
-    name: str = "ddp"
+    name: str = "ddp"  # ddp (through accelerate) | deepspeed (one engine for G, one for D)
+    zero_stage: int = 0  # deepspeed only: ZeRO stage 0, 1 or 2 (3 is refused)
+    deepspeed_config_g: Optional[str] = None  # deepspeed only: JSON for G's engine
+    deepspeed_config_d: Optional[str] = None  # deepspeed only: JSON for D's engine
+    expect_world_size: int = 0  # warn loudly if the run finds another world size; 0: off
 
 
 @dataclass
@@ -108,15 +113,17 @@ class Config:
 
 CHOICES: dict[str, tuple[Any, ...]] = {
     "train.precision": ("fp32", "bf16", "fp16"),
-    "backend.name": ("ddp",),
+    "backend.name": ("ddp", "deepspeed"),
+    "backend.zero_stage": (0, 1, 2, 3),
     "model.name": ("dcgan",),
     "loss.name": ("nonsaturating",),
     "data.resolution": (28, 32, 64),
 }
 POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.keep",
             "log.every", "log.grid", "data.channels", "model.z_dim", "model.g_width",
-            "model.d_width", "optim.lr_g", "optim.lr_d")
-NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma", "checkpoint.milestone")
+            "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum")
+NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma",
+                "backend.expect_world_size", "checkpoint.milestone")
 
 
 def all_keys(node: Any = Config, prefix: str = "") -> list[str]:
@@ -178,6 +185,21 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"bad value for 'data.channels': {cfg.data.channels}; expected 1 or 3")
     if not str(cfg.resume).strip():
         raise ConfigError("bad value for 'resume': ''; expected auto, never or a checkpoint path")
+    if cfg.backend.zero_stage == 3:
+        raise ConfigError("backend.zero_stage=3 is not supported: ZeRO-3 partitions D's "
+                          "parameters, which G's step uses outside D's engine; use "
+                          "backend.zero_stage=2 or backend.name=ddp")
+    if cfg.backend.name == "deepspeed" and cfg.train.precision == "fp16":
+        raise ConfigError("train.precision=fp16 is not supported with backend.name=deepspeed "
+                          "(DeepSpeed's fp16 mode casts the networks to half precision); use "
+                          "train.precision=bf16, or backend.name=ddp for fp16")
+    if cfg.backend.name == "deepspeed" and cfg.loss.r1_gamma > 0:
+        # DeepSpeed hooks the outputs of engine(...) and treats any backward through them,
+        # R1's autograd.grad included, as the engine's backward (ZeRO bookkeeping, and the
+        # gradient divided by the accumulation steps): R1 would be wrong or fail.
+        raise ConfigError("loss.r1_gamma > 0 is not supported with backend.name=deepspeed "
+                          "(DeepSpeed treats R1's input-gradient pass as a training backward); "
+                          "use backend.name=ddp for R1")
     if not 0.0 <= cfg.train.ema_beta < 1.0:
         raise ConfigError(f"bad value for 'train.ema_beta': {cfg.train.ema_beta}; expected [0, 1)")
 

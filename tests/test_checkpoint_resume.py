@@ -149,3 +149,42 @@ def test_two_rank_checkpoint_resumes_on_one_rank_and_back_on_two(tmp_path):
     assert meta["images_seen"] == 20 * 16 + 10 * 8 + 10 * 16
     state = checkpoint.load_latest(run)[1]
     assert all(torch.isfinite(v).all() for v in state["G"].values() if v.is_floating_point())
+
+
+def tensors_of(tree, prefix=""):
+    """Every tensor in a nested structure, by path."""
+    if torch.is_tensor(tree):
+        return {prefix: tree}
+    items = (tree.items() if isinstance(tree, dict) else
+             enumerate(tree) if isinstance(tree, (list, tuple)) else ())
+    out = {}
+    for k, v in items:
+        out.update(tensors_of(v, f"{prefix}/{k}"))
+    return out
+
+
+def test_deepspeed_zero2_resumes_exactly_on_the_same_world_size_and_refuses_another(tmp_path):
+    ds = [*TINY, "train.steps=10", "checkpoint.every=5", "log.every=5",
+          "backend.name=deepspeed", "backend.zero_stage=2"]
+    ok(train(2, tmp_path / "a", *ds))
+    killed = train(2, tmp_path / "b", *ds, DGAN_TEST_KILL_AT_STEP="7")
+    assert killed.returncode != 0
+    assert "at step 5" in ok(train(2, tmp_path / "b", *ds))
+    sa, sb = (checkpoint.load_latest(tmp_path / r)[1] for r in "ab")
+    for part in ("G", "D", "G_ema"):
+        for k in sa[part]:
+            assert torch.equal(sa[part][k], sb[part][k]), f"{part}.{k}"
+    # the engines' optimizer partitions (DeepSpeed's own pickles; written by this test)
+    final = tmp_path / "a" / "checkpoints" / "step-00000010"
+    native = [p.relative_to(tmp_path / "a") for p in final.rglob("*optim_states.pt")]
+    assert len(native) == 4  # G and D, 2 ranks each
+    for rel in native:
+        a, b = (tensors_of(torch.load(tmp_path / r / rel, weights_only=False)) for r in "ab")
+        assert a.keys() == b.keys() and a
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{rel}{k}"
+    refused = train(1, tmp_path / "b", *ds[:-4], "train.steps=12", "backend.name=deepspeed",
+                    "backend.zero_stage=2")
+    assert refused.returncode != 0
+    assert "partitioned over 2 process(es) and this run has 1" in refused.stderr
+    assert "ds_to_universal --inject_missing_state" in refused.stderr

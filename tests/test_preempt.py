@@ -44,10 +44,10 @@ def test_sigterm_in_process_saves_exits_75_and_resumes(tmp_path, monkeypatch):
     cfg = small_config(tmp_path / "run")
     original = Trainer.train_step
 
-    def signalled_at_step_7(self, real):
+    def signalled_at_step_7(self, *batch):
         if self.step == 7:
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, real)
+        return original(self, *batch)
 
     monkeypatch.setattr(Trainer, "train_step", signalled_at_step_7)
     trainer = Trainer(cfg, _resolve_data(cfg))

@@ -72,10 +72,10 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, r1):
 
     original = Trainer.train_step
 
-    def crash_at_step_9(self, real):
+    def crash_at_step_9(self, *batch):
         if self.step == 9:
             raise RuntimeError("simulated crash")
-        return original(self, real)
+        return original(self, *batch)
 
     cfg = small_config(tmp_path / "b", f"loss.r1_gamma={r1}")
     monkeypatch.setattr(Trainer, "train_step", crash_at_step_9)

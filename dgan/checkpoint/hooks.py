@@ -25,14 +25,27 @@ optimizers) plugs in by defining these methods, which are used instead when pres
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 
+def _hook(backend: Any, method: str) -> Optional[Callable[..., Any]]:
+    """The backend's own `method`, else dgan's implementation for its kind, else None."""
+    own = getattr(backend, method, None)
+    if own is not None:
+        return own
+    if getattr(backend, "name", None) == "deepspeed":
+        from dgan.checkpoint import deepspeed
+
+        return functools.partial(getattr(deepspeed, method), backend)
+    return None
+
+
 def network_state(backend: Any, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    hook = getattr(backend, "checkpoint_state", None)
+    hook = _hook(backend, "checkpoint_state")
     if hook is not None:
         return hook(name)
     net = backend.g_module if name == "G" else backend.d_module
@@ -41,7 +54,7 @@ def network_state(backend: Any, name: str) -> tuple[dict[str, Any], dict[str, An
 
 def load_network_state(backend: Any, name: str, model_state: dict[str, Any],
                        optim_state: dict[str, Any]) -> None:
-    hook = getattr(backend, "load_checkpoint_state", None)
+    hook = _hook(backend, "load_checkpoint_state")
     if hook is not None:
         hook(name, model_state, optim_state)
         return
@@ -51,7 +64,7 @@ def load_network_state(backend: Any, name: str, model_state: dict[str, Any],
 
 
 def check_resume(backend: Any, meta: dict[str, Any]) -> None:
-    hook = getattr(backend, "check_resume", None)
+    hook = _hook(backend, "check_resume")
     if hook is not None:
         hook(meta)
         return
@@ -63,14 +76,21 @@ def check_resume(backend: Any, meta: dict[str, Any]) -> None:
 
 def native_writer(backend: Any) -> Optional[Callable[[Path], None]]:
     """The backend's `save_native_checkpoint`, or None when it keeps no native state."""
-    return getattr(backend, "save_native_checkpoint", None)
+    return _hook(backend, "save_native_checkpoint")
 
 
 def load_native(backend: Any, directory: Path, meta: dict[str, Any]) -> None:
-    hook = getattr(backend, "load_native_checkpoint", None)
+    hook = _hook(backend, "load_native_checkpoint")
     if hook is None:
         return
     if not directory.is_dir():
         raise ValueError(f"{directory.parent} has no {directory.name}/ state for backend "
                          f"{backend.name!r}; it was written without it")
     hook(directory, meta)
+
+
+def load_backend_state(backend: Any, state: dict[str, Any]) -> None:
+    """`backend.load_state_dict`, except for DeepSpeed, whose refusal of partitioned
+    single-file checkpoints predates native engine checkpoints (`check_resume` decides)."""
+    if _hook(backend, "load_native_checkpoint") is None:
+        backend.load_state_dict(state)

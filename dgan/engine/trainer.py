@@ -7,6 +7,9 @@ One iteration (`train.steps` of them):
   G_ema <- EMA of G.
 Latents are drawn from generators seeded by (run.seed, rank, step, phase), so the random
 stream needs no saved state and a resumed run draws what the uninterrupted one would.
+Each step consumes train.grad_accum micro-batches of train.batch_size per process; the
+global batch is batch_size x processes x grad_accum. The loop is the same for every
+backend (dgan.engine.backends).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dgan.checkpoint import hooks, rng
 from dgan.config import to_yaml
 from dgan.data.stream import DataStream
 from dgan.engine import losses
-from dgan.engine.backend import build_backend
+from dgan.engine.backend import build_backend, parameter_digest
 from dgan.engine.ema import make_ema, update_ema
 from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag, kill_at_step_hook
 from dgan.logging import RunLogger
@@ -42,7 +45,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, source: Any) -> None:
         self.cfg = cfg
         self.run_dir = str(cfg.run.dir)
-        self.backend = build_backend(cfg.backend.name, cfg.train.precision)
+        self.backend = build_backend(cfg)
         torch.manual_seed(cfg.run.seed)  # model initialisation: identical on every rank
         g, d = build_models(cfg)
         o = cfg.optim
@@ -106,12 +109,12 @@ class Trainer:
             raise ValueError("the checkpoint was trained with a different model; refusing to "
                              "load it. Differences: " + "; ".join(diff) +
                              ". Use another run.dir for a new model.")
+        hooks.load_backend_state(self.backend, state["backend"])  # first: it may refuse
         hooks.load_network_state(self.backend, "G", state["G"], state["opt_G"])
         hooks.load_network_state(self.backend, "D", state["D"], state["opt_D"])
         set_model_state_dict(self.g_ema, state["G_ema"])
         for k, s in self.lr_schedules.items():
             s.load_state_dict(state["lr_schedules"][k])
-        self.backend.load_state_dict(state["backend"])
         self.augment = dict(state.get("augment", {}))
         self.step = int(state["step"])
         self.images_seen = int(state["images_seen"])
@@ -135,8 +138,10 @@ class Trainer:
         path, meta = found
         hooks.check_resume(self.backend, meta)
         state, own, first = self.checkpointer.read(path, meta)
-        self.load_state_dict(state, own, first)
+        # native first: DeepSpeed's engine load also sets the module from rank 0's copy,
+        # and load_state_dict must have the last word on each rank's own buffers
         hooks.load_native(self.backend, path / checkpoint.NATIVE, meta)
+        self.load_state_dict(state, own, first)
         saved_world = int(meta["world_size"])
         if saved_world != self.backend.world_size:
             log.warning("checkpoint %s was written by %d process(es), resuming on %d: weights and "
@@ -147,46 +152,67 @@ class Trainer:
 
     # -- one iteration ------------------------------------------------------------------
     def _latents(self, phase: int) -> torch.Tensor:
+        """z [grad_accum * batch_size, z_dim] of this rank, step and phase (0: D, 1: G)."""
         key = [self.cfg.run.seed, self.backend.rank, self.step, phase]
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
-        z = torch.randn(self.cfg.train.batch_size, self.cfg.model.z_dim, generator=gen)
-        return z.to(self.backend.device)
+        n = self.cfg.train.batch_size * self.cfg.train.grad_accum
+        return torch.randn(n, self.cfg.model.z_dim, generator=gen).to(self.backend.device)
 
-    def train_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    def next_batch(self) -> torch.Tensor:
+        """Reals of one step on this rank: grad_accum micro-batches, concatenated."""
+        return torch.cat([next(self.stream)[0] for _ in range(self.cfg.train.grad_accum)])
+
+    def _d_micro_step(self, real: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
         b = self.backend
         gamma = self.cfg.loss.r1_gamma
         n = real.shape[0]
+        with torch.no_grad(), b.autocast():
+            fake = b.g_module(z)
+        x = torch.cat([real, fake.to(real.dtype)])
+        if gamma > 0:
+            x.requires_grad_(True)
+        with b.autocast():
+            logits = b.d(x)
+        loss_d = losses.d_loss(logits[:n], logits[n:])
+        r1 = losses.r1_penalty(logits[:n], x) if gamma > 0 else torch.zeros((), device=x.device)
+        if gamma > 0:
+            # x[n:] carries fake images, whose gradient is not penalised: r1_penalty
+            # differentiates the real half's logits only, and fakes do not influence
+            # those (D has no cross-sample layers).
+            loss_d = loss_d + gamma / 2 * r1
+        b.backward(loss_d, "D")
+        logits = logits.detach().float()
+        return {"loss/D": loss_d.detach(), "loss/r1": r1.detach().float(),
+                "D/real": torch.sigmoid(logits[:n]).mean(),
+                "D/fake": torch.sigmoid(logits[n:]).mean()}
+
+    def train_step(self, real: torch.Tensor, z_d: torch.Tensor,
+                   z_g: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One D step and one G step on this rank's share of the global batch.
+
+        real [A * B, C, R, R] in [-1, 1]; z_d, z_g [A * B, z_dim]; A = train.grad_accum
+        micro-batches of B = train.batch_size. Returns metrics averaged over micro-batches.
+        """
+        b = self.backend
+        accum = self.cfg.train.grad_accum
+        metrics: dict[str, torch.Tensor] = {}
         with b.phase("D"):
-            with torch.no_grad(), b.autocast():
-                fake = b.g_module(self._latents(0))
-            x = torch.cat([real, fake.to(real.dtype)])
-            if gamma > 0:
-                x.requires_grad_(True)
-            with b.autocast():
-                logits = b.d(x)
-            loss_d = losses.d_loss(logits[:n], logits[n:])
-            r1 = losses.r1_penalty(logits[:n], x)[None] if gamma > 0 else torch.zeros(1)
-            if gamma > 0:
-                # x[n:] carries fake images, whose gradient is not penalised:
-                # r1_penalty differentiates the real half's logits only, and fakes do
-                # not influence those (D has no cross-sample layers).
-                loss_d = loss_d + gamma / 2 * r1[0]
-            b.backward(loss_d, "D")
+            for i, (real_i, z_i) in enumerate(zip(real.chunk(accum), z_d.chunk(accum))):
+                with b.micro_batch(last=i == accum - 1):
+                    for k, v in self._d_micro_step(real_i, z_i).items():
+                        metrics[k] = metrics.get(k, 0) + v / accum
             b.step("D")
         with b.phase("G"):
-            with b.autocast():
-                logits_fake = b.d_module(b.g(self._latents(1)))
-            loss_g = losses.g_loss(logits_fake)
-            b.backward(loss_g, "G")
+            for i, z_i in enumerate(z_g.chunk(accum)):
+                with b.micro_batch(last=i == accum - 1):
+                    with b.autocast():
+                        logits_fake = b.d_module(b.g(z_i))
+                    loss_g = losses.g_loss(logits_fake)
+                    b.backward(loss_g, "G")
+                metrics["loss/G"] = metrics.get("loss/G", 0) + loss_g.detach() / accum
             b.step("G")
         update_ema(self.g_ema, b.g_module, self.step, self.cfg.train.ema_beta)
-        with torch.no_grad():
-            return {
-                "loss/D": loss_d.detach(), "loss/G": loss_g.detach(),
-                "D/real": torch.sigmoid(logits[:n].detach().float()).mean(),
-                "D/fake": torch.sigmoid(logits[n:].detach().float()).mean(),
-                "loss/r1": r1.detach().float().sum().to(loss_d.device),
-            }
+        return metrics
 
     @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:
@@ -214,6 +240,7 @@ class Trainer:
         cfg, b = self.cfg, self.backend
         os.makedirs(self.run_dir, exist_ok=True)
         resumed = self.resume()
+        global_batch = cfg.train.batch_size * b.world_size * cfg.train.grad_accum
         if b.is_main:
             with open(os.path.join(self.run_dir, "config.yaml"), "w") as f:
                 f.write(to_yaml(cfg))
@@ -223,8 +250,9 @@ class Trainer:
                  "fresh start (resume=never)" if cfg.resume == "never" else
                  "fresh start (no valid checkpoint)")
         logger.message(f"dgan: run {self.run_dir}: {start}"
-                       f"; {b.world_size} process(es) on {b.device}, global batch "
-                       f"{cfg.train.batch_size * b.world_size}, precision {cfg.train.precision}")
+                       f"; backend {b.name}, {b.world_size} process(es) on {b.device}, global batch "
+                       f"{global_batch} = {cfg.train.batch_size} per process x {b.world_size} x "
+                       f"{cfg.train.grad_accum} accumulated, precision {cfg.train.precision}")
         if self.step >= cfg.train.steps:
             logger.message(f"dgan: already at step {self.step} of train.steps={cfg.train.steps}; "
                            "raise train.steps to train longer")
@@ -239,10 +267,9 @@ class Trainer:
         try:
             while self.step < cfg.train.steps:
                 kill_at_step_hook(self.step, b.rank, self.checkpointer.wait)
-                real, _ = next(self.stream)
-                metrics = self.train_step(real)
+                metrics = self.train_step(self.next_batch(), self._latents(0), self._latents(1))
                 self.step += 1
-                self.images_seen += cfg.train.batch_size * b.world_size
+                self.images_seen += global_batch
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0) + v
                 count += 1
@@ -250,9 +277,10 @@ class Trainer:
                 done = self.step == cfg.train.steps
                 if self.step % cfg.log.every == 0 or done:
                     now = time.perf_counter()
-                    rate = (self.step - last_step) * cfg.train.batch_size * b.world_size / (now - last_time)
+                    rate = (self.step - last_step) * global_batch / (now - last_time)
                     values = {k: b.all_reduce(v / count).item() for k, v in sums.items()}
-                    values.update({"perf/img_per_s": rate, "progress/images_seen": self.images_seen,
+                    values.update({"perf/img_per_s": rate, "progress/global_batch": global_batch,
+                                   "progress/images_seen": self.images_seen,
                                    "progress/kimg": self.images_seen / 1000})
                     logger.scalars(self.step, values)
                     logger.grid(self.step, self.sample_grid())
@@ -279,4 +307,10 @@ class Trainer:
             self.checkpointer.close()
         logger.message(f"dgan: finished {self.step} steps ({self.images_seen} images); "
                        f"checkpoints in {checkpoint.checkpoint_dir(self.run_dir)}")
+        log.info("rank %d/%d parameter digest G=%s D=%s", b.rank, b.world_size,
+                 parameter_digest(b.g_module), parameter_digest(b.d_module))
         return 0
+
+    def close(self, wait: bool = True) -> None:
+        """Release the process group (see Backend.close); the trainer is unusable after."""
+        self.backend.close(wait)

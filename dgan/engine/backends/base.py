@@ -1,0 +1,166 @@
+"""The backend interface: how G and D are wrapped, stepped and synchronised.
+
+The trainer's loop is the same for every backend:
+
+    backend.prepare(G, D, opt_g, opt_d)
+    with backend.phase("D"):                       # G frozen, D trained
+        for i, micro_batch in enumerate(micro_batches):
+            with backend.micro_batch(last=i == len(micro_batches) - 1):
+                loss = ...backend.d(x)...          # D through its wrapper (gradient sync)
+                backend.backward(loss, "D")        # scaled by 1 / train.grad_accum
+        backend.step("D")                          # one optimizer step, then zero grads
+    with backend.phase("G"):                       # D frozen: called as backend.d_module
+        ...backend.d_module(backend.g(z))...
+
+`g`/`d` are the wrapped networks (DDP module, DeepSpeed engine) used for the network that
+is being trained; `g_module`/`d_module` are the plain `nn.Module`s, used for the frozen
+one, for EMA and for checkpoints. Gradients are averaged over processes once per
+optimizer step, at the last micro-batch.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+NETS = ("G", "D")
+
+
+class Backend(abc.ABC):
+    """One process's view of distributed GAN training. Subclasses set the attributes below
+    in `__init__` (process group, device) and `prepare` (wrapped networks)."""
+
+    name: str
+    device: torch.device
+    rank: int
+    local_rank: int
+    world_size: int
+    g: nn.Module
+    d: nn.Module
+    g_module: nn.Module
+    d_module: nn.Module
+
+    def __init__(self, precision: str, grad_accum: int) -> None:
+        self.precision = precision
+        self.dtype = DTYPES[precision]
+        self.grad_accum = grad_accum
+        self.nets: dict[str, nn.Module] = {}
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- set-up -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def prepare(self, g: nn.Module, d: nn.Module, opt_g: torch.optim.Optimizer,
+                opt_d: torch.optim.Optimizer) -> None:
+        """Move G and D to the device, wrap them, and take ownership of their optimizers."""
+
+    # -- one phase ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Train `name` ("G" or "D"): the other network's parameters take no gradient."""
+        other = self.nets["D" if name == "G" else "G"]
+        other.requires_grad_(False)
+        self.nets[name].requires_grad_(True)
+        try:
+            yield
+        finally:
+            other.requires_grad_(True)
+
+    @abc.abstractmethod
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        """Context of one micro-batch's forward and backward; gradients are synchronised
+        across processes only when `last` is true (the optimizer step follows)."""
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for forward passes; weights and optimizer state stay fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @abc.abstractmethod
+    def backward(self, loss: torch.Tensor, name: str) -> None:
+        """Accumulate the gradient of one micro-batch's loss (a mean over that micro-batch)
+        into network `name`; the step gets the mean over all micro-batches."""
+
+    @abc.abstractmethod
+    def step(self, name: str) -> None:
+        """Optimizer step of network `name` on the accumulated gradient, then zero it."""
+
+    # -- communication ------------------------------------------------------------------
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Mean over processes (a new tensor; the input is left alone)."""
+        if not self.distributed:
+            return tensor
+        out = tensor.detach().clone().to(self.device)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out / self.world_size
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    # -- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned; nothing by default."""
+
+    def close(self, wait: bool = True) -> None:
+        """Destroy the process group so that no communication thread outlives Python.
+
+        `wait`: first wait for every rank (a finished run); pass False after an error,
+        when a peer may be gone and a barrier would hang.
+        """
+        if dist.is_available() and dist.is_initialized():
+            if wait:
+                dist.barrier()
+            dist.destroy_process_group()
+
+
+def parameter_digest(module: nn.Module) -> str:
+    """Short SHA-1 of all parameters' bytes: equal digests mean bitwise-equal weights."""
+    sha = hashlib.sha1()
+    for p in module.parameters():
+        sha.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()[:16]
+
+
+def check_world_size(world_size: int, expected: int) -> None:
+    """Warn loudly when the launcher asked for several processes but this one is alone.
+
+    `expected` is `backend.expect_world_size` (0: not given). A launcher that sets
+    MASTER_ADDR but no WORLD_SIZE (e.g. `accelerate launch --cpu --num_processes 2`, which
+    starts one process) is also reported.
+    """
+    problems = []
+    if expected and expected != world_size:
+        problems.append(f"backend.expect_world_size={expected} but the world size is "
+                        f"{world_size}")
+    if world_size == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        problems.append("MASTER_ADDR is set, so a multi-process launch was intended, but only "
+                        "this one process was started (`accelerate launch --cpu "
+                        "--num_processes N` does that: use --config_file launch/cpu-ddp.yaml)")
+    if not problems:
+        return
+    text = "dgan: WARNING: " + "; ".join(problems) + ". Training continues on this world size."
+    banner = "!" * 78
+    print(f"{banner}\n{text}\n{banner}", file=sys.stderr, flush=True)
+    log.warning(text)

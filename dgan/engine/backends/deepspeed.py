@@ -1,0 +1,197 @@
+"""`deepspeed`: one DeepSpeed engine for G and one for D, ZeRO stage 0, 1 or 2.
+
+Each engine is made by `deepspeed.initialize` with its own config: the JSON file named by
+`backend.deepspeed_config_g` / `_d` when given (see launch/), else one generated from the
+YAML config. The keys that must agree with the trainer (micro-batch size, accumulation
+steps, ZeRO stage; no fp16/bf16 sections) are set or checked here. The process group is initialised
+from the launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), so
+`accelerate launch`, `torchrun`, `deepspeed` and `srun` all work: NCCL on GPUs, gloo on CPUs.
+
+GAN semantics: the trained network runs through its engine; the frozen one runs as
+`engine.module` (calling the frozen engine would register a forward that its
+ZeRO bookkeeping expects a backward for). Accumulation is DeepSpeed's own: the engine
+divides each micro-batch loss by `gradient_accumulation_steps` and reduces gradients at
+the boundary; `engine.step()` is called after every micro-batch because it advances the
+engine's micro-step counter, and only the boundary call steps the optimizer.
+
+ZeRO-3 partitions D's parameters, so `engine.module` would run G's step on empty
+shards; it is refused rather than allowed to train something else than it says.
+Precision: fp32 and bf16 keep fp32 weights and use autocast (bf16 needs no loss
+scaling). fp16 is refused (in the config): DeepSpeed's fp16 mode casts the networks to
+half precision, which G's BatchNorm under autocast does not accept, and its loss scaler
+works only with that mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dgan.engine.backends.base import NETS, Backend
+
+log = logging.getLogger(__name__)
+REFUSE_ZERO3 = (
+    "backend.zero_stage=3 is not supported: ZeRO-3 partitions D's parameters, and G's step "
+    "calls D outside its engine, where the partitions are not gathered. Use "
+    "backend.zero_stage=2 (optimizer state and gradients sharded), or backend.name=ddp.")
+
+
+def init_process_group() -> tuple[int, int, int, torch.device]:
+    """(rank, local_rank, world_size, device) from the launcher's environment, with the
+    default process group initialised (a one-rank group when there is no launcher)."""
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        if world_size > 1:
+            dist.init_process_group(backend, init_method="env://", rank=rank,
+                                    world_size=world_size)
+        else:
+            # DeepSpeed needs a process group and LOCAL_RANK even for one process; without
+            # launcher variables it would try MPI discovery instead.
+            os.environ.setdefault("LOCAL_RANK", "0")
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return rank, local_rank, world_size, device
+
+
+def _skip_cpu_shm_kernel() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce on CPU.
+
+    On first use it compiles a C++ extension (minutes on a busy CPU) under a file lock in
+    ~/.cache/torch_extensions; a run killed while compiling leaves the lock behind and every
+    later run waits on it forever. gloo does the CPU collectives instead.
+    """
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
+def engine_config(path: Optional[str], *, zero_stage: int, micro_batch: int, grad_accum: int,
+                  world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config of one engine: the JSON at `path` (or an empty one), with the
+    trainer's batch, accumulation and ZeRO stage filled in or checked."""
+    config: dict[str, Any] = {}
+    if path:
+        with open(path) as f:
+            config = json.load(f)
+    zero = config.setdefault("zero_optimization", {})
+    stage = int(zero.setdefault("stage", zero_stage))
+    if stage != zero_stage:
+        raise ValueError(f"{path} sets zero_optimization.stage={stage} but backend.zero_stage="
+                         f"{zero_stage}; make them agree")
+    if stage >= 3:
+        raise ValueError(REFUSE_ZERO3)
+    for key, value in (("train_micro_batch_size_per_gpu", micro_batch),
+                       ("gradient_accumulation_steps", grad_accum),
+                       ("train_batch_size", micro_batch * grad_accum * world_size)):
+        if config.get(key, value) not in (value, "auto"):
+            raise ValueError(f"{path} sets {key}={config[key]} but the trainer uses {value} "
+                             "(train.batch_size per process x train.grad_accum x processes); "
+                             "remove the key or use \"auto\"")
+        config[key] = value
+    for section in ("fp16", "bf16"):
+        if config.get(section, {}).get("enabled", False):
+            raise ValueError(f"{path} enables {section}: dgan keeps fp32 weights and autocasts "
+                             "as train.precision says; drop the section")
+    # The optimizer is dgan's torch.optim.Adam: DeepSpeed's fused Adam kernels do not build
+    # on every machine (none on CPU) and the ddp backend uses the same optimizer.
+    config["zero_allow_untested_optimizer"] = True
+    # DeepSpeed clips gradients to norm 1.0 unless told otherwise; the ddp backend does not
+    # clip, and the two must train the same model.
+    config.setdefault("gradient_clipping", 0.0)
+    config.setdefault("steps_per_print", 2**31 - 1)
+    config.setdefault("wall_clock_breakdown", False)
+    return config
+
+
+class DeepSpeedBackend(Backend):
+    name = "deepspeed"
+
+    def __init__(self, precision: str = "fp32", grad_accum: int = 1, *, zero_stage: int = 0,
+                 micro_batch: int = 1, config_paths: Optional[dict[str, Optional[str]]] = None
+                 ) -> None:
+        super().__init__(precision, grad_accum)
+        if zero_stage >= 3:
+            raise ValueError(REFUSE_ZERO3)
+        if precision == "fp16":
+            raise ValueError("train.precision=fp16 is not supported with backend.name=deepspeed;"
+                             " use bf16, or backend.name=ddp for fp16")
+        self.rank, self.local_rank, self.world_size, self.device = init_process_group()
+        if self.device.type == "cpu":
+            _skip_cpu_shm_kernel()
+        paths = config_paths or {}
+        self.zero_stage = zero_stage
+        self.configs = {n: engine_config(paths.get(n), zero_stage=zero_stage,
+                                         micro_batch=micro_batch, grad_accum=grad_accum,
+                                         world_size=self.world_size)
+                        for n in NETS}
+        self.current: Optional[str] = None
+
+    def prepare(self, g: nn.Module, d: nn.Module, opt_g: torch.optim.Optimizer,
+                opt_d: torch.optim.Optimizer) -> None:
+        import deepspeed
+
+        self.engines = {}
+        for name, net, opt in (("G", g, opt_g), ("D", d, opt_d)):
+            engine, *_ = deepspeed.initialize(model=net.to(self.device), optimizer=opt,
+                                              config=self.configs[name])
+            self.engines[name] = engine
+        self.g, self.d = self.engines["G"], self.engines["D"]
+        self.g_module, self.d_module = self.g.module, self.d.module
+        self.nets = {"G": self.g_module, "D": self.d_module}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):  # type: ignore[override]
+        self.current = name
+        try:
+            with super().phase(name):
+                yield
+        finally:
+            self.current = None
+
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        engine = self.engines[str(self.current)]
+        if engine.is_gradient_accumulation_boundary() != last:
+            raise RuntimeError(f"DeepSpeed's accumulation counter of {self.current} disagrees "
+                               f"with the trainer (last micro-batch: {last}); every micro-batch "
+                               "must call backward exactly once")
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, name: str) -> None:
+        engine = self.engines[name]
+        engine.backward(loss)
+        if not engine.is_gradient_accumulation_boundary():
+            engine.step()  # counts the micro-batch; the optimizer steps at the boundary only
+
+    def step(self, name: str) -> None:
+        engine = self.engines[name]
+        if not engine.is_gradient_accumulation_boundary():
+            raise RuntimeError(f"step({name!r}) before the last micro-batch's backward")
+        engine.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["zero_stage"] = self.zero_stage
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        stage, world = state.get("zero_stage", 0), state.get("world_size", 1)
+        if state.get("name") == self.name and stage >= 1 and world > 1:
+            raise ValueError(
+                f"this checkpoint was written by DeepSpeed ZeRO-{stage} on {world} processes: "
+                "its optimizer state is partitioned across ranks and the single-file "
+                "checkpoint holds rank 0's part only, so resuming would silently diverge. Start "
+                "a new run.dir, or train with backend.zero_stage=0 or backend.name=ddp.")
