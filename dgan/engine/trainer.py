@@ -249,8 +249,8 @@ class Trainer:
         start = (f"resumed from {resumed} at step {self.step}" if resumed else
                  "fresh start (resume=never)" if cfg.resume == "never" else
                  "fresh start (no valid checkpoint)")
-        logger.message(f"dgan: run {self.run_dir}: {start}"
-                       f"; backend {b.name}, {b.world_size} process(es) on {b.device}, global batch "
+        logger.message(f"dgan: run {self.run_dir}: {start}; backend {b.name}, "
+                       f"{b.world_size} process(es) on {b.device}, global batch "
                        f"{global_batch} = {cfg.train.batch_size} per process x {b.world_size} x "
                        f"{cfg.train.grad_accum} accumulated, precision {cfg.train.precision}")
         if self.step >= cfg.train.steps:
