@@ -16,8 +16,8 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import numpy as np
 import webdataset as wds
@@ -51,13 +51,13 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def write_shards(
-    samples: Iterable[tuple[bytes, str, Optional[int]]],
+    samples: Iterable[tuple[bytes, str, int | None]],
     out: str | os.PathLike,
     name: str,
     *,
     resolution: int,
     channels: int,
-    labels: Optional[list[str]] = None,
+    labels: list[str] | None = None,
     per_shard: int = 1000,
 ) -> dict:
     """Write (encoded image, extension, label) samples into shards plus index.json.
