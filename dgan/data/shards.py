@@ -16,7 +16,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from PIL import Image
 
 INDEX = "index.json"
 FORMAT = "dgan-shards/1"
+MTIME = 946684800.0  # 2000-01-01, the tar members' modification time
 
 
 def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
@@ -59,16 +60,19 @@ def write_shards(
     channels: int,
     labels: list[str] | None = None,
     per_shard: int = 1000,
+    extra: Callable[[], dict] | None = None,
 ) -> dict:
     """Write (encoded image, extension, label) samples into shards plus index.json.
 
-    Returns the index. Keys are the running sample number, zero-padded.
+    Returns the index. Keys are the running sample number, zero-padded. `extra` is called
+    after the last sample and returns more index fields (facts known only at the end).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pattern = str(out / f"{name}-%06d.tar")
     counts: list[int] = []
-    with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as sink:
+    # A fixed member mtime makes the same samples give the same bytes (and sha256).
+    with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0, mtime=MTIME) as sink:
         for i, (data, ext, label) in enumerate(samples):
             if i % per_shard == 0:
                 counts.append(0)
@@ -84,6 +88,8 @@ def write_shards(
                        "bytes": path.stat().st_size})
     index = {"format": FORMAT, "name": name, "shards": shards, "total": sum(counts),
              "resolution": resolution, "channels": channels, "labels": labels}
+    if extra is not None:
+        index.update(extra())
     tmp = out / (INDEX + ".tmp")
     tmp.write_text(json.dumps(index, indent=1))
     os.replace(tmp, out / INDEX)
