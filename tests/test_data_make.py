@@ -104,7 +104,7 @@ def test_messy_folder_good_pictures_become_samples_broken_are_listed(messy, tmp_
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "dgan", "data", "make", str(root), str(out),
                           "--resolution", "32", "--workers", "2", "--per-shard", "5",
-                          "--labels", "subdirs"], capture_output=True, text=True, env=env,
+                          "--labels", "subdirs"], capture_output=True, text=True, env=env, check=False,
                          timeout=120)
     assert run.returncode == 0, run.stderr
     assert f"wrote {len(good)} samples" in run.stdout and "skipped 5" in run.stdout
@@ -201,7 +201,7 @@ def test_inspect_reports_and_detects_tampering(tmp_path, capsys):
     with Image.open(out / "inspect.png") as grid:
         assert grid.size == (8 * 30 - 2, 8 * 30 - 2)
     # drop one sample from the last shard: count and sha256 no longer match the index
-    last = sorted(out.glob("*.tar"))[-1]
+    last = max(out.glob("*.tar"))
     with tarfile.open(last) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
     with tarfile.open(last, "w") as tar:

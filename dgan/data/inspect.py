@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections import Counter
@@ -119,11 +120,10 @@ def write_grid(samples: list[dict], path: str | os.PathLike, channels: int,
     """Tile decodable samples (uint8) into a near-square grid with 2-pixel gaps, as PNG."""
     tiles = []
     for sample in samples:
-        try:
+        # An undecodable sample was already reported by the header pass; leave it out.
+        with contextlib.suppress(Exception):
             image, _ = decode(sample, channels, resolution)
-        except Exception:  # noqa: BLE001 - already reported by the header pass
-            continue
-        tiles.append(image if image.ndim == 3 else image[:, :, None])
+            tiles.append(image if image.ndim == 3 else image[:, :, None])
     if not tiles:
         return
     cols = int(np.ceil(np.sqrt(len(tiles))))

@@ -236,7 +236,8 @@ class DataStream:
     """The rank's iterator of float batches in [-1, 1] on `device`, with a position.
 
     Yields (images float32 [B, C, R, R] in [-1, 1], labels int64 [B]); infinite unless
-    `resampled=False` (one pass, then StopIteration). `state_dict()` / `load_state_dict()`
+    `resampled=False`: one pass over the rank's shards, every sample once (the last batch of
+    each worker may be short), then StopIteration. `state_dict()` / `load_state_dict()`
     carry the position; loading rebuilds the loader.
     """
 
@@ -259,7 +260,8 @@ class DataStream:
 
     def _loader(self) -> Iterator:
         kw = {**self.kw, "seed": self.kw["seed"] + self.seed_offset}
-        dataset = ShardStream(self.source, next_role=self.next_role, cursors=self.cursors, **kw)
+        dataset = ShardStream(self.source, next_role=self.next_role, cursors=self.cursors,
+                              drop_last=self.kw["resampled"], **kw)
         workers = self.kw["workers"]
         loader = DataLoader(dataset, batch_size=None, num_workers=workers,
                             pin_memory=self.device.type == "cuda",
