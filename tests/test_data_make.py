@@ -16,7 +16,8 @@ from PIL import Image
 
 from dgan.cli import main
 from dgan.data.shards import read_index
-from dgan.data.stream import decode, iter_tar
+from dgan.data.stream import decode
+from dgan.data.tario import iter_tar
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from dgan.data.shards import INDEX, read_index, sha256_file
 from dgan.data.sources import resolve_source
-from dgan.data.stream import IMAGE_EXTS, decode, iter_tar
+from dgan.data.stream import IMAGE_EXTS, decode
+from dgan.data.tario import iter_tar
 
 
 @dataclass

@@ -25,7 +25,7 @@ from PIL import Image
 
 INDEX = "index.json"
 FORMAT = "dgan-shards/1"
-MTIME = 946684800.0  # 2000-01-01, the tar members' modification time
+MTIME = 946684800  # 2000-01-01, the members' mtime; an int, since a float adds a pax header
 
 
 def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:

@@ -32,13 +32,13 @@ class ShardSource:
         if known is not None:
             return known
         if shard not in self._counted:
-            from dgan.data.stream import iter_tar
+            from dgan.data.tario import iter_tar, sample_key
 
             url = self.urls[shard]
             if os.path.isfile(url):
                 with tarfile.open(url) as tar:  # seekable: headers only, no data read
-                    keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
-                self._counted[shard] = len(keys)
+                    keys = {sample_key(m.name) for m in tar.getmembers() if m.isfile()}
+                self._counted[shard] = len(keys - {None})
             else:
                 self._counted[shard] = sum(1 for _ in iter_tar(url))
         return self._counted[shard]

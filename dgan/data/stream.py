@@ -9,9 +9,9 @@ A slot reads a deterministic sequence of shards: in resampled mode (training def
 epoch e is a permutation of all shards drawn from (seed, s, e), so uneven shard counts never
 starve a rank; in single-pass mode slot s reads shards s, s+S, s+2S, ... once. Samples are
 shuffled in blocks of `shuffle_buffer` with a permutation drawn from (seed, s, block), and
-x-flips from (seed, s, sample number). Each worker batches its own samples (uint8, so the
-inter-process copy is 4x smaller than float); `DataStream` converts to float in [-1, 1] on
-the training device.
+x-flips drawn with it. Each worker batches its own samples (uint8 HWC, so the inter-process
+copy is 4x smaller than float and filling a batch is a plain copy); `DataStream` moves the
+batch to the training device, where it becomes float [B, C, R, R] in [-1, 1].
 
 Resume. Every batch carries its worker *role* (the worker index it was produced for) and
 that role's *cursor* (how many shuffled samples, corrupt ones included, the role has used).
@@ -40,44 +40,22 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dgan.data.sources import ShardSource
+from dgan.data.tario import iter_tar
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
-def iter_tar(url: str) -> Iterator[dict[str, bytes]]:
-    """Yield WebDataset samples ({ext: bytes, "__key__": key, "__url__": url}) of one tar, in order."""
-    import webdataset as wds
-
-    with wds.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-        current: dict[str, Any] = {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            base = member.name.rsplit("/", 1)[-1]
-            if "." not in base:
-                continue
-            key, ext = base.split(".", 1)
-            key = member.name[: len(member.name) - len(base)] + key
-            data = tar.extractfile(member).read()  # type: ignore[union-attr]
-            if current and current["__key__"] != key:
-                yield current
-                current = {}
-            current["__key__"] = key
-            current["__url__"] = url
-            current[ext.lower()] = data
-        if current:
-            yield current
-
-
 MODES = {1: "L", 3: "RGB"}
 
 
-def decode(sample: dict[str, bytes], channels: int, resolution: int) -> tuple[np.ndarray, int]:
+def decode(sample: dict[str, bytes], channels: int, resolution: int,
+           flip: bool = False) -> tuple[np.ndarray, int]:
     """Encoded sample -> (uint8 array HxW for 1 channel or HxWx3, label or -1).
 
     Raises on a corrupt image. Images already in the target mode are not converted (the
-    conversion would be a full copy); other sizes are resized with Lanczos.
+    conversion would be a full copy); other sizes are resized with Lanczos. `flip` mirrors
+    left-right (in PIL, which is faster than a reversed numpy copy).
     """
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None:
@@ -88,6 +66,8 @@ def decode(sample: dict[str, bytes], channels: int, resolution: int) -> tuple[np
             img = img.convert(mode)
         if img.size != (resolution, resolution):
             img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
+        if flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         array = np.asarray(img)
     label = int(sample["cls"]) if "cls" in sample else -1
     return array, label
@@ -99,7 +79,7 @@ def batch_plan(batches: int, workers: int) -> tuple[int, list[int]]:
 
 
 class ShardStream(IterableDataset):
-    """Batches (uint8 images [B, C, R, R], int64 labels [B], int64 position [2]) of one rank.
+    """Batches (uint8 images [B, R, R, C], int64 labels [B], int64 position [2]) of one rank.
 
     position = (role, cursor): the worker role that made the batch and how many shuffled
     samples that role had used after it. Resume either from `start_batches` (exact when no
@@ -165,12 +145,16 @@ class ShardStream(IterableDataset):
                 if skip >= count:
                     skip -= count
                     continue
-            for sample in iter_tar(self.source.urls[shard]):
-                seen += 1
-                if skip:
-                    skip -= 1
-                    continue
-                yield sample
+            try:
+                for sample in iter_tar(self.source.urls[shard]):
+                    seen += 1
+                    if skip:
+                        skip -= 1
+                        continue
+                    yield sample
+            except (OSError, ValueError, tarfile.TarError) as e:
+                # A damaged or unreachable shard costs its remaining samples, not the run.
+                log.warning("skipping the rest of shard %s: %s", self.source.urls[shard], e)
 
     def _shuffled(self, slot: int, slots: int,
                   skip: int) -> Iterator[tuple[dict[str, bytes], bool]]:
@@ -203,13 +187,16 @@ class ShardStream(IterableDataset):
         cursor = self.cursors[role]
         slot = self.rank * workers + role
         slots = self.world_size * workers
-        shape = (self.batch_size, self.channels, self.resolution, self.resolution)
+        # Batches stay HWC here: filling them is then a contiguous copy per image; the
+        # consumer's float conversion does the transpose in the same pass.
+        shape = (self.batch_size, self.resolution, self.resolution, self.channels)
         images, labels, k = np.empty(shape, np.uint8), np.empty(self.batch_size, np.int64), 0
         bad_in_a_row = 0
         for sample, flip in self._shuffled(slot, slots, cursor):
             cursor += 1
             try:
-                image, label = decode(sample, self.channels, self.resolution)
+                image, label = decode(sample, self.channels, self.resolution,
+                                      self.xflip and flip)
             except Exception as e:  # a corrupt sample must not end the run
                 bad_in_a_row += 1
                 log.warning("skipping corrupt sample %s in %s: %s", sample.get("__key__"),
@@ -219,9 +206,7 @@ class ShardStream(IterableDataset):
                                        "unusable (check it with `dgan data inspect`)") from e
                 continue
             bad_in_a_row = 0
-            # One copy from the decoded HWC array into the CHW batch; the flip is a view.
-            hwc = image[:, :, None] if image.ndim == 2 else image
-            images[k] = (hwc[:, ::-1] if self.xflip and flip else hwc).transpose(2, 0, 1)
+            images[k] = image.reshape(shape[1:])
             labels[k] = label
             k += 1
             if k == self.batch_size:
@@ -230,6 +215,19 @@ class ShardStream(IterableDataset):
         if k and not self.drop_last:
             yield (torch.from_numpy(images[:k]), torch.from_numpy(labels[:k]),
                    torch.tensor([role, cursor]))
+
+
+def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 [B, H, W, C] -> float32 [B, C, H, W] in [-1, 1] on `device`, contiguous.
+
+    The uint8 batch moves first (4x fewer bytes). `copy_` of the permuted view transposes
+    and converts in one pass as fast as a plain conversion (a fused divide into a
+    transposed output measured 1.6x slower on CPU); then x / 127.5 - 1 in place.
+    """
+    images = images.to(device, non_blocking=True)
+    b, h, w, c = images.shape
+    out = torch.empty((b, c, h, w), dtype=torch.float32, device=device)
+    return out.copy_(images.permute(0, 3, 1, 2)).div_(127.5).sub_(1.0)
 
 
 class DataStream:
@@ -278,8 +276,7 @@ class DataStream:
         self.batches += 1
         self.cursors[int(role)] = int(cursor)
         self.next_role = (int(role) + 1) % len(self.cursors)
-        images = images.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
-        return images, labels.to(self.device, non_blocking=True)
+        return to_float(images, self.device), labels.to(self.device, non_blocking=True)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain ints (and one list of ints): JSON-able, and per rank."""
