@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -176,9 +177,11 @@ def test_corrupt_samples_are_skipped_with_a_warning(tmp_path, caplog):
 def test_damaged_shard_costs_its_rest_not_the_run(tmp_path, caplog):
     data = write_numbered(tmp_path / "d", [6, 6])
     shard = data / "num-000000.tar"
-    # 4 blocks per sample (png + cls); cut in sample 3's header: samples 0, 1 survive (2 was
-    # still being assembled, and whether all its members had arrived is unknown)
-    shard.write_bytes(shard.read_bytes()[: 512 * 12 + 100])
+    with tarfile.open(shard) as tar:
+        cut = next(m.offset for m in tar if m.name.startswith("000000003")) + 100
+    # cut inside sample 3's first header: samples 0, 1 survive; 2 was still being
+    # assembled, and whether all its members had arrived is unknown
+    shard.write_bytes(shard.read_bytes()[:cut])
     with caplog.at_level(logging.WARNING):
         labels = torch.cat([lb for _, lb in _stream(data, workers=0, resampled=False)])
     assert sorted(labels.tolist()) == [0, 1, 6, 7, 8, 9, 10, 11]
