@@ -69,10 +69,10 @@ def bare(encoded: list[bytes]) -> float:
     return len(encoded) / (time.perf_counter() - start)
 
 
-def worker(directory: Path, size: int, n: int, batch: int = 64) -> float:
+def worker(directory: Path, size: int, n: int, xflip: bool, batch: int = 64) -> float:
     """img/s of one worker's share of the stream (uint8 batches, no float conversion)."""
     s = ShardStream(resolve_source(str(directory)), batch_size=batch, resolution=size,
-                    channels=3, shuffle_buffer=256, xflip=True)
+                    channels=3, shuffle_buffer=256, xflip=xflip)
     batches = iter(s)
     next(batches)
     count = max(1, n // batch)
@@ -82,11 +82,12 @@ def worker(directory: Path, size: int, n: int, batch: int = 64) -> float:
     return count * batch / (time.perf_counter() - start)
 
 
-def stream(directory: Path, size: int, n: int, workers: int, batch: int = 64) -> float:
+def stream(directory: Path, size: int, n: int, workers: int, xflip: bool,
+           batch: int = 64) -> float:
     """Per-worker img/s of DataStream over about n images, after one warm-up batch each."""
     s = DataStream(resolve_source(str(directory)), batch_size=batch, resolution=size,
                    channels=3, seed=0, rank=0, world_size=1, workers=workers,
-                   shuffle_buffer=256, xflip=True)
+                   shuffle_buffer=256, xflip=xflip)
     for _ in range(max(1, workers)):  # worker start-up is not throughput
         next(s)
     batches = max(1, n // batch)
@@ -104,28 +105,33 @@ def main() -> None:
                         "(4x as many at 64^2)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--formats", nargs="+", default=["jpg", "png"])
+    parser.add_argument("--xflip", action="store_true", help="x-flip half the pictures in the "
+                        "stream (an augmentation the bare loop does not do; off by default)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {load:.1f} at start; best of {args.repeats}; img/s per worker")
+          f"load average {load:.1f} at start; best of {args.repeats}; img/s per worker; "
+          f"xflip {'on' if args.xflip else 'off'}")
     streams = ["worker"] + [f"stream W={w}" for w in args.workers]
     cols = ["bare", *streams]
     print(f"{'case':<10}" + "".join(f"{c:>12}" for c in cols) + "  ratio to bare: " +
           " ".join(f"{c.replace('stream ', ''):>7}" for c in streams))
     with tempfile.TemporaryDirectory() as tmp:
-        for size in (64, 256):
-            for fmt in ("jpg", "png"):
+        for size in args.sizes:
+            for fmt in args.formats:
                 n = args.images * (4 if size == 64 else 1)
                 directory = Path(tmp) / f"{size}-{fmt}"
                 encoded = make_shards(directory, size, fmt, n)
                 best = {c: 0.0 for c in cols}
                 for _ in range(args.repeats):  # alternate so load drifts hit both alike
                     best["bare"] = max(best["bare"], bare(encoded))
-                    best["worker"] = max(best["worker"], worker(directory, size, n))
+                    best["worker"] = max(best["worker"], worker(directory, size, n, args.xflip))
                     for w in args.workers:
                         key = f"stream W={w}"
-                        best[key] = max(best[key], stream(directory, size, n, w))
+                        best[key] = max(best[key], stream(directory, size, n, w, args.xflip))
                 ratios = [best[c] / best["bare"] for c in streams]
                 print(f"{f'{size}^2 {fmt}':<10}" + "".join(f"{best[c]:>12,.0f}" for c in cols)
                       + "                 " + " ".join(f"{r:>7.2f}" for r in ratios),
