@@ -186,3 +186,21 @@ def test_damaged_shard_costs_its_rest_not_the_run(tmp_path, caplog):
         labels = torch.cat([lb for _, lb in _stream(data, workers=0, resampled=False)])
     assert sorted(labels.tolist()) == [0, 1, 6, 7, 8, 9, 10, 11]
     assert "skipping the rest of shard" in caplog.text and "cut short" in caplog.text
+
+
+def test_pipe_brace_pattern_reads_like_the_directory(tmp_path):
+    data = write_numbered(tmp_path / "d", [5, 7])
+    piped = f"pipe:cat {data}/num-{{000000..000001}}.tar"
+    assert len(resolve_source(piped).urls) == 2
+    kw = {"batch_size": 4, "resolution": 8, "channels": 1, "seed": 1, "rank": 0,
+          "world_size": 1, "workers": 0, "shuffle_buffer": 3, "xflip": True}
+    a = DataStream(resolve_source(piped), **kw)
+    b = DataStream(resolve_source(str(data)), **kw)
+    for _ in range(5):
+        (xa, la), (xb, lb) = next(a), next(b)
+        assert torch.equal(la, lb) and torch.equal(xa, xb)
+    # resuming a pipe: source counts shards by streaming them
+    state = a.state_dict()
+    c = DataStream(resolve_source(piped), **kw)
+    c.load_state_dict(state)
+    assert torch.equal(next(c)[1], next(a)[1])
