@@ -256,7 +256,12 @@ def _results(listing: Listing, order: np.ndarray, opts: dict[str, Any],
     tasks = ((listing.refs[i], listing.labels[i]) for i in order)
     if workers <= 1:
         _init_worker(opts, listing.zip_path)
-        yield from map(_convert, tasks)
+        try:
+            yield from map(_convert, tasks)
+        finally:
+            if _worker["zip"] is not None:
+                _worker["zip"].close()
+            _worker.clear()
         return
     with multiprocessing.Pool(workers, _init_worker, (opts, listing.zip_path)) as pool:
         # imap keeps input order, so the shards do not depend on the worker count.
@@ -275,7 +280,8 @@ def make_dataset(src: str | os.PathLike, out: str | os.PathLike,
                          "stretch")), ("small", ("upscale", "skip")),
                          ("format", (None, "png", "jpg", "webp")), ("channels", (None, 1, 3))):
         if getattr(opts, key) not in allowed:
-            raise ValueError(f"bad {key} {getattr(opts, key)!r}; expected one of {allowed[1:]}")
+            choices = [a for a in allowed if a is not None]
+            raise ValueError(f"bad {key} {getattr(opts, key)!r}; expected one of {choices}")
     listing, refused = list_source(src, opts)
     fmt = opts.format or ("png" if listing.kind == "npz" or listing.channels == 1 else "jpg")
     worker_opts = {"channels": listing.channels, "resolution": listing.resolution,
