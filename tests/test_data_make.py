@@ -98,6 +98,7 @@ def messy(tmp_path_factory):
     return root, good, broken
 
 
+@pytest.mark.slow
 def test_messy_folder_good_pictures_become_samples_broken_are_listed(messy, tmp_path):
     root, good, broken = messy
     out = tmp_path / "out"
