@@ -32,7 +32,9 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    path: Optional[str] = None  # None: the built-in MNIST demo shards (built once, cached)
+    # shards (directory with index.json, brace pattern, pipe: URL) or builtin:NAME
+    # (mnist, stacked_mnist: built once into the cache); None means builtin:mnist
+    path: Optional[str] = None
     resolution: int = 28
     channels: int = 1
     workers: int = 1  # DataLoader worker processes per rank
@@ -84,6 +86,13 @@ class LogConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 0  # steps between evaluations (and one at the end); 0: off
+    metrics: list[str] = field(default_factory=lambda: ["fd", "coverage"])
+    n: int = 2000  # generated samples (and real samples) per evaluation
+
+
+@dataclass
 class BackendConfig:
     name: str = "ddp"
 
@@ -98,6 +107,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
 
 
@@ -111,7 +121,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.keep",
             "log.every", "log.grid", "data.channels", "model.z_dim", "model.g_width",
             "model.d_width", "optim.lr_g", "optim.lr_d")
-NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma")
+NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma", "eval.every")
+METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes")
 
 
 def all_keys(node: Any = Config, prefix: str = "") -> list[str]:
@@ -171,6 +182,11 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"bad value for '{key}': {OmegaConf.select(cfg, key)}; expected >= 0")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"bad value for 'data.channels': {cfg.data.channels}; expected 1 or 3")
+    for metric in cfg.eval.metrics:
+        if metric not in METRICS:
+            raise ConfigError(f"bad value in 'eval.metrics': {metric!r}; expected any of {list(METRICS)}")
+    if cfg.eval.n < 2:
+        raise ConfigError(f"bad value for 'eval.n': {cfg.eval.n}; expected >= 2")
     if not 0.0 <= cfg.train.ema_beta < 1.0:
         raise ConfigError(f"bad value for 'train.ema_beta': {cfg.train.ema_beta}; expected [0, 1)")
 
