@@ -1,0 +1,125 @@
+"""Triton kernels on the CPU under ``TRITON_INTERPRET=1``, checked against the reference.
+
+Triton decides at ``@triton.jit`` decoration time whether to interpret, so each check runs
+in a fresh interpreter process with the variable set; this keeps the mode from leaking
+into GPU tests that run in the same pytest session. Inputs are float64 so that the only
+differences are the kernels' fp32 arithmetic (tolerance: 1e-5 relative to the max).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+
+def _close(a, b, tol: float = 1e-5) -> None:
+    scale = max(float(b.abs().max()), 1.0)
+    err = float((a.double() - b.double()).abs().max())
+    assert err <= tol * scale, f"max abs err {err} > {tol} * {scale}"
+
+
+def _fwd_grad_gradgrad(fn, inputs, impl: str):
+    import torch
+
+    y = fn(*inputs, impl=impl)
+    g = torch.autograd.grad(y.square().sum(), inputs, create_graph=True)
+    gg = torch.autograd.grad(sum((t * t.detach().sign()).sum() for t in g), inputs)
+    return [y, *g, *gg]
+
+
+def _compare(fn, make_inputs) -> None:
+    ref = _fwd_grad_gradgrad(fn, make_inputs(), "reference")
+    out = _fwd_grad_gradgrad(fn, make_inputs(), "fused")
+    for a, b in zip(out, ref):
+        _close(a, b)
+
+
+def check_bias_act() -> None:
+    import torch
+
+    from dgan.ops import ACTIVATIONS, bias_act
+
+    for act in ACTIVATIONS:
+        for clamp in (None, 0.7):
+            def make():
+                g = torch.Generator().manual_seed(0)
+                x = torch.randn(3, 5, 7, generator=g, dtype=torch.float64).requires_grad_()
+                b = torch.randn(5, generator=g, dtype=torch.float64).requires_grad_()
+                return x, b
+            fn = lambda x, b, impl: bias_act(x, b, act=act, clamp=clamp, impl=impl)  # noqa: E731
+            _compare(fn, make)
+    x = torch.randn(2, 3, 5, 4).to(memory_format=torch.channels_last)
+    b = torch.randn(3)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1e-3)):
+        y = bias_act(x.to(dtype), b, act="lrelu", clamp=1.0, impl="fused")
+        assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+        _close(y, bias_act(x, b, act="lrelu", clamp=1.0, impl="reference"), tol)
+    xb = torch.randn(4, 6, dtype=torch.float64)
+    _close(bias_act(xb, torch.ones(4, dtype=torch.float64), dim=0, act="swish", impl="fused"),
+           bias_act(xb, torch.ones(4, dtype=torch.float64), dim=0, act="swish", impl="reference"))
+
+
+def check_upfirdn2d() -> None:
+    import torch
+
+    from dgan.ops import setup_filter, upfirdn2d
+
+    cases = [(1, 1, (1, 1, 1, 1), "sep"), (2, 1, (2, 1, 2, 1), "sep"), (1, 2, (1, 1, 1, 1), "sep"),
+             (2, 2, (0, 1, 2, -1), "full"), (1, 1, (-1, 2, 0, 0), "full")]
+    for up, down, pad, kind in cases:
+        f = setup_filter([1, 3, 3, 1]) if kind == "sep" else torch.randn(3, 4)
+        def make():
+            g = torch.Generator().manual_seed(1)
+            return (torch.randn(2, 3, 7, 5, generator=g, dtype=torch.float64).requires_grad_(),)
+        fn = lambda x, impl: upfirdn2d(x, f, up=up, down=down, padding=pad, gain=2.0,  # noqa: E731
+                                       impl=impl)
+        _compare(fn, make)
+    f = setup_filter([1, 3, 3, 1])
+    x = torch.randn(2, 3, 6, 5).to(memory_format=torch.channels_last)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1e-3)):
+        y = upfirdn2d(x.to(dtype), f, up=2, padding=(2, 1, 2, 1), gain=4, impl="fused")
+        assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+        _close(y, upfirdn2d(x, f, up=2, padding=(2, 1, 2, 1), gain=4, impl="reference"), tol)
+
+
+def check_modulated_conv2d() -> None:
+    import torch
+
+    from dgan.ops import modulated_conv2d, setup_filter
+
+    f = setup_filter([1, 3, 3, 1])
+    for up, down, k, demod, fused in [(1, 1, 3, True, True), (2, 1, 3, True, True),
+                                      (1, 2, 1, False, True), (2, 1, 3, True, False)]:
+        def make():
+            g = torch.Generator().manual_seed(2)
+            x = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64).requires_grad_()
+            w = torch.randn(4, 3, k, k, generator=g, dtype=torch.float64).requires_grad_()
+            s = torch.randn(2, 3, generator=g, dtype=torch.float64).requires_grad_()
+            return x, w, s
+        fn = lambda x, w, s, impl: modulated_conv2d(  # noqa: E731
+            x, w, s, up=up, down=down, padding=k // 2, resample_filter=f, demodulate=demod,
+            fused_modconv=fused, impl=impl)
+        _compare(fn, make)
+
+
+CHECKS = {"bias_act": check_bias_act, "upfirdn2d": check_upfirdn2d,
+          "modulated_conv2d": check_modulated_conv2d}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_triton_kernel_under_interpreter(name: str) -> None:
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", DGAN_OPS="auto")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), name], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+if __name__ == "__main__":
+    CHECKS[sys.argv[1]]()
