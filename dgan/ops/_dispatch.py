@@ -7,6 +7,11 @@ The choice is made per call from, in order of precedence:
 3. the environment variable ``DGAN_OPS`` (``reference`` | ``fused`` | ``auto``),
 4. ``auto``: fused on CUDA tensors when Triton imports, reference otherwise.
 
+Inside a ``torch.compile`` region the switch (but not an explicit ``impl=``) selects the
+reference: Inductor fuses those plain ops with their neighbours itself, while an opaque
+Triton launch inside a custom autograd Function would only split the graph. The fused
+kernels serve eager mode, which is where the double-backward phases (R1, path length) run.
+
 ``fused`` on a CPU tensor only works under ``TRITON_INTERPRET=1`` (the Triton
 interpreter), which is how the kernels are tested without a GPU.
 """
@@ -58,6 +63,8 @@ def get_impl() -> str:
 
 def use_fused(op: str, x: torch.Tensor, impl: str | None = None) -> bool:
     """Decide whether ``op`` runs its fused kernel on tensor ``x``; logs the choice once per op."""
+    if impl is None and torch.compiler.is_compiling():
+        return False
     name = impl if impl is not None else get_impl()
     if name not in _VALID:
         raise ValueError(f"ops implementation must be one of {_VALID}, got {name!r}")
