@@ -71,7 +71,7 @@ def cases(n: int, scale: int, device: torch.device, dtype: torch.dtype):
     ]
 
 
-def main(argv: list[str] | None = None) -> None:  # noqa: D103
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="shapes / 8, batch 2 (CPU smoke test)")
     p.add_argument("--batch", type=int, default=64)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:  # noqa: D103
         for impl in impls:
             inputs = make()
 
-            def step(impl=impl, inputs=inputs):
+            def step(impl=impl, inputs=inputs, op=op):
                 y = op(impl, *inputs)
                 y.backward(torch.ones_like(y))
                 return y

@@ -46,8 +46,8 @@ class Setup:
     def __init__(self, args: argparse.Namespace, device: torch.device, mode: str) -> None:
         torch.manual_seed(0)
         cl = device.type == "cuda"
-        kw = dict(img_resolution=args.resolution, channel_base=args.channel_base,
-                  channel_max=args.channel_max, channels_last=cl)
+        kw = {"img_resolution": args.resolution, "channel_base": args.channel_base,
+                  "channel_max": args.channel_max, "channels_last": cl}
         self.G = Generator(z_dim=args.z_dim, w_dim=args.z_dim, mapping_layers=args.map_depth,
                            **kw).to(device)
         self.D = Discriminator(**kw).to(device)
@@ -60,7 +60,7 @@ class Setup:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=hp_d[0], betas=hp_d[1],
                                       eps=1e-8, fused=fused_adam)
         augment = AdaptiveAugment(p=0.2).to(device) if args.augment else None
-        loss_kw = dict(augment=augment, r1_gamma=0.8192)
+        loss_kw = {"augment": augment, "r1_gamma": 0.8192}
         self.loss_reg = StyleGAN2Loss(self.G, self.D, **loss_kw).to(device)
         g_main, d_main = self.G, self.D
         if mode == "compile":
@@ -158,11 +158,11 @@ def run(args: argparse.Namespace, mode: str, batch: int, device: torch.device) -
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     peak = args.peak_tflops or default_peak(device)
     frac = flops * img_s / (peak * 1e12) if peak else float("nan")
-    return dict(mode=mode, batch=batch, img_s=img_s, s_kimg=1000 / img_s, mem_gib=mem,
-                gflop_img=flops / 1e9, frac=frac)
+    return {"mode": mode, "batch": batch, "img_s": img_s, "s_kimg": 1000 / img_s, "mem_gib": mem,
+                "gflop_img": flops / 1e9, "frac": frac}
 
 
-def main(argv: list[str] | None = None) -> None:  # noqa: D103
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="32x32, tiny channels: CPU smoke test")
     p.add_argument("--batches", type=int, nargs="+", default=None)

@@ -98,7 +98,7 @@ class AdaptiveAugment(nn.Module):
         # Running [sum of sign(D(real)), number of images] since the last update.
         self.register_buffer("_stat", torch.zeros(2), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = float(self.p)
         if p <= 0:
             return x

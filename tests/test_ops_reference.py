@@ -54,7 +54,7 @@ def test_bias_act_gradgradcheck(act: str) -> None:
     x = (torch.rand(2, 3, 3, dtype=torch.float64) + 0.1) * torch.sign(torch.randn(2, 3, 3))
     x = x.double().requires_grad_()
     b = (torch.randn(3, dtype=torch.float64) * 0.01).requires_grad_()
-    fn = lambda x, b: bias_act(x, b, act=act, clamp=50.0, impl="reference")  # noqa: E731
+    fn = lambda x, b: bias_act(x, b, act=act, clamp=50.0, impl="reference")
     assert torch.autograd.gradcheck(fn, (x, b))
     assert torch.autograd.gradgradcheck(fn, (x, b))
 
@@ -101,7 +101,7 @@ def test_upfirdn2d_gradgradcheck(up: int, down: int, pad: tuple, kind: str) -> N
     torch.manual_seed(0)
     x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
     f = setup_filter([1, 3, 3, 1]) if kind == "sep" else torch.randn(3, 4)
-    fn = lambda x: upfirdn2d(x, f.double(), up=up, down=down, padding=pad, impl="reference")  # noqa: E731
+    fn = lambda x: upfirdn2d(x, f.double(), up=up, down=down, padding=pad, impl="reference")
     assert torch.autograd.gradcheck(fn, (x,))
     assert torch.autograd.gradgradcheck(fn, (x,))
 
@@ -159,7 +159,7 @@ def test_modulated_conv2d_gradgradcheck(fused: bool) -> None:
     x = torch.randn(2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     s = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
-    fn = lambda x, w, s: modulated_conv2d(  # noqa: E731
+    fn = lambda x, w, s: modulated_conv2d(
         x, w, s, up=2, padding=1, resample_filter=f, fused_modconv=fused, impl="reference")
     assert torch.autograd.gradcheck(fn, (x, w, s))
     assert torch.autograd.gradgradcheck(fn, (x, w, s))

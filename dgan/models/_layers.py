@@ -7,6 +7,7 @@ step has the same effect on every layer whatever its fan-in.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -48,7 +49,7 @@ class FullyConnectedLayer(nn.Module):
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight * self.weight_gain
         b = self.bias * self.bias_gain if self.bias is not None else None
         if not torch.is_autocast_enabled():
@@ -58,7 +59,7 @@ class FullyConnectedLayer(nn.Module):
             return torch.addmm(b.unsqueeze(0), x, w.t())
         return bias_act(x.matmul(w.t()), b, act=self.activation)
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, act={self.activation}"
 
 
@@ -85,7 +86,7 @@ class Conv2dLayer(nn.Module):
                                                kernel_size).to(memory_format=fmt))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         w = self.weight * self.weight_gain
         if not torch.is_autocast_enabled():
             w = w.to(x.dtype)
@@ -112,13 +113,13 @@ class MappingNetwork(nn.Module):
         feats = [z_dim + embed] + [w_dim] * num_layers
         self.layers = nn.ModuleList(
             FullyConnectedLayer(i, o, activation=activation, lr_multiplier=lr_multiplier)
-            for i, o in zip(feats[:-1], feats[1:]))
+            for i, o in itertools.pairwise(feats))
         if w_avg_beta is not None:
             self.register_buffer("w_avg", torch.zeros(w_dim))
 
     def forward(self, z: torch.Tensor | None, c: torch.Tensor | None = None,
                 truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                update_emas: bool = False) -> torch.Tensor:  # noqa: D102
+                update_emas: bool = False) -> torch.Tensor:
         parts = []
         if self.z_dim > 0:
             parts.append(normalize_2nd_moment(z.float()))

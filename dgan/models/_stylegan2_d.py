@@ -23,7 +23,7 @@ class DiscriminatorBlock(nn.Module):
                  img_channels: int, conv_clamp: float | None, channels_last: bool) -> None:
         super().__init__()
         self.in_channels, self.channels_last = in_channels, channels_last
-        kw = dict(conv_clamp=conv_clamp, channels_last=channels_last)
+        kw = {"conv_clamp": conv_clamp, "channels_last": channels_last}
         if in_channels == 0:
             self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu", **kw)
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu", **kw)
@@ -31,7 +31,7 @@ class DiscriminatorBlock(nn.Module):
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2,
                                 channels_last=channels_last)
 
-    def forward(self, x: torch.Tensor | None, img: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor) -> torch.Tensor:
         if self.in_channels == 0:
             fmt = torch.channels_last if self.channels_last else torch.contiguous_format
             x = self.fromrgb(img.to(memory_format=fmt))
@@ -52,7 +52,7 @@ class MinibatchStdLayer(nn.Module):
         super().__init__()
         self.group_size, self.num_channels = group_size, num_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         g = math.gcd(self.group_size, n)
         f = self.num_channels
@@ -76,7 +76,7 @@ class DiscriminatorEpilogue(nn.Module):
         self.fc = FullyConnectedLayer(in_channels * 16, in_channels, activation="lrelu")
         self.out = FullyConnectedLayer(in_channels, cmap_dim if cmap_dim > 0 else 1)
 
-    def forward(self, x: torch.Tensor, cmap: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor, cmap: torch.Tensor | None) -> torch.Tensor:
         x = self.conv(self.mbstd(x.contiguous()))
         x = self.out(self.fc(x.flatten(1)))
         if self.cmap_dim > 0:

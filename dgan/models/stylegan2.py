@@ -46,7 +46,7 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]), persistent=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
-                gain: float = 1.0) -> torch.Tensor:  # noqa: D102
+                gain: float = 1.0) -> torch.Tensor:
         styles = self.affine(w)
         noise = None
         if noise_mode == "random":
@@ -76,7 +76,7 @@ class ToRGBLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.weight_gain = 1 / math.sqrt(in_channels)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False,
                              fused_modconv=self.fused_modconv)
@@ -91,8 +91,8 @@ class SynthesisBlock(nn.Module):
                  fused_modconv: bool) -> None:
         super().__init__()
         self.in_channels, self.channels_last = in_channels, channels_last
-        kw = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp,
-                  channels_last=channels_last, fused_modconv=fused_modconv)
+        kw = {"w_dim": w_dim, "resolution": resolution, "conv_clamp": conv_clamp,
+                  "channels_last": channels_last, "fused_modconv": fused_modconv}
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
         else:
@@ -141,7 +141,7 @@ class SynthesisNetwork(nn.Module):
             self.num_ws += block.num_conv
         self.num_ws += 1  # the last toRGB
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:  # noqa: D102
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
         x = img = None
         idx = 0
         for block in self.blocks:

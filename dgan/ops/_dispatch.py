@@ -30,11 +30,11 @@ _impl: str | None = None
 _logged: set[tuple[str, str]] = set()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     """True when ``import triton`` works (it may still lack a GPU backend)."""
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception:  # noqa: BLE001 - any import failure means "not usable"
         return False

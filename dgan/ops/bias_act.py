@@ -107,7 +107,7 @@ def _reduce_bias(dx: torch.Tensor, dim: int, b: torch.Tensor) -> torch.Tensor:
 
 class _BiasActFused(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, b, dim, act, alpha, gain, clamp):  # noqa: D102
+    def forward(ctx, x, b, dim, act, alpha, gain, clamp):
         from dgan.ops import _bias_act_triton as k
 
         ctx.save_for_backward(x, b)
@@ -115,7 +115,7 @@ class _BiasActFused(torch.autograd.Function):
         return k.launch(0, x, b, None, dim, act, alpha, gain, clamp)
 
     @staticmethod
-    def backward(ctx, dy):  # noqa: D102
+    def backward(ctx, dy):
         x, b = ctx.saved_tensors
         dim = ctx.spec[0]
         dx = _BiasActGradFused.apply(dy, x, b, *ctx.spec)
@@ -127,7 +127,7 @@ class _BiasActGradFused(torch.autograd.Function):
     """``dx = dy * d(bias_act)/dx`` as a differentiable function of ``(dy, x, b)``."""
 
     @staticmethod
-    def forward(ctx, dy, x, b, dim, act, alpha, gain, clamp):  # noqa: D102
+    def forward(ctx, dy, x, b, dim, act, alpha, gain, clamp):
         from dgan.ops import _bias_act_triton as k
 
         ctx.save_for_backward(dy, x, b)
@@ -135,7 +135,7 @@ class _BiasActGradFused(torch.autograd.Function):
         return k.launch(1, x, b, dy, dim, act, alpha, gain, clamp)
 
     @staticmethod
-    def backward(ctx, d_dx):  # noqa: D102
+    def backward(ctx, d_dx):
         from dgan.ops import _bias_act_triton as k
 
         dy, x, b = ctx.saved_tensors

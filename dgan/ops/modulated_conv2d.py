@@ -56,7 +56,7 @@ class _ModulateFused(torch.autograd.Function):
     incoming gradient."""
 
     @staticmethod
-    def forward(ctx, weight, styles, demodulate, out_dtype):  # noqa: D102
+    def forward(ctx, weight, styles, demodulate, out_dtype):
         from dgan.ops import _modconv_triton as k
 
         ctx.save_for_backward(weight, styles)
@@ -64,7 +64,7 @@ class _ModulateFused(torch.autograd.Function):
         return k.launch(weight, styles, demodulate, DEMOD_EPS, out_dtype)
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
         weight, styles = ctx.saved_tensors
         o, i = weight.shape[:2]
         n = styles.shape[0]

@@ -52,8 +52,8 @@ def setup_filter(
     """Build a float32 FIR filter. ``[1, 3, 3, 1]`` gives the separable StyleGAN filter ``[4]``.
 
     A 1D filter stays separable (``[FW]``) unless ``separable=False``, which makes it the
-    outer product ``[FW, FW]``. ``normalize`` scales the 2D filter to sum 1, ``gain``
-    then scales the 2D response (``gain**0.5`` per axis for separable filters).
+    outer product ``[FW, FW]``. ``normalize`` scales the filter to sum 1 (a normalised 1D
+    filter implies a 2D filter that sums to 1 too), ``gain`` then scales the 2D response (``gain**0.5`` per axis for separable filters).
     """
     f = torch.as_tensor(f, dtype=torch.float32, device=device)
     if f.ndim not in (1, 2):
@@ -61,7 +61,7 @@ def setup_filter(
     if f.ndim == 1 and separable is False:
         f = torch.outer(f, f)
     if normalize:
-        f = f / (f.sum() if f.ndim == 2 else f.sum())
+        f = f / f.sum()
     if flip_filter:
         f = f.flip(list(range(f.ndim)))
     return f * (gain ** (f.ndim / 2))
@@ -101,7 +101,7 @@ def upfirdn2d_reference(
 
 class _UpFirDn2dFused(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, f2d, up, down, pad):  # noqa: D102
+    def forward(ctx, x, f2d, up, down, pad):
         from dgan.ops import _upfirdn2d_triton as k
 
         upx, upy = up
@@ -113,9 +113,9 @@ class _UpFirDn2dFused(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, dy):  # noqa: D102
+    def backward(ctx, dy):
         (f2d,) = ctx.saved_tensors
-        xshape, (upx, upy), (downx, downy), (px0, px1, py0, py1), yshape = ctx.cfg
+        xshape, (upx, upy), (downx, downy), (px0, _, py0, _), yshape = ctx.cfg
         fh, fw = f2d.shape
         h, w = xshape[2], xshape[3]
         oh, ow = yshape[2], yshape[3]
