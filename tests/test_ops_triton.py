@@ -65,6 +65,11 @@ def check_bias_act() -> None:
         y = bias_act(x.to(dtype), b, act="lrelu", clamp=1.0, impl="fused")
         assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
         _close(y, bias_act(x, b, act="lrelu", clamp=1.0, impl="reference"), tol)
+    from dgan.ops import _bias_act_triton
+
+    _bias_act_triton.INDEX_64_MIN_NUMEL = 0  # the 64-bit index path must agree as well
+    _compare(partial(bias_act, act="tanh", clamp=0.5), partial(_inputs, 0, (3, 5, 7), (5,)))
+    _bias_act_triton.INDEX_64_MIN_NUMEL = 2**31
     xb = torch.randn(4, 6, dtype=torch.float64)
     _close(bias_act(xb, torch.ones(4, dtype=torch.float64), dim=0, act="swish", impl="fused"),
            bias_act(xb, torch.ones(4, dtype=torch.float64), dim=0, act="swish", impl="reference"))
@@ -81,6 +86,12 @@ def check_upfirdn2d() -> None:
         f = setup_filter([1, 3, 3, 1]) if kind == "sep" else torch.randn(3, 4)
         fn = partial(upfirdn2d, f=f, up=up, down=down, padding=pad, gain=2.0)
         _compare(fn, partial(_inputs, 1, (2, 3, 7, 5)))
+    from dgan.ops import _upfirdn2d_triton
+
+    _upfirdn2d_triton.INDEX_64_MIN_NUMEL = 0  # the 64-bit index path must agree as well
+    _compare(partial(upfirdn2d, f=f, up=2, down=1, padding=(2, 1, 2, 1)),
+             partial(_inputs, 1, (2, 3, 7, 5)))
+    _upfirdn2d_triton.INDEX_64_MIN_NUMEL = 2**31
     f = setup_filter([1, 3, 3, 1])
     x = torch.randn(2, 3, 6, 5).to(memory_format=torch.channels_last)
     for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1e-3)):

@@ -125,3 +125,24 @@ def test_ema_rampup_and_foreach_lerp() -> None:
     beta = update_ema(g_ema, g, cur_nimg=1000, batch_size=10, ema_kimg=10, ema_rampup=0.05)
     assert beta == pytest.approx(0.5 ** (10 / 50))
     torch.testing.assert_close(g_ema.weight, g.weight - beta)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_all_phases_under_autocast_with_channels_last(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    g, d = _small_pair(channels_last=True)
+    loss_fn = StyleGAN2Loss(g, d, augment=AdaptiveAugment(p=0.5), r1_interval=1, pl_interval=1)
+    real = torch.rand(4, 3, 32, 32) * 2 - 1
+    calls = {"Gmain": lambda: loss_fn.g_main(4), "Greg": lambda: loss_fn.g_reg(4),
+             "Dmain": lambda: loss_fn.d_main(real), "Dreg": lambda: loss_fn.d_reg(real)}
+    assert loss_fn.phases(0) == ["Gmain", "Greg", "Dmain", "Dreg"]
+    for phase in loss_fn.phases(0):
+        g.zero_grad(set_to_none=True)
+        d.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype):
+            loss, _ = calls[phase]()
+        loss.backward()
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        net = g if phase.startswith("G") else d
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(gr).all() for gr in grads)

@@ -52,7 +52,7 @@ class FullyConnectedLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight * self.weight_gain
         b = self.bias * self.bias_gain if self.bias is not None else None
-        if not torch.is_autocast_enabled():
+        if not torch.is_autocast_enabled(x.device.type):
             w = w.to(x.dtype)
             b = b.to(x.dtype) if b is not None else None
         if self.activation == "linear" and b is not None:
@@ -88,7 +88,7 @@ class Conv2dLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         w = self.weight * self.weight_gain
-        if not torch.is_autocast_enabled():
+        if not torch.is_autocast_enabled(x.device.type):
             w = w.to(x.dtype)
         x = conv2d_resample(x, w, self.resample_filter, self.up, self.down, self.padding)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None

@@ -17,6 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
+# Tensors at least this large (elements) use 64-bit index arithmetic; tests lower it.
+INDEX_64_MIN_NUMEL = 2**31
+
 ACT_IDS = {
     "linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4,
     "elu": 5, "selu": 6, "softplus": 7, "swish": 8,
@@ -83,9 +86,13 @@ def _bias_act_kernel(
     x_ptr, b_ptr, g_ptr, out_ptr, numel, inner, channels,
     alpha, gain, clamp,
     ACT: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
 ):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    # 32-bit index arithmetic unless the tensor needs more: 64-bit division is slow on GPUs.
+    pid = tl.program_id(0)
+    if INDEX_64:
+        pid = pid.to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
     valid = offs < numel
     v = tl.load(x_ptr + offs, mask=valid, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -139,5 +146,6 @@ def launch(
         x, b if b is not None else x, g if g is not None else x, out, numel, inner, channels,
         float(alpha), float(gain), float(clamp if clamp >= 0 else 0.0),
         ACT=ACT_IDS[act], MODE=mode, HAS_BIAS=b is not None, HAS_CLAMP=clamp >= 0, BLOCK=block,
+        INDEX_64=numel + block >= INDEX_64_MIN_NUMEL,
     )
     return out

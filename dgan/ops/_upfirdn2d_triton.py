@@ -13,6 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
+# Tensors at least this large (elements) use 64-bit index arithmetic; tests lower it.
+INDEX_64_MIN_NUMEL = 2**31
+
 
 @triton.jit
 def _upfirdn2d_kernel(
@@ -21,9 +24,13 @@ def _upfirdn2d_kernel(
     sxn, sxc, sxh, sxw, son, soc, soh, sow,
     UPX: tl.constexpr, UPY: tl.constexpr, DOWNX: tl.constexpr, DOWNY: tl.constexpr,
     PADX0: tl.constexpr, PADY0: tl.constexpr, FW: tl.constexpr, FH: tl.constexpr,
-    CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr, INDEX_64: tl.constexpr,
 ):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    # 32-bit index arithmetic unless a tensor needs more: 64-bit division is slow on GPUs.
+    pid = tl.program_id(0)
+    if INDEX_64:
+        pid = pid.to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
     valid = offs < numel
     if CHANNELS_LAST:
         c = offs % C
@@ -72,11 +79,13 @@ def launch(
     numel = out.numel()
     if numel == 0:
         return out
+    span = 1 + sum((s - 1) * st for s, st in zip(x.shape, x.stride()))
     block = 512
     grid = (triton.cdiv(numel, block),)
     _upfirdn2d_kernel[grid](
         x, f2d.contiguous(), out, numel, c, h, w, oh, ow, *x.stride(), *out.stride(),
         UPX=upx, UPY=upy, DOWNX=downx, DOWNY=downy, PADX0=padx0, PADY0=pady0, FW=fw, FH=fh,
         CHANNELS_LAST=channels_last, BLOCK=block,
+        INDEX_64=max(numel, span) + block >= INDEX_64_MIN_NUMEL,
     )
     return out

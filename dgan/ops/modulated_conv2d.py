@@ -119,9 +119,11 @@ def modulated_conv2d(
     if not fused_modconv:
         x = x * styles.to(x.dtype)[:, :, None, None]
         x = conv2d_resample(x, weight.to(x.dtype), resample_filter, up, down, padding, impl=impl)
-        if demodulate:
-            x = x * _demod_coefs(weight, styles).to(x.dtype)[:, :, None, None]
-        return x + noise.to(x.dtype) if noise is not None else x
+        if not demodulate:
+            return x + noise.to(x.dtype) if noise is not None else x
+        d = _demod_coefs(weight, styles).to(x.dtype)[:, :, None, None]
+        # One fused multiply-add pass over the activations instead of two.
+        return torch.addcmul(noise.to(x.dtype), x, d) if noise is not None else x * d
     w = modulate_weight(weight, styles, demodulate, out_dtype=x.dtype, impl=impl)
     x = x.reshape(1, n * i, *x.shape[2:])
     x = conv2d_resample(x, w.reshape(n * o, i, kh, kw), resample_filter, up, down, padding,
