@@ -2,7 +2,7 @@
 
 Tolerances, relative to the max magnitude of the reference result (the reference runs in
 float64 on the same inputs, so the error budget is the fused path's own rounding):
-fp32 1e-4, bf16 3e-2, fp16 5e-3 for outputs and first derivatives; second derivatives get
+fp32 1e-4, bf16 3e-2, fp16 1e-2 for outputs and first derivatives; second derivatives get
 twice that. Shapes are random, including odd sizes, from a fixed seed.
 """
 
@@ -19,7 +19,7 @@ pytestmark = [
 ]
 pytest.importorskip("triton")
 
-TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 DTYPES = list(TOL)
 
 

@@ -146,3 +146,16 @@ def test_all_phases_under_autocast_with_channels_last(dtype: torch.dtype) -> Non
         net = g if phase.startswith("G") else d
         grads = [p.grad for p in net.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(gr).all() for gr in grads)
+
+
+def test_style_mixing_switches_latents_after_a_cutoff() -> None:
+    torch.manual_seed(0)
+    g, _ = _small_pair()
+    z = torch.randn(3, 16)
+    _, ws = g(z, style_mixing_prob=0.0, return_ws=True)
+    assert torch.equal(ws, ws[:, :1].expand_as(ws))
+    for _ in range(5):
+        _, ws = g(z, style_mixing_prob=1.0, return_ws=True)
+        same = [torch.equal(ws[:, i], ws[:, 0]) for i in range(g.num_ws)]
+        cutoff = same.index(False)  # at least the last w comes from the second latent
+        assert 1 <= cutoff < g.num_ws and not any(same[cutoff:])

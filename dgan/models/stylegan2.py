@@ -194,11 +194,13 @@ class Generator(nn.Module):
         """
         ws = self.mapping(z, c, truncation_psi, truncation_cutoff, update_emas=update_emas)
         if style_mixing_prob > 0:
-            cutoff = int(torch.randint(1, self.num_ws, ()))
-            if float(torch.rand(())) >= style_mixing_prob:
-                cutoff = self.num_ws
-            if cutoff < self.num_ws:
-                ws2 = self.mapping(torch.randn_like(z), c, truncation_psi, truncation_cutoff)
-                ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
+            # Tensor-valued cutoff: no host sync, and torch.compile does not specialise on it.
+            dev = ws.device
+            cutoff = torch.randint(1, self.num_ws, (), device=dev)
+            cutoff = torch.where(torch.rand((), device=dev) < style_mixing_prob, cutoff,
+                                 self.num_ws)
+            ws2 = self.mapping(torch.randn_like(z), c, truncation_psi, truncation_cutoff)
+            mix = torch.arange(self.num_ws, device=dev)[None, :, None] >= cutoff
+            ws = torch.where(mix, ws2, ws)
         img = self.synthesis(ws, noise_mode=noise_mode)
         return (img, ws) if return_ws else img
