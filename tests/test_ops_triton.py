@@ -145,6 +145,18 @@ def check_stylegan2() -> None:
         ops.set_impl(None)
         for a, b in zip(*results[::-1]):
             _close(a, b, 1e-4)
+        # Mixed precision through every fused kernel: R1 and path length under bf16 autocast.
+        ops.set_impl("fused")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            img, ws = g(z, return_ws=True)
+            (pl,) = torch.autograd.grad((img * img.detach()).sum(), ws, create_graph=True)
+            real = img.detach().requires_grad_(True)
+            (r1,) = torch.autograd.grad(d(real).sum(), real, create_graph=True)
+        (pl.square().sum() + r1.square().sum()).backward()
+        ops.set_impl(None)
+        grads = [p.grad for p in list(g.parameters()) + list(d.parameters())]
+        assert all(x is None or torch.isfinite(x).all() for x in grads)
+        assert sum(x is not None for x in grads) > len(grads) // 2
 
 CHECKS = {"bias_act": check_bias_act, "upfirdn2d": check_upfirdn2d,
           "modulated_conv2d": check_modulated_conv2d, "stylegan2": check_stylegan2}

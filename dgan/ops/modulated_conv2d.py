@@ -34,9 +34,14 @@ DEMOD_EPS = 1e-8
 
 
 def _demod_coefs(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
-    """``[N, O]`` demodulation coefficients without materialising ``[N, O, I, k, k]``."""
-    wsq = weight.square().sum(dim=[2, 3])  # [O, I]
-    return (styles.square() @ wsq.t() + DEMOD_EPS).rsqrt()
+    """``[N, O]`` float32 demodulation coefficients without materialising ``[N, O, I, k, k]``.
+
+    Always float32 (autocast off): the matrices are tiny, and a low-precision sum of squares
+    would put a visible error on every output channel.
+    """
+    with torch.autocast(weight.device.type, enabled=False):
+        wsq = weight.float().square().sum(dim=[2, 3])  # [O, I]
+        return (styles.float().square() @ wsq.t() + DEMOD_EPS).rsqrt()
 
 
 def modulate_weight_reference(
