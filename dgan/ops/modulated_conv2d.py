@@ -34,14 +34,15 @@ DEMOD_EPS = 1e-8
 
 
 def _demod_coefs(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
-    """``[N, O]`` float32 demodulation coefficients without materialising ``[N, O, I, k, k]``.
+    """``[N, O]`` float32 (or float64) demodulation coefficients without materialising ``[N, O, I, k, k]``.
 
-    Always float32 (autocast off): the matrices are tiny, and a low-precision sum of squares
+    At least float32 (autocast off): the matrices are tiny, and a low-precision sum of squares
     would put a visible error on every output channel.
     """
+    dt = torch.promote_types(torch.promote_types(weight.dtype, styles.dtype), torch.float32)
     with torch.autocast(weight.device.type, enabled=False):
-        wsq = weight.float().square().sum(dim=[2, 3])  # [O, I]
-        return (styles.float().square() @ wsq.t() + DEMOD_EPS).rsqrt()
+        wsq = weight.to(dt).square().sum(dim=[2, 3])  # [O, I]
+        return (styles.to(dt).square() @ wsq.t() + DEMOD_EPS).rsqrt()
 
 
 def modulate_weight_reference(
