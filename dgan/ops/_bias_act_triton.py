@@ -13,12 +13,20 @@ All arithmetic is fp32; loads and stores use the tensors' own dtypes.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 # Tensors at least this large (elements) use 64-bit index arithmetic; tests lower it.
 INDEX_64_MIN_NUMEL = 2**31
+# The CPU interpreter runs programs one at a time in numpy: big blocks amortise its overhead.
+_INTERPRETER_BLOCK = 8192
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 ACT_IDS = {
     "linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4,
@@ -140,7 +148,7 @@ def launch(
         return out
     inner = x.stride(dim) if x.ndim > 0 else 1
     channels = x.shape[dim] if x.ndim > 0 else 1
-    block = 1024
+    block = _INTERPRETER_BLOCK if _interpreted() else 1024
     grid = (triton.cdiv(numel, block),)
     _bias_act_kernel[grid](
         x, b if b is not None else x, g if g is not None else x, out, numel, inner, channels,

@@ -9,12 +9,20 @@ decomposed in the output's memory order, so NCHW and channels_last are both coal
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 # Tensors at least this large (elements) use 64-bit index arithmetic; tests lower it.
 INDEX_64_MIN_NUMEL = 2**31
+# The CPU interpreter runs programs one at a time in numpy: big blocks amortise its overhead.
+_INTERPRETER_BLOCK = 8192
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -80,7 +88,7 @@ def launch(
     if numel == 0:
         return out
     span = 1 + sum((s - 1) * st for s, st in zip(x.shape, x.stride()))
-    block = 512
+    block = _INTERPRETER_BLOCK if _interpreted() else 512
     grid = (triton.cdiv(numel, block),)
     _upfirdn2d_kernel[grid](
         x, f2d.contiguous(), out, numel, c, h, w, oh, ow, *x.stride(), *out.stride(),
