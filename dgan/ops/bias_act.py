@@ -20,10 +20,12 @@ Activations and their defaults (StyleGAN conventions)::
 ``clamp`` (``None`` or ``< 0`` disables) is applied after the gain; the gradient is zero
 where the output was clamped.
 
-The fused path is a chain of three autograd Functions around one Triton kernel: the
-forward, its gradient (``dx = dy * act'(x+b) * gain * mask``) and the gradient of that,
-which is again the same kernel in another mode. First and second derivatives are
-therefore fused; third derivatives are not supported on the fused path.
+The fused path runs one Triton kernel in three modes: the forward (autograd Function
+``_BiasActFused``), its gradient ``dx = dy * act'(x+b) * gain * mask`` (a second Function,
+``_BiasActGradFused``, so that it can itself be differentiated), and, in that Function's
+backward, ``act''`` for the second derivative. First and second derivatives are therefore
+fused; third derivatives are not supported on the fused path (the ``act''`` launch is not
+recorded by autograd). The mask is recomputed from ``x`` so only ``x`` and ``b`` are saved.
 """
 
 from __future__ import annotations
