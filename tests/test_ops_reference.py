@@ -106,6 +106,17 @@ def test_upfirdn2d_gradgradcheck(up: int, down: int, pad: tuple, kind: str) -> N
     assert torch.autograd.gradgradcheck(fn, (x,))
 
 
+def test_upfirdn2d_flip_filter_is_correlation() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 2, 6, 5))
+    f = rng.standard_normal((3, 2))
+    y = upfirdn2d(torch.from_numpy(x), torch.from_numpy(f), padding=1, flip_filter=True,
+                  impl="reference")
+    # Correlation with f is convolution with the flipped filter.
+    expect = _naive_upfirdn2d(x, f[::-1, ::-1].copy(), 1, 1, (1, 1, 1, 1), 1.0)
+    np.testing.assert_allclose(y.numpy(), expect, atol=1e-12)
+
+
 def test_resample_helpers_shapes_and_dc_gain() -> None:
     f = setup_filter([1, 3, 3, 1])
     x = torch.ones(1, 2, 8, 8, dtype=torch.float64)

@@ -84,8 +84,10 @@ def check_upfirdn2d() -> None:
              (2, 2, (0, 1, 2, -1), "full"), (1, 1, (-1, 2, 0, 0), "full")]
     for up, down, pad, kind in cases:
         f = setup_filter([1, 3, 3, 1]) if kind == "sep" else torch.randn(3, 4)
-        fn = partial(upfirdn2d, f=f, up=up, down=down, padding=pad, gain=2.0)
-        _compare(fn, partial(_inputs, 1, (2, 3, 7, 5)))
+        for flip in (False, True):
+            fn = partial(upfirdn2d, f=f, up=up, down=down, padding=pad, gain=2.0,
+                         flip_filter=flip)
+            _compare(fn, partial(_inputs, 1, (2, 3, 7, 5)))
     from dgan.ops import _upfirdn2d_triton
 
     _upfirdn2d_triton.INDEX_64_MIN_NUMEL = 0  # the 64-bit index path must agree as well
