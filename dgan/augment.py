@@ -78,6 +78,9 @@ def cutout(x: torch.Tensor, apply: torch.Tensor, ratio: float = 0.5) -> torch.Te
 class AdaptiveAugment(nn.Module):
     """Augment ``[N, C, H, W]`` images with probability ``p`` per op; ``p`` adapts to D.
 
+    ``p`` changes only through :meth:`update` and ``load_state_dict`` (a host-side copy
+    is kept so that ``forward`` never waits for the GPU).
+
     Args:
         p: initial probability (a buffer: it is in ``state_dict``).
         target: target of ``E[sign(D(real))]``; ``None`` keeps ``p`` fixed (DiffAugment).
@@ -95,11 +98,18 @@ class AdaptiveAugment(nn.Module):
             raise ValueError(f"unknown augmentations {sorted(unknown)}")
         self.target, self.speed_kimg, self.ops = target, speed_kimg, tuple(ops)
         self.register_buffer("p", torch.tensor(float(p)))
+        # Host copy of p: reading the device buffer in forward would stall the CPU on a
+        # GPU sync several times per step. Kept in step by update() and load_state_dict().
+        self._p_host = float(p)
         # Running [sum of sign(D(real)), number of images] since the last update.
         self.register_buffer("_stat", torch.zeros(2), persistent=False)
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._p_host = float(self.p)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = float(self.p)
+        p = self._p_host
         if p <= 0:
             return x
         fns: dict[str, Callable] = {"translation": translation, "brightness": brightness,
@@ -134,5 +144,6 @@ class AdaptiveAugment(nn.Module):
         if self.target is not None:
             sign = 1.0 if rt > self.target else -1.0 if rt < self.target else 0.0
             step = sign * total / (self.speed_kimg * 1000)
-            self.p.copy_((self.p + step).clamp(0.0, 1.0))
+            self._p_host = min(max(self._p_host + step, 0.0), 1.0)
+            self.p.fill_(self._p_host)
         return rt

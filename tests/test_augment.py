@@ -85,3 +85,11 @@ def test_individual_ops() -> None:
                 ref[3 + dy:7 + dy, 3 + dx:7 + dx] = a[0, 0]
                 matches.append(torch.equal(t[0, 0], ref[3:7, 3:7]))
         assert any(matches)
+
+
+def test_loaded_p_takes_effect_in_forward() -> None:
+    aug = AdaptiveAugment(p=0.0)
+    x = torch.randn(2, 3, 8, 8)
+    assert aug(x) is x
+    aug.load_state_dict(AdaptiveAugment(p=1.0).state_dict())
+    assert not torch.equal(aug(x), x)
