@@ -159,3 +159,22 @@ def test_style_mixing_switches_latents_after_a_cutoff() -> None:
         same = [torch.equal(ws[:, i], ws[:, 0]) for i in range(g.num_ws)]
         cutoff = same.index(False)  # at least the last w comes from the second latent
         assert 1 <= cutoff < g.num_ws and not any(same[cutoff:])
+
+
+@pytest.mark.parametrize("resolution", [64, 1024])
+def test_resolutions_build_and_run(resolution: int) -> None:
+    torch.manual_seed(0)
+    kw = {"img_resolution": resolution, "channel_base": 2 * resolution, "channel_max": 4}
+    g = Generator(z_dim=4, w_dim=4, mapping_layers=1, **kw)
+    d = Discriminator(**kw)
+    with torch.no_grad():
+        img = g(torch.randn(2, 4))
+        assert img.shape == (2, 3, resolution, resolution) and d(img).shape == (2, 1)
+    assert g.num_ws == 2 * int(torch.log2(torch.tensor(resolution))) - 2
+
+
+def test_invalid_configs_are_rejected() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        Generator(img_resolution=48)
+    with pytest.raises(ValueError, match="no channels"):
+        Discriminator(img_resolution=128, channel_base=64)

@@ -18,7 +18,11 @@ from dgan.ops import ACTIVATIONS, bias_act, conv2d_resample, setup_filter
 
 def channels_at(res: int, channel_base: int, channel_max: int) -> int:
     """Feature maps at resolution ``res``: ``min(channel_base // res, channel_max)``."""
-    return min(channel_base // res, channel_max)
+    channels = min(channel_base // res, channel_max)
+    if channels < 1:
+        raise ValueError(f"channel_base={channel_base} leaves no channels at resolution {res}; "
+                         f"use channel_base >= {res}")
+    return channels
 
 
 def check_resolution(img_resolution: int) -> int:
