@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dgan.cache import cache_root
 from dgan.data.shards import INDEX, encode_image, write_shards
 
 BUILTIN = ("mnist", "stacked_mnist")
@@ -60,17 +61,13 @@ def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
     raise ValueError(f"unknown built-in dataset {name!r}; expected one of {list(BUILTIN)}")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("DGAN_CACHE", Path.home() / ".cache" / "dgan"))
-
-
 def builtin_shards(name: str = "mnist", resolution: int = 28) -> Path:
     """The cached shard directory of a built-in dataset, built on first use.
 
     Safe when several processes call it at once: each builds into its own temporary
     directory and renames it into place; losers of the race discard theirs.
     """
-    final = cache_dir() / "data" / f"{name}-{resolution}"
+    final = cache_root() / "data" / f"{name}-{resolution}"
     if (final / INDEX).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
