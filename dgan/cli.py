@@ -31,14 +31,20 @@ class UserError(Exception):
 
 
 def _resolve_data(cfg) -> object:
-    from dgan.data.builtin import builtin_shards
+    """The ShardSource of `data.path`, checked against data.resolution and data.channels."""
+    from dgan.data.builtin import BUILTIN, builtin_shards
     from dgan.data.sources import DataPathError, resolve_source
 
-    path = cfg.data.path
-    if path is None:
-        if cfg.data.channels != 1:
-            raise UserError("the built-in MNIST demo has 1 channel; set data.channels=1 or data.path")
-        path = str(builtin_shards("mnist", cfg.data.resolution))
+    path = cfg.data.path or "builtin:mnist"
+    if path.startswith("builtin:"):
+        name = path.split(":", 1)[1]
+        if name not in BUILTIN:
+            raise UserError(f"data.path {path}: unknown built-in dataset; expected one of "
+                            f"{', '.join('builtin:' + b for b in BUILTIN)}")
+        try:
+            path = str(builtin_shards(name, cfg.data.resolution))
+        except ValueError as e:
+            raise UserError(f"data.path {cfg.data.path}: {e}") from None
     try:
         source = resolve_source(path)
     except (DataPathError, FileNotFoundError, ValueError) as e:
@@ -72,6 +78,32 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     paths = write_samples(args.run, args.n, args.seed, args.out, grid=args.grid)
     print(f"dgan: wrote {len(paths)} images to {args.out}" + (" and grid.png" if args.grid else ""))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from dgan.config import config_from_yaml_text
+    from dgan.metrics.evaluate import format_table
+    from dgan.metrics.run_eval import evaluate_generator
+    from dgan.sample import load_generator
+
+    g, step = load_generator(args.run)
+    cfg = config_from_yaml_text(open(os.path.join(args.run, "config.yaml")).read())
+    metrics = args.metrics.split(",") if args.metrics else list(cfg.eval.metrics)
+    if args.inception_weights:
+        os.environ["DGAN_INCEPTION_WEIGHTS"] = args.inception_weights
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results = evaluate_generator(cfg, g.to(device), _resolve_data(cfg), device, metrics,
+                                 args.n or cfg.eval.n)
+    print(f"run {args.run}, step {step}, {args.n or cfg.eval.n} samples")
+    print(format_table(results))
+    out = os.path.join(args.run, f"eval-{step:08d}.json")
+    with open(out, "w") as f:
+        json.dump({"step": step, **results}, f, indent=1)
     return 0
 
 
@@ -172,6 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--grid", action="store_true", help="also write grid.png")
     sample.set_defaults(func=cmd_sample)
 
+    ev = verbs.add_parser("eval", help="compute metrics of a run's G_ema",
+                          description="FD/KID/precision-recall (Inception features when the "
+                          "weights file is given, else the built-in digit classifier's), digit "
+                          "class coverage, Stacked MNIST modes. Prints a table and writes "
+                          "RUN_DIR/eval-<step>.json.")
+    ev.add_argument("--run", required=True, help="run directory")
+    ev.add_argument("--metrics", help="comma list of fd,kid,pr,fd_digits,coverage,modes "
+                    "(default: the run's eval.metrics)")
+    ev.add_argument("--n", type=int, help="generated samples (default: the run's eval.n)")
+    ev.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth "
+                    "(or set DGAN_INCEPTION_WEIGHTS); see docs/metrics.md")
+    ev.set_defaults(func=cmd_eval)
+
     data = verbs.add_parser("data", help="make datasets (WebDataset shards)")
     data_verbs = data.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
     make = data_verbs.add_parser(
@@ -181,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         "index.json and skipped.txt in OUT. See docs/data.md.")
     make.add_argument("paths", nargs="+", metavar="SRC OUT", help="source and output directory "
                       "(only OUT with --builtin)")
-    make.add_argument("--builtin", choices=["mnist"], help="a built-in dataset instead of SRC")
+    make.add_argument("--builtin", choices=["mnist", "stacked_mnist"],
+                      help="a built-in dataset instead of SRC")
     make.add_argument("--resolution", type=int,
                       help="square output size (default: 256; npz: its size; built-in: 28)")
     make.add_argument("--channels", type=int, choices=[1, 3],
