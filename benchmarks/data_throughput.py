@@ -13,8 +13,10 @@ For 64^2 and 256^2 JPEG (quality 95) and PNG shards of synthetic, photo-like pic
   conversion to [-1, 1] in the consuming process) with W DataLoader workers (0: everything
   in this process), reported per worker: total img/s divided by max(1, W).
 
-Every cell is the best of `repeats` alternating runs, because the machine is usually shared.
-The issue's bar: stream >= 90% of bare per worker at 256^2 JPEG.
+The machine is usually shared, so every case runs `repeats` rounds, each timing all columns
+back to back; a cell is the median over rounds, and a ratio is the median of the per-round
+ratios (paired, so load drifting between rounds cancels). The issue's bar: the stream
+delivers >= 90% of the bare img/s per worker at 256^2 JPEG.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="pictures per 256^2 case "
                         "(4x as many at 64^2)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per case (median)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--formats", nargs="+", default=["jpg", "png"])
@@ -113,7 +115,7 @@ def main() -> None:
     torch.set_num_threads(1)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {load:.1f} at start; best of {args.repeats}; img/s per worker; "
+          f"load average {load:.1f} at start; median of {args.repeats} rounds; img/s per worker; "
           f"xflip {'on' if args.xflip else 'off'}")
     streams = ["worker"] + [f"stream W={w}" for w in args.workers]
     cols = ["bare", *streams]
@@ -125,15 +127,16 @@ def main() -> None:
                 n = args.images * (4 if size == 64 else 1)
                 directory = Path(tmp) / f"{size}-{fmt}"
                 encoded = make_shards(directory, size, fmt, n)
-                best = {c: 0.0 for c in cols}
-                for _ in range(args.repeats):  # alternate so load drifts hit both alike
-                    best["bare"] = max(best["bare"], bare(encoded))
-                    best["worker"] = max(best["worker"], worker(directory, size, n, args.xflip))
+                rates: dict[str, list[float]] = {c: [] for c in cols}
+                for _ in range(args.repeats):
+                    rates["bare"].append(bare(encoded))
+                    rates["worker"].append(worker(directory, size, n, args.xflip))
                     for w in args.workers:
-                        key = f"stream W={w}"
-                        best[key] = max(best[key], stream(directory, size, n, w, args.xflip))
-                ratios = [best[c] / best["bare"] for c in streams]
-                print(f"{f'{size}^2 {fmt}':<10}" + "".join(f"{best[c]:>12,.0f}" for c in cols)
+                        rates[f"stream W={w}"].append(stream(directory, size, n, w, args.xflip))
+                med = {c: float(np.median(r)) for c, r in rates.items()}
+                ratios = [float(np.median(np.array(rates[c]) / np.array(rates["bare"])))
+                          for c in streams]
+                print(f"{f'{size}^2 {fmt}':<10}" + "".join(f"{med[c]:>12,.0f}" for c in cols)
                       + "                 " + " ".join(f"{r:>7.2f}" for r in ratios),
                       flush=True)
     end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
