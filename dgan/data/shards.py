@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
 INDEX = "index.json"
@@ -67,6 +66,8 @@ def write_shards(
     Returns the index. Keys are the running sample number, zero-padded. `extra` is called
     after the last sample and returns more index fields (facts known only at the end).
     """
+    import webdataset as wds  # imports torch: keep `dgan` start-up and path checks fast
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pattern = str(out / f"{name}-%06d.tar")
