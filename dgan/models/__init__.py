@@ -9,14 +9,15 @@ from torch import nn
 def build_models(cfg: DictConfig, c_dim: int = 0) -> tuple[nn.Module, nn.Module]:
     """(G, D) for `cfg.model` at `cfg.data.resolution` and `cfg.data.channels`.
 
-    c_dim: number of classes for a class-conditional StyleGAN2 (0: unconditional).
+    c_dim: number of classes of a class-conditional model (0: unconditional).
     """
     if cfg.model.name == "dcgan":
         from dgan.models import dcgan
 
         g = dcgan.Generator(cfg.model.z_dim, cfg.data.resolution, cfg.data.channels,
-                            cfg.model.g_width)
-        d = dcgan.Discriminator(cfg.data.resolution, cfg.data.channels, cfg.model.d_width)
+                            cfg.model.g_width, c_dim=c_dim)
+        d = dcgan.Discriminator(cfg.data.resolution, cfg.data.channels, cfg.model.d_width,
+                                c_dim=c_dim)
         return g, d
     if cfg.model.name == "stylegan2":
         import torch
