@@ -32,7 +32,9 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    path: Optional[str] = None  # None: the built-in MNIST demo shards (built once, cached)
+    # shards (directory with index.json, brace pattern, pipe: URL) or builtin:NAME
+    # (mnist, stacked_mnist: built once into the cache); None means builtin:mnist
+    path: Optional[str] = None
     resolution: int = 28
     channels: int = 1
     workers: int = 1  # DataLoader worker processes per rank
@@ -42,16 +44,32 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "dcgan"
+    name: str = "dcgan"  # dcgan | stylegan2
     z_dim: int = 64
+    # dcgan
     g_width: int = 64  # channels of G's last hidden layer; doubles towards low resolution
     d_width: int = 64  # channels of D's first layer; doubles towards low resolution
+    # stylegan2
+    w_dim: int = 512
+    channel_base: int = 16384  # channels at resolution r: min(channel_base / r, channel_max)
+    channel_max: int = 512
+    mapping_layers: int = 2
+    conditional: bool = False  # class-conditional on the shards' labels (cls)
+    ops: str = "auto"  # fused kernels: auto (fused on CUDA) | fused | reference
+    channels_last: bool = True  # memory format on CUDA
 
 
 @dataclass
 class LossConfig:
     name: str = "nonsaturating"
     r1_gamma: float = 0.0  # R1 penalty weight on reals; 0 disables it
+    r1_interval: int = 16  # stylegan2: lazy R1 every N D steps
+    pl_weight: float = 0.0  # stylegan2: path-length regularisation weight; 0 disables it
+    pl_interval: int = 4  # stylegan2: lazy path length every N G steps
+    style_mixing: float = 0.0  # stylegan2: style-mixing probability
+    augment: str = "none"  # stylegan2: none | ada (adaptive p) | fixed (DiffAugment-style p)
+    augment_p: float = 0.0  # initial (ada) or fixed augmentation probability
+    ada_target: float = 0.6  # ada: target sign(D(real)) mean
 
 
 @dataclass
@@ -67,8 +85,10 @@ class TrainConfig:
     batch_size: int = 64  # per process
     steps: int = 1500  # one D step + one G step each
     precision: str = "fp32"  # fp32 | bf16 | fp16
-    ema_beta: float = 0.999  # G_ema half-life; ramped up from 0.9 during the first steps
+    ema_beta: float = 0.999  # dcgan: G_ema decay, ramped up from 0.9 during the first steps
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step, per process
+    ema_kimg: float = 10.0  # stylegan2: G_ema half-life in thousands of images
+    ema_rampup: float = 0.05  # stylegan2: half-life at most this fraction of images seen
 
 
 @dataclass
@@ -84,6 +104,13 @@ class LogConfig:
     every: int = 250  # steps between scalar logs and sample grids
     grid: int = 64  # images in the fixed-z sample grid
     progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps between evaluations (and one at the end); 0: off
+    metrics: list[str] = field(default_factory=lambda: ["fd", "coverage"])
+    n: int = 2000  # generated samples (and real samples) per evaluation
 
 
 @dataclass
@@ -105,6 +132,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     # auto: the newest valid checkpoint in run.dir, else a fresh start; never: always fresh
     # (run.dir should then be new); or a checkpoint directory / another run's directory
@@ -115,15 +143,19 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "backend.name": ("ddp", "deepspeed"),
     "backend.zero_stage": (0, 1, 2, 3),
-    "model.name": ("dcgan",),
+    "model.name": ("dcgan", "stylegan2"),
+    "model.ops": ("auto", "fused", "reference"),
     "loss.name": ("nonsaturating",),
-    "data.resolution": (28, 32, 64),
+    "loss.augment": ("none", "ada", "fixed"),
 }
+RESOLUTIONS = {"dcgan": (28, 32, 64), "stylegan2": (32, 64, 128, 256, 512, 1024)}
 POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.keep",
             "log.every", "log.grid", "data.channels", "model.z_dim", "model.g_width",
             "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum")
-NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma",
+NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma", "eval.every",
+                "loss.pl_weight", "loss.style_mixing", "loss.augment_p", "train.ema_kimg",
                 "backend.expect_world_size", "checkpoint.milestone")
+METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes")
 
 
 def all_keys(node: Any = Config, prefix: str = "") -> list[str]:
@@ -181,6 +213,10 @@ def validate(cfg: DictConfig) -> None:
     for key in NON_NEGATIVE:
         if OmegaConf.select(cfg, key) < 0:
             raise ConfigError(f"bad value for '{key}': {OmegaConf.select(cfg, key)}; expected >= 0")
+    allowed = RESOLUTIONS[cfg.model.name]
+    if cfg.data.resolution not in allowed:
+        raise ConfigError(f"bad value for 'data.resolution': {cfg.data.resolution}; "
+                          f"model.name={cfg.model.name} supports {list(allowed)}")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"bad value for 'data.channels': {cfg.data.channels}; expected 1 or 3")
     if not str(cfg.resume).strip():
@@ -200,6 +236,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("loss.r1_gamma > 0 is not supported with backend.name=deepspeed "
                           "(DeepSpeed treats R1's input-gradient pass as a training backward); "
                           "use backend.name=ddp for R1")
+    for metric in cfg.eval.metrics:
+        if metric not in METRICS:
+            raise ConfigError(f"bad value in 'eval.metrics': {metric!r}; expected any of {list(METRICS)}")
+    if cfg.eval.n < 2:
+        raise ConfigError(f"bad value for 'eval.n': {cfg.eval.n}; expected >= 2")
     if not 0.0 <= cfg.train.ema_beta < 1.0:
         raise ConfigError(f"bad value for 'train.ema_beta': {cfg.train.ema_beta}; expected [0, 1)")
 

@@ -74,7 +74,7 @@ def test_single_pass_split_covers_every_sample_once(mnist_dir):
             s = ShardStream(source, batch_size=50, resolution=28, channels=1, rank=rank,
                             world_size=2, workers=2, resampled=False, drop_last=False)
             slot = rank * 2 + worker
-            keys += [sample["__key__"] for _, sample in s._shuffled(slot, 4, 0)]
+            keys += [sample["__key__"] for sample, _ in s._shuffled(slot, 4, 0)]
     assert len(keys) == 5000 and len(set(keys)) == 5000
 
 

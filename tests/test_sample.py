@@ -31,3 +31,9 @@ def test_same_seed_same_bytes(run_dir, tmp_path):
 def test_sample_from_missing_run(tmp_path, capsys):
     assert main(["sample", "--run", str(tmp_path), "--n", "1", "--out", str(tmp_path / "o")]) == 2
     assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_ckpt_inspect(run_dir, capsys):
+    assert main(["ckpt", "inspect", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "step         6" in out and "world size   1" in out and "backend      ddp" in out

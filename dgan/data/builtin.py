@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dgan.cache import cache_root
 from dgan.data.shards import INDEX, encode_image, write_shards
 
-BUILTIN = ("mnist",)
+BUILTIN = ("mnist", "stacked_mnist")
 DIGITS = [str(d) for d in range(10)]
+STACKED_SAMPLES = 60_000  # ~60 per mode of the 1,000: every mode is present
 
 
 def load_mnist() -> tuple[np.ndarray, np.ndarray]:
@@ -36,20 +38,27 @@ def fit_resolution(images: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
-                 per_shard: int = 1000, seed: int = 0) -> dict:
-    """Write a built-in dataset as shards into `out`. Samples are shuffled (fixed seed)."""
-    if name not in BUILTIN:
-        raise ValueError(f"unknown built-in dataset {name!r}; expected one of {list(BUILTIN)}")
-    images, labels = load_mnist()
-    images = fit_resolution(images, resolution)
-    order = np.random.default_rng(seed).permutation(len(images))
-    samples = ((encode_image(images[i]), "png", int(labels[i])) for i in order)
-    return write_shards(samples, out, name, resolution=resolution, channels=1, labels=DIGITS,
-                        per_shard=per_shard)
+                 per_shard: int = 1000, seed: int = 0, samples: int | None = None) -> dict:
+    """Write a built-in dataset as shards into `out`. Samples are shuffled (fixed seed).
 
+    `samples` sets the size of generated datasets (stacked_mnist: 60,000 by default).
+    """
+    if name == "mnist":
+        images, labels = load_mnist()
+        images = fit_resolution(images, resolution)
+        order = np.random.default_rng(seed).permutation(len(images))
+        encoded = ((encode_image(images[i]), "png", int(labels[i])) for i in order)
+        return write_shards(encoded, out, name, resolution=resolution, channels=1,
+                            labels=DIGITS, per_shard=per_shard)
+    if name == "stacked_mnist":
+        from dgan.metrics.stacked import stacked_mnist
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("DGAN_CACHE", Path.home() / ".cache" / "dgan"))
+        # Three digits as the R, G and B channels: 1,000 modes (label 100 r + 10 g + b).
+        images, labels = stacked_mnist(samples or STACKED_SAMPLES, seed, resolution=resolution)
+        encoded = ((encode_image(images[i]), "png", int(labels[i])) for i in range(len(images)))
+        return write_shards(encoded, out, name, resolution=resolution, channels=3,
+                            labels=[f"{m:03d}" for m in range(1000)], per_shard=per_shard * 5)
+    raise ValueError(f"unknown built-in dataset {name!r}; expected one of {list(BUILTIN)}")
 
 
 def builtin_shards(name: str = "mnist", resolution: int = 28) -> Path:
@@ -58,7 +67,7 @@ def builtin_shards(name: str = "mnist", resolution: int = 28) -> Path:
     Safe when several processes call it at once: each builds into its own temporary
     directory and renames it into place; losers of the race discard theirs.
     """
-    final = cache_dir() / "data" / f"{name}-{resolution}"
+    final = cache_root() / "data" / f"{name}-{resolution}"
     if (final / INDEX).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)

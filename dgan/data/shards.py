@@ -16,15 +16,15 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
 INDEX = "index.json"
 FORMAT = "dgan-shards/1"
+MTIME = 946684800  # 2000-01-01, the members' mtime; an int, since a float adds a pax header
 
 
 def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
@@ -51,24 +51,29 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def write_shards(
-    samples: Iterable[tuple[bytes, str, Optional[int]]],
+    samples: Iterable[tuple[bytes, str, int | None]],
     out: str | os.PathLike,
     name: str,
     *,
     resolution: int,
     channels: int,
-    labels: Optional[list[str]] = None,
+    labels: list[str] | None = None,
     per_shard: int = 1000,
+    extra: Callable[[], dict] | None = None,
 ) -> dict:
     """Write (encoded image, extension, label) samples into shards plus index.json.
 
-    Returns the index. Keys are the running sample number, zero-padded.
+    Returns the index. Keys are the running sample number, zero-padded. `extra` is called
+    after the last sample and returns more index fields (facts known only at the end).
     """
+    import webdataset as wds  # imports torch: keep `dgan` start-up and path checks fast
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pattern = str(out / f"{name}-%06d.tar")
     counts: list[int] = []
-    with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as sink:
+    # A fixed member mtime makes the same samples give the same bytes (and sha256).
+    with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0, mtime=MTIME) as sink:
         for i, (data, ext, label) in enumerate(samples):
             if i % per_shard == 0:
                 counts.append(0)
@@ -84,6 +89,8 @@ def write_shards(
                        "bytes": path.stat().st_size})
     index = {"format": FORMAT, "name": name, "shards": shards, "total": sum(counts),
              "resolution": resolution, "channels": channels, "labels": labels}
+    if extra is not None:
+        index.update(extra())
     tmp = out / (INDEX + ".tmp")
     tmp.write_text(json.dumps(index, indent=1))
     os.replace(tmp, out / INDEX)

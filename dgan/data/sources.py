@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 from dgan.data.shards import INDEX, read_index
 
@@ -20,10 +20,10 @@ class ShardSource:
     """Shard URLs, and per-shard sample counts when index.json gives them."""
 
     urls: list[str]
-    counts: list[Optional[int]]
-    resolution: Optional[int] = None
-    channels: Optional[int] = None
-    labels: Optional[list[str]] = None
+    counts: list[int | None]
+    resolution: int | None = None
+    channels: int | None = None
+    labels: list[str] | None = None
     _counted: dict[int, int] = field(default_factory=dict, repr=False)
 
     def count(self, shard: int) -> int:
@@ -32,19 +32,19 @@ class ShardSource:
         if known is not None:
             return known
         if shard not in self._counted:
-            from dgan.data.stream import iter_tar
+            from dgan.data.tario import iter_tar, sample_key
 
             url = self.urls[shard]
             if os.path.isfile(url):
                 with tarfile.open(url) as tar:  # seekable: headers only, no data read
-                    keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
-                self._counted[shard] = len(keys)
+                    keys = {sample_key(m.name) for m in tar.getmembers() if m.isfile()}
+                self._counted[shard] = len(keys - {None})
             else:
                 self._counted[shard] = sum(1 for _ in iter_tar(url))
         return self._counted[shard]
 
     @property
-    def total(self) -> Optional[int]:
+    def total(self) -> int | None:
         return None if None in self.counts else sum(self.counts)  # type: ignore[arg-type]
 
 

@@ -44,6 +44,7 @@ GRID_SEED = 1234  # fixed latents of the sample grid, the same for every run
 class Trainer:
     def __init__(self, cfg: DictConfig, source: Any) -> None:
         self.cfg = cfg
+        self.source = source
         self.run_dir = str(cfg.run.dir)
         self.backend = build_backend(cfg)
         torch.manual_seed(cfg.run.seed)  # model initialisation: identical on every rank
@@ -214,6 +215,12 @@ class Trainer:
         update_ema(self.g_ema, b.g_module, self.step, self.cfg.train.ema_beta)
         return metrics
 
+    def evaluate(self) -> dict[str, float]:
+        """The configured metrics of G_ema (`eval.metrics`, `eval.n` samples), all ranks."""
+        from dgan.metrics.run_eval import evaluate_generator
+
+        return evaluate_generator(self.cfg, self.g_ema, self.source, self.backend.device)
+
     @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:
         return self.g_ema(self.grid_z.to(self.backend.device)).float()
@@ -286,6 +293,11 @@ class Trainer:
                     logger.grid(self.step, self.sample_grid())
                     logger.postfix({"img/s": rate, "D": values["loss/D"], "G": values["loss/G"]})
                     sums, count, last_step, last_time = {}, 0, self.step, time.perf_counter()
+                if cfg.eval.every and (self.step % cfg.eval.every == 0 or done):
+                    results = self.evaluate()
+                    logger.scalars(self.step, {f"metrics/{k}": v for k, v in results.items()})
+                    logger.message(f"dgan: step {self.step}: " + ", ".join(
+                        f"{k} {v:.4g}" for k, v in results.items() if "/" not in k))
                 if not done and preemption.agreed(b.all_reduce, b.device):
                     # every rank leaves here at the same step
                     self.save(blocking=True)

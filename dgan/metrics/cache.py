@@ -17,12 +17,8 @@ from typing import IO, Callable, Sequence
 import numpy as np
 import torch
 
+from dgan.cache import cache_root
 from dgan.metrics.core import FeatureStats
-
-
-def cache_root() -> Path:
-    """The cache root ($DGAN_CACHE or ~/.cache/dgan), without creating it."""
-    return Path(os.environ.get("DGAN_CACHE") or Path.home() / ".cache" / "dgan")
 
 
 def cache_dir() -> Path:

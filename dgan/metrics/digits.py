@@ -10,7 +10,6 @@ prints the held-out accuracy, and caches the weights as safetensors under
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from dgan.data.builtin import load_mnist as load_mnist5k
 from dgan.metrics.cache import atomic_write, cache_root, digest
 from dgan.metrics.distributed import broadcast_module, broadcast_object, rank_and_world
 
@@ -39,13 +39,6 @@ RECIPE = {
 }
 FEATURE_DIM = 128
 CONFIDENT = 0.9
-
-
-def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
-    """The built-in subset: images uint8 (5000, 28, 28) 0 = background, labels uint8 (5000,)."""
-    with resources.as_file(resources.files("dgan.data") / "mnist5k.npz") as path:
-        with np.load(path, allow_pickle=False) as data:
-            return data["images"], data["labels"]
 
 
 def split_indices() -> tuple[Tensor, Tensor]:

@@ -1,0 +1,223 @@
+"""Training throughput of the StyleGAN2-256 recipe: reference ops vs fused ops vs fused+compile.
+
+Times full training steps (Gmain, Greg every 4, Dmain, Dreg every 16, style mixing, G_ema,
+Adam) on synthetic real images already on the device, so data loading is not measured.
+Prints one row per (mode, batch): img/s, s/kimg, peak GPU memory, FLOPs per trained image
+(counted with ``torch.utils.flop_counter.FlopCounterMode`` over one step of each phase,
+weighted by how often it runs) and the achieved fraction of the card's dense bf16 peak.
+
+    python benchmarks/train_throughput.py                       # GPU: batches 16 and 64
+    python benchmarks/train_throughput.py --tiny --steps 4      # CPU smoke test (32x32)
+
+Modes: ``reference`` (plain PyTorch ops), ``fused`` (Triton ops), ``compile`` (Triton ops
+for the double-backward phases, ``torch.compile`` for Gmain/Dmain, whose ops then lower
+to the reference so Inductor can fuse them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import time
+
+import torch
+
+from dgan import ops
+from dgan.augment import AdaptiveAugment
+from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_ema
+from dgan.models.stylegan2 import Discriminator, Generator
+
+# Dense bf16 tensor-core peak in TFLOP/s by device-name substring.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def default_peak(device: torch.device) -> float | None:
+    """Dense bf16 peak (TFLOP/s) for known cards, else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+class Setup:
+    """G, D, G_ema, optimizers and the two loss objects for one benchmark configuration."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, mode: str) -> None:
+        torch.manual_seed(0)
+        cl = device.type == "cuda"
+        kw = {"img_resolution": args.resolution, "channel_base": args.channel_base,
+                  "channel_max": args.channel_max, "channels_last": cl}
+        self.G = Generator(z_dim=args.z_dim, w_dim=args.z_dim, mapping_layers=args.map_depth,
+                           **kw).to(device)
+        self.D = Discriminator(**kw).to(device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        hp_g = lazy_adam_hparams(0.0025, (0.0, 0.99), 4)
+        hp_d = lazy_adam_hparams(0.0025, (0.0, 0.99), 16)
+        fused_adam = device.type == "cuda"
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=hp_g[0], betas=hp_g[1],
+                                      eps=1e-8, fused=fused_adam)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=hp_d[0], betas=hp_d[1],
+                                      eps=1e-8, fused=fused_adam)
+        augment = AdaptiveAugment(p=0.2).to(device) if args.augment else None
+        loss_kw = {"augment": augment, "r1_gamma": 0.8192}
+        self.loss_reg = StyleGAN2Loss(self.G, self.D, **loss_kw).to(device)
+        g_main, d_main = self.G, self.D
+        if mode == "compile":
+            g_main, d_main = torch.compile(self.G), torch.compile(self.D)
+        self.loss_main = StyleGAN2Loss(g_main, d_main, **loss_kw).to(device)
+        self.device = device
+        self.dtype = {"bf16": torch.bfloat16, "fp32": None}[args.precision]
+
+    def phase(self, name: str, real: torch.Tensor) -> torch.Tensor:
+        """Run one phase: forward, backward, optimizer step. Returns the detached loss."""
+        is_g = name.startswith("G")
+        net, opt = (self.G, self.opt_g) if is_g else (self.D, self.opt_d)
+        opt.zero_grad(set_to_none=True)
+        # Freeze the other network so its weight gradients are not computed at all.
+        other = self.D if is_g else self.G
+        other.requires_grad_(False)
+        net.requires_grad_(True)
+        amp = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
+               else contextlib.nullcontext())
+        with amp:
+            n = real.shape[0]
+            if name == "Gmain":
+                loss, _ = self.loss_main.g_main(n)
+            elif name == "Greg":
+                loss, _ = self.loss_reg.g_reg(n)
+            elif name == "Dmain":
+                loss, _ = self.loss_main.d_main(real)
+            else:
+                loss, _ = self.loss_reg.d_reg(real)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    def step(self, step: int, real: torch.Tensor, nimg: int) -> None:
+        """One full training step (all phases due at ``step``) and the EMA update."""
+        for name in self.loss_reg.phases(step):
+            self.phase(name, real)
+        update_ema(self.G_ema, self.G, nimg, real.shape[0])
+
+
+def count_flops_per_image(setup: Setup, real: torch.Tensor) -> float:
+    """Average FLOPs per trained image, each phase weighted by its frequency."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class _NoModules:
+        """FlopCounterMode's module tracker hooks module inputs, which breaks
+        ``autograd.grad`` with respect to a leaf input (R1); only totals are needed here."""
+
+        parents = ("Global",)
+
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    weights = {"Gmain": 1.0, "Greg": 1 / 4, "Dmain": 1.0, "Dreg": 1 / 16}
+    total = 0.0
+    for name, wgt in weights.items():
+        counter = FlopCounterMode(display=False)
+        counter.mod_tracker = _NoModules()
+        with counter:
+            setup.phase(name, real)
+        total += wgt * counter.get_total_flops()
+    return total / real.shape[0]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _real(args: argparse.Namespace, batch: int, device: torch.device) -> torch.Tensor:
+    real = torch.rand(batch, 3, args.resolution, args.resolution, device=device) * 2 - 1
+    return real.to(memory_format=torch.channels_last) if device.type == "cuda" else real
+
+
+def run(args: argparse.Namespace, mode: str, batch: int, device: torch.device,
+        flops: float) -> dict:
+    """Benchmark one (mode, batch) configuration; returns a result row."""
+    ops.set_impl("reference" if mode == "reference" else "auto")
+    setup = Setup(args, device, mode)
+    real = _real(args, batch, device)
+    nimg = 0
+    for s in range(args.warmup):
+        nimg += batch
+        setup.step(s, real, nimg)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for s in range(args.warmup, args.warmup + args.steps):
+        nimg += batch
+        setup.step(s, real, nimg)
+    sync(device)
+    dt = time.perf_counter() - t0
+    img_s = batch * args.steps / dt
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    peak = args.peak_tflops or default_peak(device)
+    frac = flops * img_s / (peak * 1e12) if peak else float("nan")
+    return {"mode": mode, "batch": batch, "img_s": img_s, "s_kimg": 1000 / img_s, "mem_gib": mem,
+                "gflop_img": flops / 1e9, "frac": frac}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="32x32, tiny channels: CPU smoke test")
+    p.add_argument("--batches", type=int, nargs="+", default=None)
+    p.add_argument("--modes", nargs="+", default=None,
+                   choices=["reference", "fused", "compile"])
+    p.add_argument("--steps", type=int, default=None, help="timed steps (use multiples of 16)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default=None)
+    p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--augment", action="store_true", help="adaptive augmentation at p=0.2")
+    p.add_argument("--no-flops", dest="count_flops", action="store_false")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.tiny:
+        args.resolution, args.channel_base, args.channel_max, args.z_dim = 32, 256, 32, 32
+    else:
+        args.resolution, args.channel_base, args.channel_max, args.z_dim = 256, 16384, 512, 512
+    args.map_depth = 2
+    args.batches = args.batches or ([4, 8] if args.tiny else [16, 64])
+    gpu = device.type == "cuda"
+    args.modes = args.modes or (["reference", "fused", "compile"] if gpu else ["reference"])
+    args.steps = args.steps or (4 if args.tiny else 48)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 16)
+    args.precision = args.precision or ("bf16" if gpu else "fp32")
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name(device) if gpu else "cpu"
+    print(f"device: {name}  torch {torch.__version__}  res {args.resolution}  "
+          f"precision {args.precision}  steps {args.steps} (+{args.warmup} warm-up)")
+    header = f"{'mode':<10}{'batch':>6}{'img/s':>10}{'s/kimg':>9}{'mem GiB':>9}" \
+             f"{'GFLOP/img':>11}{'% peak':>8}"
+    print(header)
+    print("-" * len(header))
+    # FLOPs depend on the architecture and recipe only: count once per batch size, eagerly.
+    flops = {}
+    for batch in args.batches:
+        flops[batch] = float("nan")
+        if args.count_flops:
+            ops.set_impl("reference")
+            flops[batch] = count_flops_per_image(Setup(args, device, "reference"),
+                                                 _real(args, batch, device))
+    for mode in args.modes:
+        for batch in args.batches:
+            r = run(args, mode, batch, device, flops[batch])
+            print(f"{r['mode']:<10}{r['batch']:>6}{r['img_s']:>10.1f}{r['s_kimg']:>9.2f}"
+                  f"{r['mem_gib']:>9.2f}{r['gflop_img']:>11.1f}{100 * r['frac']:>8.2f}",
+                  flush=True)
+            if gpu:
+                torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""`dgan data inspect`: what shards hold, whether index.json matches them, a sample grid."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dgan.data.shards import INDEX, read_index, sha256_file
+from dgan.data.sources import resolve_source
+from dgan.data.stream import IMAGE_EXTS, decode
+from dgan.data.tario import iter_tar
+
+
+@dataclass
+class Report:
+    """Totals and problems found; `problems` empty means index.json matches the shards."""
+
+    shards: int = 0
+    samples: int = 0
+    bytes: int = 0
+    sizes: Counter = field(default_factory=Counter)  # (width, height) -> samples
+    modes: Counter = field(default_factory=Counter)  # Pillow mode -> samples
+    labels: Counter = field(default_factory=Counter)  # label index (-1: none) -> samples
+    label_names: list[str] | None = None
+    resolution: int | None = None
+    channels: int | None = None
+    indexed: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The human-readable report."""
+        size = ", ".join(f"{w}x{h}: {n}" for (w, h), n in self.sizes.most_common())
+        mode = ", ".join(f"{m}: {n}" for m, n in self.modes.most_common())
+        names = self.label_names or []
+        hist = "  ".join(f"{names[k] if 0 <= k < len(names) else k}: {n}"
+                         for k, n in sorted(self.labels.items()) if k >= 0)
+        out = [f"shards      {self.shards} ({self.bytes / 2**20:.1f} MiB)",
+               f"samples     {self.samples}",
+               f"resolution  {self.resolution} (stored sizes {size or '-'})",
+               f"channels    {self.channels} (stored modes {mode or '-'})",
+               f"labels      {hist or 'none'}"]
+        if self.labels.get(-1) and len(self.labels) > 1:
+            out.append(f"unlabelled  {self.labels[-1]}")
+        if not self.indexed:
+            out.append("index.json  none (nothing to verify)")
+        elif self.problems:
+            out += ["index.json  MISMATCH"] + [f"  {p}" for p in self.problems]
+        else:
+            out.append("index.json  ok (counts and sha256 of every shard)")
+        return out
+
+
+def inspect_shards(path: str, grid: str | os.PathLike | None, n_grid: int = 64,
+                   seed: int = 0) -> Report:
+    """Read every shard once: count samples, read image headers, check index.json.
+
+    Writes a PNG grid of `n_grid` random samples (reservoir sampling) to `grid` if given.
+    Undecodable image headers are problems too.
+    """
+    source = resolve_source(path)
+    report = Report(shards=len(source.urls), resolution=source.resolution,
+                    channels=source.channels, label_names=source.labels)
+    index = read_index(path) if os.path.isdir(path) and (Path(path) / INDEX).is_file() else None
+    report.indexed = index is not None
+    rng = np.random.default_rng(seed)
+    picked: list[dict] = []
+    for k, url in enumerate(source.urls):
+        count = 0
+        for sample in iter_tar(url):
+            count += 1
+            _read_header(sample, report)
+            report.labels[int(sample["cls"]) if "cls" in sample else -1] += 1
+            # Reservoir sampling keeps every sample equally likely in the grid.
+            seen = report.samples + count
+            if len(picked) < n_grid:
+                picked.append(sample)
+            elif (j := int(rng.integers(seen))) < n_grid:
+                picked[j] = sample
+        report.samples += count
+        if os.path.isfile(url):
+            report.bytes += os.path.getsize(url)
+        if index is not None:
+            entry = index["shards"][k]
+            if entry["count"] != count:
+                report.problems.append(f"{entry['name']}: {count} samples, index says "
+                                       f"{entry['count']}")
+            if "sha256" in entry and sha256_file(url) != entry["sha256"]:
+                report.problems.append(f"{entry['name']}: sha256 differs from index.json")
+    if index is not None and index.get("total") not in (None, report.samples):
+        report.problems.append(f"total: {report.samples} samples, index says {index['total']}")
+    if grid is not None and picked:
+        write_grid(picked, grid, report.channels or 3, report.resolution or _common_size(report))
+    return report
+
+
+def _read_header(sample: dict, report: Report) -> None:
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    try:
+        if ext is None:
+            raise ValueError("no image member")
+        with Image.open(io.BytesIO(sample[ext])) as img:
+            report.sizes[img.size] += 1
+            report.modes[img.mode] += 1
+    except Exception as e:  # noqa: BLE001 - any decoder failure is reported, not raised
+        report.problems.append(f"{sample.get('__url__')}: sample {sample['__key__']}: {e}")
+
+
+def _common_size(report: Report) -> int:
+    return max(report.sizes.most_common(1)[0][0]) if report.sizes else 64
+
+
+def write_grid(samples: list[dict], path: str | os.PathLike, channels: int,
+               resolution: int) -> None:
+    """Tile decodable samples (uint8) into a near-square grid with 2-pixel gaps, as PNG."""
+    tiles = []
+    for sample in samples:
+        # An undecodable sample was already reported by the header pass; leave it out.
+        with contextlib.suppress(Exception):
+            image, _ = decode(sample, channels, resolution)
+            tiles.append(image if image.ndim == 3 else image[:, :, None])
+    if not tiles:
+        return
+    cols = int(np.ceil(np.sqrt(len(tiles))))
+    rows = -(-len(tiles) // cols)
+    step = resolution + 2
+    canvas = np.zeros((rows * step - 2, cols * step - 2, tiles[0].shape[2]), np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        canvas[r * step:r * step + resolution, c * step:c * step + resolution] = tile
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas[:, :, 0] if channels == 1 else canvas).save(path)

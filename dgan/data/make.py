@@ -1,0 +1,323 @@
+"""`dgan data make`: image folders, zips and .npz arrays -> WebDataset shards.
+
+Every picture is turned into a square `resolution` x `resolution` image with `channels`
+channels and encoded as png, jpg or webp:
+
+- EXIF orientation is applied; CMYK, YCbCr, palette, 1-bit, 16-bit (I;16, I) and float
+  images are converted; transparent pixels (RGBA, LA, P with transparency) are composited
+  on `background` (default white), which also fills the bars of `crop="pad"`.
+- crop "center" cuts the largest centred square, "pad" fits the whole picture inside the
+  square, "stretch" resizes without keeping the aspect ratio (Lanczos in every case).
+- Pictures smaller than the resolution (short side for "center", long side for "pad",
+  either side for "stretch") are upscaled (`small="upscale"`) or skipped (`small="skip"`).
+- A file that cannot be decoded (empty, truncated, not an image, corrupt chunk, more than
+  Pillow's `Image.MAX_IMAGE_PIXELS`) is never fatal: it goes to `OUT/skipped.txt` as
+  `path<TAB>reason`, like the pictures skipped for size. Files whose extension is not an
+  image extension are ignored and only counted.
+
+The input order is shuffled with a fixed seed before encoding, and encoding runs in
+`workers` processes whose results are consumed in order, so the same input and options
+give the same shards whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import os
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageColor, ImageOps
+from tqdm import tqdm
+
+from dgan.data.shards import INDEX, encode_image, write_shards
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif",
+                            ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".ico"})
+SKIPPED = "skipped.txt"
+
+
+@dataclass
+class MakeOptions:
+    """Options of `dgan data make`; None means "decided by the source" (see docs/data.md)."""
+
+    resolution: int | None = None  # folders/zips: 256; npz: min(H, W) of its images
+    channels: int | None = None  # folders/zips: 3; npz: from its array shape
+    format: str | None = None  # png for npz and 1-channel data, jpg otherwise
+    quality: int = 95  # jpg/webp quality
+    per_shard: int = 1000
+    workers: int = 0  # encoding processes; 0 or 1: in this process
+    labels: str | None = None  # "none" | "subdirs"; None: none, or the npz's `labels`
+    crop: str = "center"  # "center" | "pad" | "stretch"
+    small: str = "upscale"  # "upscale" | "skip"
+    background: str = "white"  # colour for transparent pixels and padding
+    seed: int = 0  # input order shuffle
+    name: str | None = None  # shard name prefix; default: the source's file name stem
+
+
+class SkipFile(Exception):
+    """The picture is not used; the message is the reason written to skipped.txt."""
+
+
+# -- reading one picture ------------------------------------------------------------------
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit / 32-bit integer and float grayscale -> 8-bit "L" (0..65535 or 0..1 scaled)."""
+    array = np.asarray(img)
+    if img.mode == "F":
+        scale = 255.0 if array.size and float(np.nanmax(array)) <= 1.0 else 1.0
+        array = np.nan_to_num(array.astype(np.float64) * scale)
+    elif img.mode.startswith("I;16") or (array.size and int(array.max()) > 255):
+        array = array.astype(np.float64) / 257.0
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
+
+
+def to_channels(img: Image.Image, channels: int, background: tuple[int, int, int]) -> Image.Image:
+    """Any Pillow mode -> "L" (channels 1) or "RGB" (channels 3); alpha on `background`."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = _to_8bit(img)
+    elif img.mode == "1":
+        img = img.convert("L")
+    if "A" in img.mode or "a" in img.mode:  # RGBA, LA, PA, RGBa, La
+        base = Image.new("RGBA", img.size, (*background, 255))
+        img = Image.alpha_composite(base, img.convert("RGBA")).convert("RGB")
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def fit_square(img: Image.Image, resolution: int, crop: str, small: str,
+               background: tuple[int, int, int]) -> Image.Image:
+    """Crop, pad or stretch to resolution x resolution (Lanczos); SkipFile if too small."""
+    w, h = img.size
+    side = {"center": min(w, h), "pad": max(w, h), "stretch": min(w, h)}[crop]
+    if side < resolution and small == "skip":
+        raise SkipFile(f"smaller than {resolution}x{resolution} ({w}x{h})")
+    r = resolution
+    if crop == "stretch":
+        return img.resize((r, r), Image.Resampling.LANCZOS)
+    if crop == "center":
+        s = min(w, h)
+        box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+        return img.resize((r, r), Image.Resampling.LANCZOS, box=box)
+    scale = r / max(w, h)
+    fitted = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                        Image.Resampling.LANCZOS)
+    fill = background[0] if img.mode == "L" else background
+    canvas = Image.new(img.mode, (r, r), fill)  # type: ignore[arg-type]
+    canvas.paste(fitted, ((r - fitted.width) // 2, (r - fitted.height) // 2))
+    return canvas
+
+
+def open_picture(data: bytes | np.ndarray) -> Image.Image:
+    """Decode fully (so truncation shows now); bomb-sized pictures raise SkipFile."""
+    if isinstance(data, np.ndarray):
+        return Image.fromarray(data)
+    if not data:
+        raise SkipFile("empty file")
+    with warnings.catch_warnings():
+        # Above MAX_IMAGE_PIXELS Pillow only warns (it errors above twice that).
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise SkipFile(f"decompression bomb: {e}") from None
+    # A broken EXIF block leaves the picture usable as it is stored.
+    with contextlib.suppress(Exception):
+        img = ImageOps.exif_transpose(img)
+    return img
+
+
+# -- the worker side ----------------------------------------------------------------------
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(opts: dict[str, Any], zip_path: str | None) -> None:
+    _worker.clear()
+    _worker.update(opts=opts, zip=zipfile.ZipFile(zip_path) if zip_path else None)
+
+
+def _read(ref: str | np.ndarray) -> bytes | np.ndarray:
+    if isinstance(ref, np.ndarray):
+        return ref
+    if _worker["zip"] is not None:
+        return _worker["zip"].read(ref)
+    return Path(ref).read_bytes()
+
+
+def _convert(task: tuple[str | np.ndarray, int | None]) -> tuple[str, Any, int | None]:
+    """(ref, label) -> ("ok", encoded bytes, label) or ("skip", reason, None)."""
+    ref, label = task
+    o = _worker["opts"]
+    try:
+        img = open_picture(_read(ref))
+        img = to_channels(img, o["channels"], o["bg"])
+        img = fit_square(img, o["resolution"], o["crop"], o["small"], o["bg"])
+        data = encode_image(np.asarray(img), o["format"], o["quality"])
+    except SkipFile as e:
+        return "skip", str(e), None
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a skipped file, not a crash
+        return "skip", f"cannot decode: {type(e).__name__}: {e}".replace("\n", " "), None
+    return "ok", data, label
+
+
+# -- listing the source -------------------------------------------------------------------
+@dataclass
+class Listing:
+    """What a source holds: tasks (ref, label index), names for skipped.txt, and counts."""
+
+    kind: str
+    refs: list[Any]
+    names: list[str]
+    labels: list[int | None]
+    label_names: list[str] | None
+    ignored: int
+    channels: int
+    resolution: int
+    zip_path: str | None = None
+
+
+def _label_of(rel: str, mode: str) -> str | None:
+    parts = rel.split("/")
+    return parts[0] if mode == "subdirs" and len(parts) > 1 else None
+
+
+def _listing_from_names(kind: str, names: list[str], refs: list[str], opts: MakeOptions,
+                        zip_path: str | None = None) -> tuple[Listing, list[tuple[str, str]]]:
+    mode = opts.labels or "none"
+    keep, ignored, unlabelled = [], 0, []
+    for rel, ref in zip(names, refs):
+        base = rel.rsplit("/", 1)[-1]
+        if base.startswith(".") or Path(base).suffix.lower() not in IMAGE_SUFFIXES:
+            ignored += 1  # .txt, .DS_Store, metadata: not pictures, so not "skipped"
+        elif mode == "subdirs" and _label_of(rel, mode) is None:
+            unlabelled.append((rel, "not inside a class subdirectory (--labels subdirs)"))
+        else:
+            keep.append((rel, ref))
+    label_names = sorted({_label_of(r, mode) for r, _ in keep} - {None}) or None  # type: ignore
+    lookup = {n: i for i, n in enumerate(label_names or [])}
+    labels = [lookup.get(_label_of(r, mode)) if label_names else None for r, _ in keep]  # type: ignore
+    listing = Listing(kind, [ref for _, ref in keep], [r for r, _ in keep], labels, label_names,
+                      ignored, opts.channels or 3, opts.resolution or 256, zip_path)
+    return listing, unlabelled
+
+
+def list_source(src: str | os.PathLike, opts: MakeOptions) -> tuple[Listing, list[tuple[str, str]]]:
+    """The pictures of a folder, .zip or .npz, plus files refused before decoding."""
+    path = Path(src)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        names = [p.relative_to(path).as_posix() for p in files]
+        return _listing_from_names("folder", names, [str(p) for p in files], opts)
+    if path.suffix.lower() == ".zip" and path.is_file():
+        with zipfile.ZipFile(path) as z:
+            names = sorted(i.filename for i in z.infolist() if not i.is_dir())
+        return _listing_from_names("zip", names, names, opts, zip_path=str(path))
+    if path.suffix.lower() == ".npz" and path.is_file():
+        return _list_npz(path, opts), []
+    raise FileNotFoundError(f"{src}: not an image folder, .zip or .npz")
+
+
+def _list_npz(path: Path, opts: MakeOptions) -> Listing:
+    with np.load(path, allow_pickle=False) as data:
+        if "images" not in data:
+            raise ValueError(f"{path}: no 'images' array (expected uint8 NHW or NHWC)")
+        images = data["images"]
+        raw_labels = data["labels"] if "labels" in data and opts.labels != "none" else None
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (
+            images.ndim == 4 and images.shape[3] not in (1, 3, 4)):
+        raise ValueError(f"{path}: images must be uint8 NHW or NHWC with C in 1, 3, 4; got "
+                         f"{images.dtype} {images.shape}")
+    if opts.labels == "subdirs":
+        raise ValueError("--labels subdirs needs a folder or zip; an .npz has its own labels")
+    if images.ndim == 4 and images.shape[3] == 1:
+        images = images[..., 0]
+    label_names = labels = None
+    if raw_labels is not None:
+        labels = [int(v) for v in raw_labels.reshape(-1)]
+        label_names = [str(i) for i in range(max(labels) + 1)] if labels else None
+    n = len(images)
+    return Listing("npz", list(images), [f"{path.name}[{i}]" for i in range(n)],
+                   labels or [None] * n, label_names, 0,
+                   opts.channels or (1 if images.ndim == 3 else 3),
+                   opts.resolution or min(images.shape[1:3]))
+
+
+# -- the whole conversion -----------------------------------------------------------------
+def _results(listing: Listing, order: np.ndarray, opts: dict[str, Any],
+             workers: int) -> Iterator[tuple[str, Any, int | None]]:
+    tasks = ((listing.refs[i], listing.labels[i]) for i in order)
+    if workers <= 1:
+        _init_worker(opts, listing.zip_path)
+        try:
+            yield from map(_convert, tasks)
+        finally:
+            if _worker["zip"] is not None:
+                _worker["zip"].close()
+            _worker.clear()
+        return
+    with multiprocessing.Pool(workers, _init_worker, (opts, listing.zip_path)) as pool:
+        # imap keeps input order, so the shards do not depend on the worker count.
+        yield from pool.imap(_convert, tasks, chunksize=8)
+
+
+def make_dataset(src: str | os.PathLike, out: str | os.PathLike,
+                 opts: MakeOptions | None = None) -> dict:
+    """Convert `src` into shards + index.json + skipped.txt in `out`; return the index.
+
+    The index gains "source" (path, kind, options, counts of pictures written, skipped
+    and ignored files). Raises ValueError when no picture is usable.
+    """
+    opts = opts or MakeOptions()
+    for key, allowed in (("labels", (None, "none", "subdirs")), ("crop", ("center", "pad",
+                         "stretch")), ("small", ("upscale", "skip")),
+                         ("format", (None, "png", "jpg", "webp")), ("channels", (None, 1, 3))):
+        if getattr(opts, key) not in allowed:
+            choices = [a for a in allowed if a is not None]
+            raise ValueError(f"bad {key} {getattr(opts, key)!r}; expected one of {choices}")
+    listing, refused = list_source(src, opts)
+    fmt = opts.format or ("png" if listing.kind == "npz" or listing.channels == 1 else "jpg")
+    worker_opts = {"channels": listing.channels, "resolution": listing.resolution,
+                   "crop": opts.crop, "small": opts.small, "format": fmt,
+                   "quality": opts.quality, "bg": ImageColor.getrgb(opts.background)[:3]}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    order = np.random.default_rng(opts.seed).permutation(len(listing.refs))
+    skipped = list(refused)
+    bar = tqdm(total=len(order), unit="img", desc="dgan data make", disable=None)
+
+    def good() -> Iterator[tuple[bytes, str, int | None]]:
+        for i, (status, payload, label) in zip(order, _results(listing, order, worker_opts,
+                                                               opts.workers)):
+            bar.update()
+            if status == "ok":
+                yield payload, fmt, label
+            else:
+                skipped.append((listing.names[i], payload))
+
+    name = opts.name or Path(src).stem or "data"
+    source = {"path": str(Path(src).resolve()), "kind": listing.kind, "files": len(order),
+              "ignored": listing.ignored,
+              "options": {**asdict(opts), "format": fmt, "channels": listing.channels,
+                          "resolution": listing.resolution}}
+    source["options"].pop("workers")
+    try:
+        index = write_shards(good(), out, name, resolution=listing.resolution,
+                             channels=listing.channels, labels=listing.label_names,
+                             per_shard=opts.per_shard,
+                             extra=lambda: {"source": {**source, "skipped": len(skipped)}})
+    finally:
+        bar.close()
+        (out / SKIPPED).write_text("".join(f"{n}\t{r}\n" for n, r in skipped))
+    if not index["total"]:
+        (out / INDEX).unlink()
+        raise ValueError(f"{src}: no usable pictures ({len(skipped)} skipped, "
+                         f"{listing.ignored} ignored); see {out / SKIPPED}")
+    return index

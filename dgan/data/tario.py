@@ -1,0 +1,128 @@
+"""Reading WebDataset tar shards fast: a minimal streaming tar reader.
+
+`tarfile` spends ~80 us per member in Python on header objects we do not need; at 64^2
+that was a quarter of a worker's time. This reader parses only what samples need (name,
+size, type; ustar prefix, GNU long names and pax `path` records), checks each header's
+checksum, and reads data with one `read` per member. Compressed shards (.tar.gz, .tgz,
+.tar.bz2, .tar.xz, in the URL) go through `tarfile`, which knows the codecs.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+BLOCK = 512
+COMPRESSED = re.compile(r"\.(tar\.gz|tgz|tar\.bz2|tbz2?|tar\.xz|txz)\b")
+
+
+class TarError(ValueError):
+    """The shard is not a readable tar stream (bad header checksum, cut short)."""
+
+
+def _read_exact(stream: IO[bytes], n: int) -> bytes:
+    data = stream.read(n)
+    while len(data) < n:  # pipes may return short reads
+        more = stream.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _number(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes of 8 GiB and more
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _pax_path(data: bytes) -> str | None:
+    path = None
+    while data:
+        length = int(data.split(b" ", 1)[0])
+        key, _, value = data[:length].split(b" ", 1)[1].partition(b"=")
+        if key == b"path":
+            path = value[:-1].decode("utf-8", "surrogateescape")
+        data = data[length:]
+    return path
+
+
+def tar_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of every regular file in an uncompressed tar stream, in order."""
+    long_name: str | None = None
+    while True:
+        header = _read_exact(stream, BLOCK)
+        if not header or header.count(0) == BLOCK:
+            return  # end of archive (zero blocks), or a stream ending without them
+        if len(header) < BLOCK:
+            raise TarError("tar stream cut short")
+        stored = _number(header[148:156])
+        if stored != sum(header[:148]) + 256 + sum(header[156:]):  # chksum field as spaces
+            raise TarError("bad tar header checksum (corrupt or not a tar)")
+        size = _number(header[124:136])
+        kind = header[156:157]
+        data = _read_exact(stream, size)
+        if len(data) < size:
+            raise TarError("tar stream cut short")
+        pad = -size % BLOCK
+        if pad:
+            _read_exact(stream, pad)
+        if kind in (b"0", b"\0", b"7"):
+            name = long_name
+            if name is None:
+                name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                if header[257:263] == b"ustar\0" and header[345]:  # POSIX ustar prefix
+                    prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                    name = f"{prefix}/{name}"
+            long_name = None
+            yield name, data
+        elif kind == b"L":  # GNU long name of the next member
+            long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        elif kind == b"x":  # pax header of the next member
+            long_name = _pax_path(data) or long_name
+        # directories, links, global pax headers: nothing a sample needs
+
+
+def _tarfile_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            if member.isfile():
+                yield member.name, tar.extractfile(member).read()  # type: ignore[union-attr]
+
+
+def sample_key(name: str) -> tuple[str, str] | None:
+    """Member name -> (sample key, lower-case extension); None for names without one."""
+    base = name.rsplit("/", 1)[-1]
+    if "." not in base:
+        return None
+    key, ext = base.split(".", 1)
+    return name[: len(name) - len(base)] + key, ext.lower()
+
+
+def iter_tar(url: str) -> Iterator[dict[str, Any]]:
+    """WebDataset samples ({ext: bytes, "__key__": key, "__url__": url}) of one shard.
+
+    A sample is the run of consecutive members sharing a key (the name up to the first
+    dot of its last path component); extensions are lower-cased.
+    """
+    import webdataset as wds
+
+    members = _tarfile_members if COMPRESSED.search(url) else tar_members
+    with wds.gopen(url, "rb") as stream:
+        current: dict[str, Any] = {}
+        for name, data in members(stream):
+            split = sample_key(name)
+            if split is None:
+                continue
+            key, ext = split
+            if current and current["__key__"] != key:
+                yield current
+                current = {}
+            current["__key__"] = key
+            current["__url__"] = url
+            current[ext] = data
+        if current:
+            yield current

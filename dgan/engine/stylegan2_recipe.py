@@ -1,0 +1,107 @@
+"""The StyleGAN2 training step on a backend: phases Gmain, Greg, Dmain, Dreg.
+
+The schedule is data (`StyleGAN2Loss.phases`): Gmain and Dmain every step, path-length
+regularisation (Greg) every `loss.pl_interval` steps and lazy R1 (Dreg) every
+`loss.r1_interval` steps, each scaled by its interval. Each phase runs inside
+`backend.phase(name)`, so the network not being trained is frozen; in G phases D is
+called unwrapped (no gradient sync for a frozen D), in D phases G runs without grad.
+
+The global torch RNG (latents, style mixing, noise inputs, augmentation) is reseeded
+from (run.seed, rank, step) at the start of every step: a resumed run draws exactly
+what the uninterrupted one would have, with no RNG state to carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from dgan.augment import AdaptiveAugment
+from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_ema
+
+PHASES = {"Gmain": "g_main", "Greg": "g_reg", "Dmain": "d_main", "Dreg": "d_reg"}
+ADA_INTERVAL = 4  # steps between augmentation-probability updates
+
+
+def build_optimizers(cfg: DictConfig, g: nn.Module, d: nn.Module
+                     ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Adam with the lazy-regularisation correction of lr and betas for each network."""
+    o, loss = cfg.optim, cfg.loss
+    fused = {"fused": True} if torch.cuda.is_available() else {}
+    g_interval = loss.pl_interval if loss.pl_weight > 0 else 0
+    d_interval = loss.r1_interval if loss.r1_gamma > 0 else 0
+    lr_g, betas_g = lazy_adam_hparams(o.lr_g, (o.beta1, o.beta2), g_interval)
+    lr_d, betas_d = lazy_adam_hparams(o.lr_d, (o.beta1, o.beta2), d_interval)
+    return (torch.optim.Adam(g.parameters(), lr=lr_g, betas=betas_g, eps=1e-8, **fused),
+            torch.optim.Adam(d.parameters(), lr=lr_d, betas=betas_d, eps=1e-8, **fused))
+
+
+class StyleGAN2Recipe:
+    def __init__(self, cfg: DictConfig, backend: Any, g_ema: nn.Module, c_dim: int = 0) -> None:
+        from dgan import ops
+
+        ops.set_impl(cfg.model.ops)
+        self.cfg, self.backend, self.g_ema, self.c_dim = cfg, backend, g_ema, c_dim
+        lc = cfg.loss
+        self.augment = None
+        if lc.augment != "none":
+            target = lc.ada_target if lc.augment == "ada" else None
+            self.augment = AdaptiveAugment(p=lc.augment_p, target=target).to(backend.device)
+        self.loss = StyleGAN2Loss(
+            backend.g, backend.d, augment=self.augment, r1_gamma=lc.r1_gamma,
+            r1_interval=lc.r1_interval, pl_weight=lc.pl_weight, pl_interval=lc.pl_interval,
+            style_mixing_prob=lc.style_mixing, z_dim=cfg.model.z_dim).to(backend.device)
+
+    def _labels(self, labels: torch.Tensor, n: int) -> torch.Tensor | None:
+        if not self.c_dim:
+            return None
+        return F.one_hot(labels[:n].clamp(min=0), self.c_dim).float()
+
+    def step(self, step: int, real: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, cfg = self.backend, self.cfg
+        key = np.random.SeedSequence([cfg.run.seed, b.rank, step, 17]).generate_state(1)[0]
+        torch.manual_seed(int(key))
+        c = self._labels(labels, real.shape[0])
+        n = real.shape[0]
+        stats: dict[str, torch.Tensor] = {}
+        for phase in self.loss.phases(step):
+            net = phase[0]
+            with b.phase(net):
+                if net == "G":  # G wrapped (its gradients sync), D frozen and unwrapped
+                    self.loss.G, self.loss.D = b.g, b.d_module
+                else:  # D wrapped, G only generates (no grad) unwrapped
+                    self.loss.G, self.loss.D = b.g_module, b.d
+                with b.autocast():
+                    arg = n if net == "G" else real
+                    value, phase_stats = getattr(self.loss, PHASES[phase])(arg, c)
+                b.backward(value, net)
+                b.step(net)
+            stats.update(phase_stats)
+        global_batch = n * b.world_size
+        update_ema(self.g_ema, b.g_module, (step + 1) * global_batch, global_batch,
+                   cfg.train.ema_kimg, cfg.train.ema_rampup)
+        if self.augment is not None and self.augment.target is not None and step % ADA_INTERVAL == 0:
+            self.augment.update(all_reduce=lambda t: b.all_reduce(t) * b.world_size)
+            stats["augment/p"] = torch.tensor(float(self.augment.p))
+        out = {"loss/G": stats.pop("G/loss"), "loss/D": stats.pop("D/loss"),
+               "D/real": torch.sigmoid(stats.pop("D/real_score").float()),
+               "D/fake": torch.sigmoid(stats.pop("D/fake_score").float())}
+        stats.pop("G/fake_score", None)
+        out.update(stats)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"loss": self.loss.state_dict()}
+        if self.augment is not None:
+            state["augment"] = self.augment.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss.load_state_dict(state["loss"])
+        if self.augment is not None and "augment" in state:
+            self.augment.load_state_dict(state["augment"])

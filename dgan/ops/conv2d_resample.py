@@ -1,0 +1,53 @@
+"""2D convolution combined with FIR up- or down-sampling (the StyleGAN resampling convention).
+
+``conv2d_resample(x, w, f, up, down, padding, groups)`` with ``x: [N, Cin, H, W]`` and
+``w: [Cout, Cin/groups, k, k]`` returns ``[N, Cout, H*up/down, W*up/down]`` when
+``padding = (k - 1) // 2``:
+
+* ``up = down = 1``: ``conv2d`` (cuDNN).
+* ``down > 1``: low-pass with ``f`` (one :func:`upfirdn2d` call), then a strided conv.
+  For 1x1 kernels the subsampling is folded into the filter pass (4x less filtering).
+* ``up > 1``: transposed strided conv (cuDNN), then low-pass with ``f`` and gain ``up**2``.
+
+Only one of ``up`` / ``down`` may exceed 1. The convolution itself always runs in cuDNN
+(or the CPU backend); only the FIR part goes through :mod:`dgan.ops.upfirdn2d`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dgan.ops.upfirdn2d import upfirdn2d
+
+
+def _split(total: int) -> tuple[int, int]:
+    return (total + 1) // 2, total // 2
+
+
+def conv2d_resample(
+    x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = None, up: int = 1,
+    down: int = 1, padding: int = 0, groups: int = 1, impl: str | None = None,
+) -> torch.Tensor:
+    """Convolve ``x: [N, Cin, H, W]`` with ``w: [Cout, Cin/groups, k, k]`` and resample."""
+    if up > 1 and down > 1:
+        raise ValueError("conv2d_resample supports up-sampling or down-sampling, not both")
+    k = w.shape[-1]
+    fw = 1 if f is None else f.shape[-1]
+    if down > 1:
+        p0, p1 = _split(fw - down + 2 * padding)
+        if k == 1:
+            x = upfirdn2d(x, f, down=down, padding=(p0, p1, p0, p1), impl=impl)
+            return F.conv2d(x, w, groups=groups)
+        x = upfirdn2d(x, f, padding=(p0, p1, p0, p1), impl=impl)
+        return F.conv2d(x, w, stride=down, groups=groups)
+    if up > 1:
+        cout, cin_g = w.shape[0], w.shape[1]
+        # conv_transpose2d wants [Cin, Cout/groups, k, k]; flipping the taps makes the result
+        # equal to a plain convolution of the zero-upsampled input.
+        wt = w.reshape(groups, cout // groups, cin_g, k, k).transpose(1, 2)
+        wt = wt.reshape(groups * cin_g, cout // groups, k, k).flip([2, 3])
+        x = F.conv_transpose2d(x, wt, stride=up, groups=groups)
+        p0, p1 = _split(up + fw - 2 * k + 2 * padding)
+        return upfirdn2d(x, f, padding=(p0, p1, p0, p1), gain=up * up, impl=impl)
+    return F.conv2d(x, w, padding=padding, groups=groups)

@@ -1,0 +1,193 @@
+"""Upsample, pad, FIR-filter and downsample a batch of 2D images in one op.
+
+``upfirdn2d(x, f, up, down, padding, flip_filter, gain)`` with ``x: [N, C, H, W]``:
+
+1. upsample by inserting ``up - 1`` zeros after every pixel (``[N, C, H*up, W*up]``),
+2. pad with zeros by ``padding = (x0, x1, y0, y1)`` (negative values crop),
+3. convolve every channel with ``f`` (true convolution; ``flip_filter=True`` gives
+   correlation), scaled so that the total gain is ``gain``,
+4. keep every ``down``-th pixel.
+
+Output size: ``OH = (H*up_y + y0 + y1 - FH) // down_y + 1`` (same for width).
+
+``f`` is ``[FH, FW]`` (non-separable), ``[FW]`` (separable: applied along both axes) or
+``None`` (identity). Filters are constants: no gradient flows into ``f``.
+
+The gradient of upfirdn2d is upfirdn2d with the flipped filter, ``up`` and ``down``
+swapped and transposed padding, so both paths differentiate to any order. The fused
+path is one Triton kernel per call (forward and every backward), float32/bf16/fp16 with
+fp32 accumulation, NCHW or channels_last.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dgan.ops._dispatch import use_fused
+
+
+def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    if len(v) != 2:
+        raise ValueError(f"expected an int or a pair, got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def _padding(p: int | tuple[int, ...] | list[int]) -> tuple[int, int, int, int]:
+    if isinstance(p, int):
+        return p, p, p, p
+    if len(p) == 2:
+        return int(p[0]), int(p[0]), int(p[1]), int(p[1])
+    if len(p) == 4:
+        return tuple(int(v) for v in p)  # type: ignore[return-value]
+    raise ValueError(f"padding must be an int, (x, y) or (x0, x1, y0, y1); got {p!r}")
+
+
+def setup_filter(
+    f: list[float] | torch.Tensor, device: torch.device | str = "cpu", normalize: bool = True,
+    flip_filter: bool = False, gain: float = 1.0, separable: bool | None = None,
+) -> torch.Tensor:
+    """Build a float32 FIR filter. ``[1, 3, 3, 1]`` gives the separable StyleGAN filter ``[4]``.
+
+    A 1D filter stays separable (``[FW]``) unless ``separable=False``, which makes it the
+    outer product ``[FW, FW]``. ``normalize`` scales the filter to sum 1 (a normalised 1D
+    filter implies a 2D filter that sums to 1 too), ``gain`` then scales the 2D response (``gain**0.5`` per axis for separable filters).
+    """
+    f = torch.as_tensor(f, dtype=torch.float32, device=device)
+    if f.ndim not in (1, 2):
+        raise ValueError("filter must be 1D or 2D")
+    if f.ndim == 1 and separable is False:
+        f = torch.outer(f, f)
+    if normalize:
+        f = f / f.sum()
+    if flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    return f * (gain ** (f.ndim / 2))
+
+
+def _out_size(n: int, up: int, down: int, p0: int, p1: int, k: int) -> int:
+    return (n * up + p0 + p1 - k) // down + 1
+
+
+def upfirdn2d_reference(
+    x: torch.Tensor, f: torch.Tensor | None, up: int | tuple[int, int] = 1,
+    down: int | tuple[int, int] = 1, padding: int | tuple[int, ...] = 0,
+    flip_filter: bool = False, gain: float = 1.0,
+) -> torch.Tensor:
+    """Plain PyTorch: zero-insert reshape, ``F.pad`` / crop, depthwise ``conv2d``, slicing."""
+    if f is None:
+        f = torch.ones(1, 1, dtype=torch.float32, device=x.device)
+    upx, upy = _pair(up)
+    downx, downy = _pair(down)
+    px0, px1, py0, py1 = _padding(padding)
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h, 1, w, 1)
+    x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
+    x = x.reshape(n, c, h * upy, w * upx)
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
+    if not flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    if f.ndim == 2:
+        x = F.conv2d(x, f[None, None].repeat(c, 1, 1, 1), groups=c)
+    else:
+        x = F.conv2d(x, f[None, None, None].repeat(c, 1, 1, 1), groups=c)
+        x = F.conv2d(x, f[None, None, :, None].repeat(c, 1, 1, 1), groups=c)
+    return x[:, :, ::downy, ::downx]
+
+
+class _UpFirDn2dFused(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, f2d, up, down, pad):
+        from dgan.ops import _upfirdn2d_triton as k
+
+        upx, upy = up
+        downx, downy = down
+        px0, px1, py0, py1 = pad
+        y = k.launch(x, f2d, upx, upy, downx, downy, px0, px1, py0, py1)
+        ctx.save_for_backward(f2d)
+        ctx.cfg = (x.shape, up, down, pad, y.shape)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (f2d,) = ctx.saved_tensors
+        xshape, (upx, upy), (downx, downy), (px0, _, py0, _), yshape = ctx.cfg
+        fh, fw = f2d.shape
+        h, w = xshape[2], xshape[3]
+        oh, ow = yshape[2], yshape[3]
+        pad = (
+            fw - px0 - 1, w * upx - ow * downx + px0 - upx + 1,
+            fh - py0 - 1, h * upy - oh * downy + py0 - upy + 1,
+        )
+        dx = _UpFirDn2dFused.apply(dy, f2d.flip([0, 1]), (downx, downy), (upx, upy), pad)
+        return dx, None, None, None, None
+
+
+def upfirdn2d(
+    x: torch.Tensor, f: torch.Tensor | None, up: int | tuple[int, int] = 1,
+    down: int | tuple[int, int] = 1, padding: int | tuple[int, ...] = 0,
+    flip_filter: bool = False, gain: float = 1.0, impl: str | None = None,
+) -> torch.Tensor:
+    """Upsample, pad, filter, downsample ``x: [N, C, H, W]`` -> ``[N, C, OH, OW]``.
+
+    See the module docstring for the exact semantics. ``impl`` overrides the global
+    reference/fused switch for this call.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"upfirdn2d expects [N, C, H, W], got shape {tuple(x.shape)}")
+    if not use_fused("upfirdn2d", x, impl):
+        return upfirdn2d_reference(x, f, up, down, padding, flip_filter, gain)
+    if f is None:
+        f = torch.ones(1, 1, dtype=torch.float32, device=x.device)
+    f = f.to(device=x.device, dtype=torch.float32)
+    f2d = torch.outer(f, f) if f.ndim == 1 else f
+    f2d = f2d * gain
+    if not flip_filter:
+        f2d = f2d.flip([0, 1])
+    return _UpFirDn2dFused.apply(x, f2d.contiguous(), _pair(up), _pair(down), _padding(padding))
+
+
+def _fsize(f: torch.Tensor | None) -> tuple[int, int]:
+    if f is None:
+        return 1, 1
+    return (f.shape[-1], f.shape[0]) if f.ndim == 2 else (f.shape[0], f.shape[0])
+
+
+def filter2d(
+    x: torch.Tensor, f: torch.Tensor | None, padding: int | tuple[int, ...] = 0,
+    flip_filter: bool = False, gain: float = 1.0, impl: str | None = None,
+) -> torch.Tensor:
+    """Filter ``x`` with ``f``; extra ``padding`` on top of the 'same'-size padding."""
+    px0, px1, py0, py1 = _padding(padding)
+    fw, fh = _fsize(f)
+    p = (px0 + fw // 2, px1 + (fw - 1) // 2, py0 + fh // 2, py1 + (fh - 1) // 2)
+    return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
+
+
+def upsample2d(
+    x: torch.Tensor, f: torch.Tensor | None, up: int = 2, padding: int | tuple[int, ...] = 0,
+    flip_filter: bool = False, gain: float = 1.0, impl: str | None = None,
+) -> torch.Tensor:
+    """Upsample ``[N, C, H, W] -> [N, C, H*up, W*up]`` with FIR ``f``; DC gain stays ``gain``."""
+    px0, px1, py0, py1 = _padding(padding)
+    fw, fh = _fsize(f)
+    p = (px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2, py0 + (fh + up - 1) // 2,
+         py1 + (fh - up) // 2)
+    return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * up * up,
+                     impl=impl)
+
+
+def downsample2d(
+    x: torch.Tensor, f: torch.Tensor | None, down: int = 2, padding: int | tuple[int, ...] = 0,
+    flip_filter: bool = False, gain: float = 1.0, impl: str | None = None,
+) -> torch.Tensor:
+    """Downsample ``[N, C, H, W] -> [N, C, H//down, W//down]`` after FIR low-pass ``f``."""
+    px0, px1, py0, py1 = _padding(padding)
+    fw, fh = _fsize(f)
+    p = (px0 + (fw - down + 1) // 2, px1 + (fw - down) // 2, py0 + (fh - down + 1) // 2,
+         py1 + (fh - down) // 2)
+    return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)

@@ -1,0 +1,54 @@
+"""The fast tar reader agrees with tarfile; damaged shards are errors, not garbage."""
+
+import io
+import tarfile
+
+import pytest
+
+from dgan.data.tario import TarError, iter_tar, tar_members
+
+
+def _tar(fmt: int, names: list[str], compress: str = "") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compress}", format=fmt) as tar:
+        directory = tarfile.TarInfo("somedir")
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)  # a non-file member: skipped
+        for i, name in enumerate(names):
+            data = bytes([i]) * (i * 300 + 1)
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1.5  # float mtime: a pax record in PAX format
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+NAMES = ["a/000.jpg", "a/000.cls", "a.b/001.PNG", "x" * 120 + "/002.jpg", "é/003.webp",
+         "p" * 150 + "/" + "q" * 90 + ".jpg"]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_members_match_tarfile(fmt):
+    names = NAMES if fmt != tarfile.USTAR_FORMAT else NAMES[:3] + NAMES[4:5]
+    raw = _tar(fmt, names)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    assert list(tar_members(io.BytesIO(raw))) == expected
+    assert [n for n, _ in expected] == names
+
+
+def test_samples_group_members_by_key_and_compressed_shards_work(tmp_path):
+    for suffix, compress in ((".tar", ""), (".tar.gz", "gz")):
+        path = tmp_path / f"s{suffix}"
+        path.write_bytes(_tar(tarfile.PAX_FORMAT, NAMES[:3], compress))
+        samples = list(iter_tar(str(path)))
+        assert [s["__key__"] for s in samples] == ["a/000", "a.b/001"]
+        assert set(samples[0]) == {"__key__", "__url__", "jpg", "cls"} and "png" in samples[1]
+
+
+def test_damaged_tar_raises():
+    raw = bytearray(_tar(tarfile.GNU_FORMAT, NAMES[:3]))
+    with pytest.raises(TarError, match="cut short"):
+        list(tar_members(io.BytesIO(bytes(raw[:1536 + 100]))))
+    raw[512 + 10] ^= 0xFF  # a byte of the second header
+    with pytest.raises(TarError, match="checksum"):
+        list(tar_members(io.BytesIO(bytes(raw))))

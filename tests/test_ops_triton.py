@@ -1,0 +1,178 @@
+"""Triton kernels on the CPU under ``TRITON_INTERPRET=1``, checked against the reference.
+
+Triton decides at ``@triton.jit`` decoration time whether to interpret, so each check runs
+in a fresh interpreter process with the variable set; this keeps the mode from leaking
+into GPU tests that run in the same pytest session. Inputs are float64 so that the only
+differences are the kernels' fp32 arithmetic (tolerance: 1e-5 relative to the max).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from functools import partial
+
+import pytest
+
+from dgan import ops
+
+pytest.importorskip("triton")
+
+
+def _close(a, b, tol: float = 1e-5) -> None:
+    a, b = a.detach(), b.detach()
+    scale = max(float(b.abs().max()), 1.0)
+    err = float((a.double() - b.double()).abs().max())
+    assert err <= tol * scale, f"max abs err {err} > {tol} * {scale}"
+
+
+def _fwd_grad_gradgrad(fn, inputs, impl: str):
+    import torch
+
+    y = fn(*inputs, impl=impl)
+    g = torch.autograd.grad(y.square().sum(), inputs, create_graph=True)
+    gg = torch.autograd.grad(sum((t * t.detach().sign()).sum() for t in g), inputs)
+    return [y, *g, *gg]
+
+
+def _compare(fn, make_inputs) -> None:
+    ref = _fwd_grad_gradgrad(fn, make_inputs(), "reference")
+    out = _fwd_grad_gradgrad(fn, make_inputs(), "fused")
+    for a, b in zip(out, ref):
+        _close(a, b)
+
+
+def _inputs(seed: int, *shapes: tuple[int, ...]):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(*sh, generator=g, dtype=torch.float64).requires_grad_()
+                 for sh in shapes)
+
+
+def check_bias_act() -> None:
+    import torch
+
+    from dgan.ops import ACTIVATIONS, bias_act
+
+    for act in ACTIVATIONS:
+        for clamp in (None, 0.7):
+            _compare(partial(bias_act, act=act, clamp=clamp), partial(_inputs, 0, (3, 5, 7), (5,)))
+    x = torch.randn(2, 3, 5, 4).to(memory_format=torch.channels_last)
+    b = torch.randn(3)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1e-3)):
+        y = bias_act(x.to(dtype), b, act="lrelu", clamp=1.0, impl="fused")
+        assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+        _close(y, bias_act(x, b, act="lrelu", clamp=1.0, impl="reference"), tol)
+    from dgan.ops import _bias_act_triton
+
+    _bias_act_triton.INDEX_64_MIN_NUMEL = 0  # the 64-bit index path must agree as well
+    _compare(partial(bias_act, act="tanh", clamp=0.5), partial(_inputs, 0, (3, 5, 7), (5,)))
+    _bias_act_triton.INDEX_64_MIN_NUMEL = 2**31
+    xb = torch.randn(4, 6, dtype=torch.float64)
+    _close(bias_act(xb, torch.ones(4, dtype=torch.float64), dim=0, act="swish", impl="fused"),
+           bias_act(xb, torch.ones(4, dtype=torch.float64), dim=0, act="swish", impl="reference"))
+
+
+def check_upfirdn2d() -> None:
+    import torch
+
+    from dgan.ops import setup_filter, upfirdn2d
+
+    cases = [(1, 1, (1, 1, 1, 1), "sep"), (2, 1, (2, 1, 2, 1), "sep"), (1, 2, (1, 1, 1, 1), "sep"),
+             (2, 2, (0, 1, 2, -1), "full"), (1, 1, (-1, 2, 0, 0), "full")]
+    for up, down, pad, kind in cases:
+        f = setup_filter([1, 3, 3, 1]) if kind == "sep" else torch.randn(3, 4)
+        for flip in (False, True):
+            fn = partial(upfirdn2d, f=f, up=up, down=down, padding=pad, gain=2.0,
+                         flip_filter=flip)
+            _compare(fn, partial(_inputs, 1, (2, 3, 7, 5)))
+    from dgan.ops import _upfirdn2d_triton
+
+    _upfirdn2d_triton.INDEX_64_MIN_NUMEL = 0  # the 64-bit index path must agree as well
+    _compare(partial(upfirdn2d, f=f, up=2, down=1, padding=(2, 1, 2, 1)),
+             partial(_inputs, 1, (2, 3, 7, 5)))
+    _upfirdn2d_triton.INDEX_64_MIN_NUMEL = 2**31
+    f = setup_filter([1, 3, 3, 1])
+    x = torch.randn(2, 3, 6, 5).to(memory_format=torch.channels_last)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1e-3)):
+        y = upfirdn2d(x.to(dtype), f, up=2, padding=(2, 1, 2, 1), gain=4, impl="fused")
+        assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+        _close(y, upfirdn2d(x, f, up=2, padding=(2, 1, 2, 1), gain=4, impl="reference"), tol)
+
+
+def check_modulated_conv2d() -> None:
+    from dgan.ops import modulated_conv2d, setup_filter
+
+    f = setup_filter([1, 3, 3, 1])
+    for up, down, k, demod, fused in [(1, 1, 3, True, True), (2, 1, 3, True, True),
+                                      (1, 2, 1, False, True), (2, 1, 3, True, False)]:
+        fn = partial(modulated_conv2d, up=up, down=down, padding=k // 2, resample_filter=f,
+                     demodulate=demod, fused_modconv=fused)
+        _compare(fn, partial(_inputs, 2, (2, 3, 5, 5), (4, 3, k, k), (2, 3)))
+
+
+def check_stylegan2() -> None:
+    """A tiny G/D pair: images, D logits, the R1 and path-length gradients and their
+    parameter gradients (the double-backward paths of both regularisers)."""
+    import torch
+
+    from dgan.models.stylegan2 import Discriminator, Generator
+
+    for channels_last, fused_modconv in ((False, True), (True, False)):
+        torch.manual_seed(0)
+        kw = {"img_resolution": 32, "channel_base": 64, "channel_max": 8, "channels_last": channels_last}
+        g = Generator(z_dim=8, w_dim=8, mapping_layers=2, fused_modconv=fused_modconv, **kw)
+        d = Discriminator(**kw)
+        z = torch.randn(2, 8)
+        results = []
+        for impl in ("reference", "fused"):
+            ops.set_impl(impl)
+            img = g(z, noise_mode="const")
+            real = img.detach().requires_grad_(True)
+            logits = d(real)
+            (r1,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+            params = list(d.parameters())
+            grads = torch.autograd.grad(r1.square().sum(), params, allow_unused=True)
+            img, ws = g(z, noise_mode="const", return_ws=True)
+            (pl,) = torch.autograd.grad((img * img.detach()).sum(), ws, create_graph=True)
+            g_grads = torch.autograd.grad(pl.square().sum(), list(g.parameters()),
+                                          allow_unused=True)
+            # Unused -> zero: the fused double backward returns explicit zeros where the
+            # reference graph has no path at all.
+            params = params + list(g.parameters())
+            results.append([img, logits, r1, pl] + [
+                torch.zeros_like(p) if x is None else x for x, p in zip(grads + g_grads, params)])
+        ops.set_impl(None)
+        for a, b in zip(*results[::-1]):
+            _close(a, b, 1e-4)
+        # Mixed precision through every fused kernel: R1 and path length under bf16 autocast.
+        ops.set_impl("fused")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            img, ws = g(z, return_ws=True)
+            (pl,) = torch.autograd.grad((img * img.detach()).sum(), ws, create_graph=True)
+            real = img.detach().requires_grad_(True)
+            (r1,) = torch.autograd.grad(d(real).sum(), real, create_graph=True)
+        (pl.square().sum() + r1.square().sum()).backward()
+        ops.set_impl(None)
+        grads = [p.grad for p in list(g.parameters()) + list(d.parameters())]
+        assert all(x is None or torch.isfinite(x).all() for x in grads)
+        assert sum(x is not None for x in grads) > len(grads) // 2
+
+CHECKS = {"bias_act": check_bias_act, "upfirdn2d": check_upfirdn2d,
+          "modulated_conv2d": check_modulated_conv2d, "stylegan2": check_stylegan2}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_triton_kernel_under_interpreter(name: str) -> None:
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", DGAN_OPS="auto")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), name], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+if __name__ == "__main__":
+    CHECKS[sys.argv[1]]()

@@ -1,0 +1,180 @@
+"""StyleGAN2 G/D: parameter counts, shapes, conditioning, and a short CPU training run."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dgan.augment import AdaptiveAugment
+from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_ema
+from dgan.models.stylegan2 import Discriminator, Generator
+
+
+def _count(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_parameter_counts_match_nvlabs_stylegan2_256() -> None:
+    torch.manual_seed(0)
+    g = Generator(z_dim=512, w_dim=512, img_resolution=256, img_channels=3,
+                  channel_base=16384, channel_max=512, mapping_layers=2)
+    d = Discriminator(img_resolution=256, img_channels=3, channel_base=16384, channel_max=512)
+    assert abs(_count(g) - 23.2e6) / 23.2e6 < 0.01, _count(g)
+    assert abs(_count(d) - 24.0e6) / 24.0e6 < 0.01, _count(d)
+    assert g.num_ws == 14
+
+
+def _small_pair(c_dim: int = 0, **kw) -> tuple[Generator, Discriminator]:
+    g = Generator(z_dim=16, c_dim=c_dim, w_dim=16, img_resolution=32, img_channels=3,
+                  channel_base=128, channel_max=16, mapping_layers=2, **kw)
+    d = Discriminator(c_dim=c_dim, img_resolution=32, img_channels=3, channel_base=128,
+                      channel_max=16, **kw)
+    return g, d
+
+
+@pytest.mark.parametrize("fused_modconv", [False, True])
+def test_generator_modes_and_truncation(fused_modconv: bool) -> None:
+    torch.manual_seed(0)
+    g, d = _small_pair(c_dim=3)
+    g.synthesis.requires_grad_(False)
+    for m in g.modules():
+        if hasattr(m, "fused_modconv"):
+            m.fused_modconv = fused_modconv
+        if hasattr(m, "noise_strength"):
+            m.noise_strength.fill_(0.1)  # initialised to 0, which would hide the noise
+    z, c = torch.randn(4, 16), torch.eye(3)[[0, 1, 2, 0]]
+    a = g(z, c, noise_mode="const")
+    assert a.shape == (4, 3, 32, 32) and a.dtype == torch.float32
+    torch.testing.assert_close(a, g(z, c, noise_mode="const"))
+    assert not torch.allclose(g(z, c, noise_mode="random"), g(z, c, noise_mode="random"))
+    # psi = 0 collapses every sample onto w_avg: identical images.
+    t = g(z, c, truncation_psi=0.0, noise_mode="const")
+    torch.testing.assert_close(t[0], t[1])
+    assert d(a, c).shape == (4, 1)
+
+
+def test_fused_and_grouped_modconv_agree() -> None:
+    torch.manual_seed(0)
+    g, _ = _small_pair()
+    z = torch.randn(2, 16)
+    a = g(z, noise_mode="const")
+    for m in g.modules():
+        if hasattr(m, "fused_modconv"):
+            m.fused_modconv = True
+    torch.testing.assert_close(g(z, noise_mode="const"), a, rtol=1e-4, atol=1e-4)
+
+
+def test_channels_last_matches_contiguous() -> None:
+    torch.manual_seed(0)
+    g, d = _small_pair()
+    torch.manual_seed(0)
+    g2, d2 = _small_pair(channels_last=True)
+    z = torch.randn(2, 16)
+    img = g(z, noise_mode="const")
+    torch.testing.assert_close(g2(z, noise_mode="const"), img, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(d2(img), d(img), rtol=1e-4, atol=1e-4)
+
+
+def test_four_phases_train_on_cpu() -> None:
+    torch.manual_seed(0)
+    g, d = _small_pair()
+    g_ema = copy.deepcopy(g).eval().requires_grad_(False)
+    aug = AdaptiveAugment(p=0.5)
+    loss_fn = StyleGAN2Loss(g, d, augment=aug, r1_gamma=1.0, r1_interval=2, pl_interval=2)
+    lr, betas = lazy_adam_hparams(2e-3, (0.0, 0.99), 2)
+    opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=betas)
+    g0 = [p.detach().clone() for p in g.parameters()]
+    d0 = [p.detach().clone() for p in d.parameters()]
+    ema0 = [p.detach().clone() for p in g_ema.parameters()]
+    real = torch.rand(4, 3, 32, 32) * 2 - 1
+    seen: list[str] = []
+    for step in range(3):
+        for phase in loss_fn.phases(step):
+            seen.append(phase)
+            net, opt = (g, opt_g) if phase.startswith("G") else (d, opt_d)
+            opt.zero_grad(set_to_none=True)
+            if phase == "Gmain":
+                loss, stats = loss_fn.g_main(4)
+            elif phase == "Greg":
+                loss, stats = loss_fn.g_reg(4)
+            elif phase == "Dmain":
+                loss, stats = loss_fn.d_main(real)
+            else:
+                loss, stats = loss_fn.d_reg(real)
+            loss.backward()
+            assert torch.isfinite(loss) and all(torch.isfinite(v) for v in stats.values())
+            opt.step()
+        update_ema(g_ema, g, cur_nimg=(step + 1) * 4, batch_size=4)
+    assert seen.count("Greg") == 2 and seen.count("Dreg") == 2 and seen.count("Dmain") == 3
+    assert float(loss_fn.pl_mean) > 0
+    assert "pl_mean" in loss_fn.state_dict() and len(loss_fn.state_dict()) == 1
+    for before, net in ((g0, g), (d0, d), (ema0, g_ema)):
+        params = list(net.parameters())
+        assert all(torch.isfinite(p).all() for p in params)
+        assert any(not torch.equal(a, b) for a, b in zip(before, params))
+
+
+def test_ema_rampup_and_foreach_lerp() -> None:
+    g = torch.nn.Linear(2, 2)
+    g_ema = copy.deepcopy(g)
+    with torch.no_grad():
+        g.weight.add_(1.0)
+    beta = update_ema(g_ema, g, cur_nimg=1000, batch_size=10, ema_kimg=10, ema_rampup=0.05)
+    assert beta == pytest.approx(0.5 ** (10 / 50))
+    torch.testing.assert_close(g_ema.weight, g.weight - beta)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_all_phases_under_autocast_with_channels_last(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    g, d = _small_pair(channels_last=True)
+    loss_fn = StyleGAN2Loss(g, d, augment=AdaptiveAugment(p=0.5), r1_interval=1, pl_interval=1)
+    real = torch.rand(4, 3, 32, 32) * 2 - 1
+    calls = {"Gmain": lambda: loss_fn.g_main(4), "Greg": lambda: loss_fn.g_reg(4),
+             "Dmain": lambda: loss_fn.d_main(real), "Dreg": lambda: loss_fn.d_reg(real)}
+    assert loss_fn.phases(0) == ["Gmain", "Greg", "Dmain", "Dreg"]
+    for phase in loss_fn.phases(0):
+        g.zero_grad(set_to_none=True)
+        d.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype):
+            loss, _ = calls[phase]()
+        loss.backward()
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        net = g if phase.startswith("G") else d
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(gr).all() for gr in grads)
+
+
+def test_style_mixing_switches_latents_after_a_cutoff() -> None:
+    torch.manual_seed(0)
+    g, _ = _small_pair()
+    z = torch.randn(3, 16)
+    _, ws = g(z, style_mixing_prob=0.0, return_ws=True)
+    assert torch.equal(ws, ws[:, :1].expand_as(ws))
+    for _ in range(5):
+        _, ws = g(z, style_mixing_prob=1.0, return_ws=True)
+        same = [torch.equal(ws[:, i], ws[:, 0]) for i in range(g.num_ws)]
+        cutoff = same.index(False)  # at least the last w comes from the second latent
+        assert 1 <= cutoff < g.num_ws and not any(same[cutoff:])
+
+
+@pytest.mark.parametrize("resolution", [64, 1024])
+def test_resolutions_build_and_run(resolution: int) -> None:
+    torch.manual_seed(0)
+    kw = {"img_resolution": resolution, "channel_base": 2 * resolution, "channel_max": 4}
+    g = Generator(z_dim=4, w_dim=4, mapping_layers=1, **kw)
+    d = Discriminator(**kw)
+    with torch.no_grad():
+        img = g(torch.randn(2, 4))
+        assert img.shape == (2, 3, resolution, resolution) and d(img).shape == (2, 1)
+    assert g.num_ws == 2 * int(torch.log2(torch.tensor(resolution))) - 2
+
+
+def test_invalid_configs_are_rejected() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        Generator(img_resolution=48)
+    with pytest.raises(ValueError, match="no channels"):
+        Discriminator(img_resolution=128, channel_base=64)
