@@ -25,7 +25,7 @@ class PlainSGD(torch.optim.SGD):
     """Stands in for the trainer's Adam in equivalence tests: Adam's first steps are nearly
     invariant to the gradient's scale and would hide a sum-instead-of-mean error."""
 
-    def __init__(self, params, lr, betas):  # noqa: ARG002 - Adam's signature
+    def __init__(self, params, lr, betas):  # Adam's signature; betas unused
         super().__init__(params, lr=lr)
 
 
@@ -194,3 +194,17 @@ def test_lonely_process_warns_loudly(monkeypatch, capsys):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     check_world_size(1, 0)
     assert "only this one process was started" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("current,saved", [(1, 0), (0, 2), (2, 2)])
+def test_deepspeed_refuses_resume_it_cannot_make_exact(current, saved):
+    from types import SimpleNamespace
+
+    from dgan.engine.backends.deepspeed import DeepSpeedBackend
+
+    me = SimpleNamespace(name="deepspeed", zero_stage=current)
+    with pytest.raises(ValueError, match="silently diverge"):
+        DeepSpeedBackend.load_state_dict(me, {"name": "deepspeed", "zero_stage": saved,
+                                              "world_size": 1})
+    DeepSpeedBackend.load_state_dict(SimpleNamespace(name="deepspeed", zero_stage=0),
+                                     {"name": "ddp", "world_size": 2})

@@ -26,7 +26,8 @@ import hashlib
 import logging
 import os
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -126,6 +127,11 @@ class Backend(abc.ABC):
     def close(self, wait: bool = True) -> None:
         """Destroy the process group so that no communication thread outlives Python.
 
+        Left to interpreter exit, gloo's process group and rank 0's TCPStore are torn down
+        by destructors while their threads may still be joinable (the peer has already
+        closed its sockets), and std::terminate aborts the process: "terminate called
+        without an active exception", exit code -6. Measured with 2 gloo ranks on this
+        machine: 4 of 24 exits without this call, 0 of 22 with it.
         `wait`: first wait for every rank (a finished run); pass False after an error,
         when a peer may be gone and a barrier would hang.
         """

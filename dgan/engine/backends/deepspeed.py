@@ -28,7 +28,8 @@ import contextlib
 import json
 import logging
 import os
-from typing import Any, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,9 +47,9 @@ REFUSE_ZERO3 = (
 def init_process_group() -> tuple[int, int, int, torch.device]:
     """(rank, local_rank, world_size, device) from the launcher's environment, with the
     default process group initialised (a one-rank group when there is no launcher)."""
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device, backend = torch.device("cuda", local_rank), "nccl"
@@ -79,7 +80,7 @@ def _skip_cpu_shm_kernel() -> None:
     deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 
 
-def engine_config(path: Optional[str], *, zero_stage: int, micro_batch: int, grad_accum: int,
+def engine_config(path: str | None, *, zero_stage: int, micro_batch: int, grad_accum: int,
                   world_size: int) -> dict[str, Any]:
     """The DeepSpeed config of one engine: the JSON at `path` (or an empty one), with the
     trainer's batch, accumulation and ZeRO stage filled in or checked."""
@@ -121,7 +122,7 @@ class DeepSpeedBackend(Backend):
     name = "deepspeed"
 
     def __init__(self, precision: str = "fp32", grad_accum: int = 1, *, zero_stage: int = 0,
-                 micro_batch: int = 1, config_paths: Optional[dict[str, Optional[str]]] = None
+                 micro_batch: int = 1, config_paths: dict[str, str | None] | None = None
                  ) -> None:
         super().__init__(precision, grad_accum)
         if zero_stage >= 3:
@@ -138,7 +139,7 @@ class DeepSpeedBackend(Backend):
                                          micro_batch=micro_batch, grad_accum=grad_accum,
                                          world_size=self.world_size)
                         for n in NETS}
-        self.current: Optional[str] = None
+        self.current: str | None = None
 
     def prepare(self, g: nn.Module, d: nn.Module, opt_g: torch.optim.Optimizer,
                 opt_d: torch.optim.Optimizer) -> None:
@@ -154,7 +155,7 @@ class DeepSpeedBackend(Backend):
         self.nets = {"G": self.g_module, "D": self.d_module}
 
     @contextlib.contextmanager
-    def phase(self, name: str):  # type: ignore[override]
+    def phase(self, name: str) -> Iterator[None]:
         self.current = name
         try:
             with super().phase(name):
@@ -188,10 +189,16 @@ class DeepSpeedBackend(Backend):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        stage, world = state.get("zero_stage", 0), state.get("world_size", 1)
-        if state.get("name") == self.name and stage >= 1 and world > 1:
+        """Refuse what cannot be resumed exactly with single-file checkpoints.
+
+        Under ZeRO-1/2 the optimizer owns fp32 partitions of the weights and the Adam
+        state; loading the module's weights would not reach them (the next step would
+        write the old weights back), and the file holds rank 0's partition only.
+        """
+        saved = int(state.get("zero_stage", 0)) if state.get("name") == self.name else 0
+        if max(saved, self.zero_stage) >= 1:
             raise ValueError(
-                f"this checkpoint was written by DeepSpeed ZeRO-{stage} on {world} processes: "
-                "its optimizer state is partitioned across ranks and the single-file "
-                "checkpoint holds rank 0's part only, so resuming would silently diverge. Start "
-                "a new run.dir, or train with backend.zero_stage=0 or backend.name=ddp.")
+                f"cannot resume under DeepSpeed ZeRO-{max(saved, self.zero_stage)}: its optimizer "
+                "holds partitioned fp32 weights and Adam state that a single-file checkpoint "
+                "does not restore, so the run would silently diverge. Resume with "
+                "backend.zero_stage=0 (a stage-0 or ddp checkpoint), or start a new run.dir.")
