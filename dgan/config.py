@@ -47,14 +47,15 @@ class ModelConfig:
     name: str = "dcgan"  # dcgan | stylegan2
     z_dim: int = 64
     # dcgan
-    g_width: int = 64  # channels of G's last hidden layer; doubles towards low resolution
-    d_width: int = 64  # channels of D's first layer; doubles towards low resolution
+    g_width: int = 32  # channels of G's last hidden layer; doubles towards low resolution
+    d_width: int = 32  # channels of D's first layer; doubles towards low resolution
     # stylegan2
     w_dim: int = 512
     channel_base: int = 16384  # channels at resolution r: min(channel_base / r, channel_max)
     channel_max: int = 512
     mapping_layers: int = 2
-    conditional: bool = False  # class-conditional on the shards' labels (cls)
+    # class-conditional when the shards carry labels (index.json label names); false: never
+    conditional: bool = True
     ops: str = "auto"  # fused kernels: auto (fused on CUDA) | fused | reference
     channels_last: bool = True  # memory format on CUDA
 
@@ -74,16 +75,16 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
+    lr_g: float = 4e-4
+    lr_d: float = 4e-4
     beta1: float = 0.5
     beta2: float = 0.999
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64  # per process
-    steps: int = 1500  # one D step + one G step each
+    batch_size: int = 32  # per process
+    steps: int = 3000  # one D step + one G step each
     precision: str = "fp32"  # fp32 | bf16 | fp16
     ema_beta: float = 0.999  # dcgan: G_ema decay, ramped up from 0.9 during the first steps
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step, per process
@@ -93,7 +94,7 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 500  # steps; a checkpoint is also written at the end and on preemption
+    every: int = 1000  # steps; a checkpoint is also written at the end and on preemption
     keep: int = 2  # newest checkpoints kept ...
     milestone: int = 0  # ... plus every one whose step is a multiple of this (0: none)
     async_save: bool = True  # write in a background thread while training continues
@@ -101,7 +102,7 @@ class CheckpointConfig:
 
 @dataclass
 class LogConfig:
-    every: int = 250  # steps between scalar logs and sample grids
+    every: int = 500  # steps between scalar logs and sample grids
     grid: int = 64  # images in the fixed-z sample grid
     progress: bool = True
 
@@ -217,6 +218,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.resolution not in allowed:
         raise ConfigError(f"bad value for 'data.resolution': {cfg.data.resolution}; "
                           f"model.name={cfg.model.name} supports {list(allowed)}")
+    if cfg.model.name == "stylegan2" and cfg.train.grad_accum != 1:
+        raise ConfigError(f"bad value for 'train.grad_accum': {cfg.train.grad_accum}; "
+                          "model.name=stylegan2 runs one batch per phase (use 1 and more processes "
+                          "or a smaller train.batch_size)")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"bad value for 'data.channels': {cfg.data.channels}; expected 1 or 3")
     if not str(cfg.resume).strip():

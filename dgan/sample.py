@@ -25,16 +25,28 @@ def load_generator(run_dir: str | os.PathLike) -> tuple[nn.Module, int]:
     if found is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {checkpoint.checkpoint_dir(run_dir)}")
     _, state = found
-    g, _ = build_models(cfg)
+    g, _ = build_models(cfg, int(state.get("c_dim", 0)))
     g.load_state_dict(state["G_ema"])
     return g.eval().requires_grad_(False), int(state["step"])
 
 
 @torch.no_grad()
 def generate(g: nn.Module, n: int, seed: int, batch: int = 256) -> torch.Tensor:
-    """n images [n, C, H, W] in [-1, 1]; the same (G, n, seed) gives the same images."""
-    z = torch.randn(n, g.z_dim, generator=torch.Generator().manual_seed(seed))
-    return torch.cat([g(z[i:i + batch]) for i in range(0, n, batch)]).float()
+    """n images [n, C, H, W] in [-1, 1]; the same (G, n, seed) gives the same images.
+
+    A class-conditional G gets uniformly drawn classes from the same seed. Randomness
+    inside G (StyleGAN2's noise inputs) is seeded too, without touching the caller's RNG.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, g.z_dim, generator=gen)
+    c_dim = getattr(g, "c_dim", 0)
+    c = (torch.nn.functional.one_hot(torch.randint(0, c_dim, (n,), generator=gen), c_dim).float()
+         if c_dim else None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        parts = [g(z[i:i + batch], c[i:i + batch] if c is not None else None)
+                 for i in range(0, n, batch)]
+    return torch.cat(parts).float()
 
 
 def write_samples(run_dir: str, n: int, seed: int, out: str, grid: bool = False) -> list[str]:

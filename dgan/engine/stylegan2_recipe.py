@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
@@ -57,16 +56,12 @@ class StyleGAN2Recipe:
             r1_interval=lc.r1_interval, pl_weight=lc.pl_weight, pl_interval=lc.pl_interval,
             style_mixing_prob=lc.style_mixing, z_dim=cfg.model.z_dim).to(backend.device)
 
-    def _labels(self, labels: torch.Tensor, n: int) -> torch.Tensor | None:
-        if not self.c_dim:
-            return None
-        return F.one_hot(labels[:n].clamp(min=0), self.c_dim).float()
-
-    def step(self, step: int, real: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step(self, step: int, real: torch.Tensor, c: torch.Tensor | None
+             ) -> dict[str, torch.Tensor]:
+        """All phases due at `step` on reals [N, C, R, R] with one-hot labels c [N, c_dim]."""
         b, cfg = self.backend, self.cfg
         key = np.random.SeedSequence([cfg.run.seed, b.rank, step, 17]).generate_state(1)[0]
         torch.manual_seed(int(key))
-        c = self._labels(labels, real.shape[0])
         n = real.shape[0]
         stats: dict[str, torch.Tensor] = {}
         for phase in self.loss.phases(step):

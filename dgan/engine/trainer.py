@@ -33,6 +33,7 @@ from dgan.data.stream import DataStream
 from dgan.engine import losses
 from dgan.engine.backend import build_backend, parameter_digest
 from dgan.engine.ema import make_ema, update_ema
+from dgan.engine.stylegan2_recipe import StyleGAN2Recipe, build_optimizers
 from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag, kill_at_step_hook
 from dgan.logging import RunLogger
 from dgan.models import build_models
@@ -41,21 +42,44 @@ log = logging.getLogger(__name__)
 GRID_SEED = 1234  # fixed latents of the sample grid, the same for every run
 
 
+def class_count(cfg: DictConfig, source: Any) -> int:
+    """Classes of a conditional model (from the shards' label names); 0 if unconditional."""
+    labels = getattr(source, "labels", None)
+    if not cfg.model.conditional or not labels:
+        return 0
+    return len(labels)
+
+
+def one_hot(labels: torch.Tensor, c_dim: int) -> Optional[torch.Tensor]:
+    """[N] int -> [N, c_dim] float one-hot; None when c_dim is 0 (unconditional)."""
+    if not c_dim:
+        return None
+    return torch.nn.functional.one_hot(labels.clamp(min=0), c_dim).float()
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, source: Any) -> None:
         self.cfg = cfg
         self.source = source
         self.run_dir = str(cfg.run.dir)
         self.backend = build_backend(cfg)
+        self.c_dim = class_count(cfg, source)
         torch.manual_seed(cfg.run.seed)  # model initialisation: identical on every rank
-        g, d = build_models(cfg)
+        g, d = build_models(cfg, self.c_dim)
         o = cfg.optim
-        opt_g = torch.optim.Adam(g.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
-        opt_d = torch.optim.Adam(d.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
+        if cfg.model.name == "stylegan2":
+            opt_g, opt_d = build_optimizers(cfg, g, d)
+        else:
+            opt_g = torch.optim.Adam(g.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
+            opt_d = torch.optim.Adam(d.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
         self.backend.prepare(g, d, opt_g, opt_d)
         self.g_ema = make_ema(self.backend.g_module)
         self.opt_g, self.opt_d = opt_g, opt_d
         b = self.backend
+        # StyleGAN2 runs its phase schedule (lazy regularisation) as a recipe; DCGAN is
+        # the plain D step + G step below.
+        self.recipe = (StyleGAN2Recipe(cfg, b, self.g_ema, self.c_dim)
+                       if cfg.model.name == "stylegan2" else None)
         self.stream = DataStream(
             source, batch_size=cfg.train.batch_size, resolution=cfg.data.resolution,
             channels=cfg.data.channels, seed=cfg.run.seed, rank=b.rank, world_size=b.world_size,
@@ -71,6 +95,7 @@ class Trainer:
             milestone=c.milestone, async_save=c.async_save)
         self.grid_z = torch.randn(cfg.log.grid, cfg.model.z_dim,
                                   generator=torch.Generator().manual_seed(GRID_SEED))
+        self.grid_c = one_hot(torch.arange(cfg.log.grid) % max(self.c_dim, 1), self.c_dim)
 
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -83,10 +108,12 @@ class Trainer:
             "lr_schedules": {k: s.state_dict() for k, s in self.lr_schedules.items()},
             "backend": self.backend.state_dict(),
             "augment": dict(self.augment),
+            "recipe": self.recipe.state_dict() if self.recipe is not None else {},
             "step": self.step,
             "images_seen": self.images_seen,
             "world_size": self.backend.world_size,
             "backend_name": self.backend.name,
+            "c_dim": self.c_dim,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
@@ -117,6 +144,8 @@ class Trainer:
         for k, s in self.lr_schedules.items():
             s.load_state_dict(state["lr_schedules"][k])
         self.augment = dict(state.get("augment", {}))
+        if self.recipe is not None:
+            self.recipe.load_state_dict(state["recipe"])
         self.step = int(state["step"])
         self.images_seen = int(state["images_seen"])
         if rank_state is not None:
@@ -159,21 +188,38 @@ class Trainer:
         n = self.cfg.train.batch_size * self.cfg.train.grad_accum
         return torch.randn(n, self.cfg.model.z_dim, generator=gen).to(self.backend.device)
 
-    def next_batch(self) -> torch.Tensor:
-        """Reals of one step on this rank: grad_accum micro-batches, concatenated."""
-        return torch.cat([next(self.stream)[0] for _ in range(self.cfg.train.grad_accum)])
+    def _fake_labels(self) -> Optional[torch.Tensor]:
+        """Uniform class labels (one-hot) for this step's fakes; None when unconditional."""
+        if not self.c_dim:
+            return None
+        key = [self.cfg.run.seed, self.backend.rank, self.step, 2]
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        n = self.cfg.train.batch_size * self.cfg.train.grad_accum
+        return one_hot(torch.randint(0, self.c_dim, (n,), generator=gen),
+                       self.c_dim).to(self.backend.device)
 
-    def _d_micro_step(self, real: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+    def next_batch(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Reals of one step on this rank (grad_accum micro-batches, concatenated) and their
+        one-hot labels (None when unconditional)."""
+        batches = [next(self.stream) for _ in range(self.cfg.train.grad_accum)]
+        real = torch.cat([x for x, _ in batches])
+        if not self.c_dim:
+            return real, None
+        return real, one_hot(torch.cat([y for _, y in batches]), self.c_dim).to(real.device)
+
+    def _d_micro_step(self, real: torch.Tensor, z: torch.Tensor, c_real: Optional[torch.Tensor],
+                      c_fake: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
         b = self.backend
         gamma = self.cfg.loss.r1_gamma
         n = real.shape[0]
         with torch.no_grad(), b.autocast():
-            fake = b.g_module(z)
+            fake = b.g_module(z, c_fake)
         x = torch.cat([real, fake.to(real.dtype)])
+        c = torch.cat([c_real, c_fake]) if c_fake is not None else None
         if gamma > 0:
             x.requires_grad_(True)
         with b.autocast():
-            logits = b.d(x)
+            logits = b.d(x, c)
         loss_d = losses.d_loss(logits[:n], logits[n:])
         r1 = losses.r1_penalty(logits[:n], x) if gamma > 0 else torch.zeros((), device=x.device)
         if gamma > 0:
@@ -187,27 +233,35 @@ class Trainer:
                 "D/real": torch.sigmoid(logits[:n]).mean(),
                 "D/fake": torch.sigmoid(logits[n:]).mean()}
 
-    def train_step(self, real: torch.Tensor, z_d: torch.Tensor,
-                   z_g: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_step(self, real: torch.Tensor, z_d: torch.Tensor, z_g: torch.Tensor,
+                   c_real: Optional[torch.Tensor] = None,
+                   c_fake: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """One D step and one G step on this rank's share of the global batch.
 
         real [A * B, C, R, R] in [-1, 1]; z_d, z_g [A * B, z_dim]; A = train.grad_accum
-        micro-batches of B = train.batch_size. Returns metrics averaged over micro-batches.
+        micro-batches of B = train.batch_size; c_real, c_fake [A * B, c_dim] one-hot labels
+        of a class-conditional model. Returns metrics averaged over micro-batches.
+        StyleGAN2 runs its recipe's phases instead (its latents come from the step's seed).
         """
+        if self.recipe is not None:
+            return self.recipe.step(self.step, real, c_real)
         b = self.backend
         accum = self.cfg.train.grad_accum
         metrics: dict[str, torch.Tensor] = {}
+        c_real_parts = c_real.chunk(accum) if c_real is not None else [None] * accum
+        c_fake_parts = c_fake.chunk(accum) if c_fake is not None else [None] * accum
         with b.phase("D"):
             for i, (real_i, z_i) in enumerate(zip(real.chunk(accum), z_d.chunk(accum))):
                 with b.micro_batch(last=i == accum - 1):
-                    for k, v in self._d_micro_step(real_i, z_i).items():
+                    d_metrics = self._d_micro_step(real_i, z_i, c_real_parts[i], c_fake_parts[i])
+                    for k, v in d_metrics.items():
                         metrics[k] = metrics.get(k, 0) + v / accum
             b.step("D")
         with b.phase("G"):
             for i, z_i in enumerate(z_g.chunk(accum)):
                 with b.micro_batch(last=i == accum - 1):
                     with b.autocast():
-                        logits_fake = b.d_module(b.g(z_i))
+                        logits_fake = b.d_module(b.g(z_i, c_fake_parts[i]), c_fake_parts[i])
                     loss_g = losses.g_loss(logits_fake)
                     b.backward(loss_g, "G")
                 metrics["loss/G"] = metrics.get("loss/G", 0) + loss_g.detach() / accum
@@ -223,7 +277,8 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:
-        return self.g_ema(self.grid_z.to(self.backend.device)).float()
+        c = self.grid_c.to(self.backend.device) if self.grid_c is not None else None
+        return self.g_ema(self.grid_z.to(self.backend.device), c).float()
 
     # -- the run ------------------------------------------------------------------------
     def save(self, blocking: bool = True) -> None:
@@ -267,32 +322,36 @@ class Trainer:
             self.checkpointer.close()
             return 0
         sums: dict[str, torch.Tensor] = {}
-        count, last_step, last_time = 0, self.step, time.perf_counter()
+        counts: dict[str, int] = {}  # per key: regularisation stats come every few steps
+        last_step, last_time = self.step, time.perf_counter()
         own_flag = preemption is None
         if preemption is None:
             preemption = PreemptionFlag().install()
         try:
             while self.step < cfg.train.steps:
                 kill_at_step_hook(self.step, b.rank, self.checkpointer.wait)
-                metrics = self.train_step(self.next_batch(), self._latents(0), self._latents(1))
+                real, c_real = self.next_batch()
+                metrics = self.train_step(real, self._latents(0), self._latents(1), c_real,
+                                          self._fake_labels())
                 self.step += 1
                 self.images_seen += global_batch
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0) + v
-                count += 1
+                    counts[k] = counts.get(k, 0) + 1
                 logger.progress(1)
                 done = self.step == cfg.train.steps
                 if self.step % cfg.log.every == 0 or done:
                     now = time.perf_counter()
                     rate = (self.step - last_step) * global_batch / (now - last_time)
-                    values = {k: b.all_reduce(v / count).item() for k, v in sums.items()}
+                    values = {k: b.all_reduce(torch.as_tensor(v / counts[k], device=b.device)).item()
+                              for k, v in sums.items()}
                     values.update({"perf/img_per_s": rate, "progress/global_batch": global_batch,
                                    "progress/images_seen": self.images_seen,
                                    "progress/kimg": self.images_seen / 1000})
                     logger.scalars(self.step, values)
                     logger.grid(self.step, self.sample_grid())
                     logger.postfix({"img/s": rate, "D": values["loss/D"], "G": values["loss/G"]})
-                    sums, count, last_step, last_time = {}, 0, self.step, time.perf_counter()
+                    sums, counts, last_step, last_time = {}, {}, self.step, time.perf_counter()
                 if cfg.eval.every and (self.step % cfg.eval.every == 0 or done):
                     results = self.evaluate()
                     logger.scalars(self.step, {f"metrics/{k}": v for k, v in results.items()})

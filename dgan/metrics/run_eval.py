@@ -21,9 +21,16 @@ def make_generate(g: nn.Module, z_dim: int, device: torch.device,
                   seed: int = EVAL_SEED) -> Callable[[int, int], torch.Tensor]:
     """generate(start, count): images of global samples start..start+count-1 in [-1, 1]."""
 
+    c_dim = getattr(g, "c_dim", 0)
+
     @torch.no_grad()
     def generate(start: int, count: int) -> torch.Tensor:
-        return g(sample_latents(seed, start, count, (z_dim,), device)).float()
+        z = sample_latents(seed, start, count, (z_dim,), device)
+        # A conditional G cycles through the classes by sample index: balanced, and the
+        # same whatever the world size.
+        c = (torch.nn.functional.one_hot(torch.arange(start, start + count, device=device) % c_dim,
+                                         c_dim).float() if c_dim else None)
+        return g(z, c).float()
 
     return generate
 

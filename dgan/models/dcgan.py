@@ -5,7 +5,7 @@ G: z [N, z_dim] -> Linear(1024) + BN + ReLU -> Linear -> [N, C0, s, s] + BN + Re
    images [N, channels, R, R] in [-1, 1]; s = 7 for R = 28, else 4; C0 = g_width * 2^(k-1).
 D mirrors it: (Conv 4x4/2 + LeakyReLU(0.2)) x k -> Linear(1024) + LeakyReLU -> Linear(1),
    one logit per image [N].
-Class-conditional (c_dim > 0, labels c [N] int64): G adds a learned class embedding to its
+Class-conditional (c_dim > 0, one-hot labels c [N, c_dim]): G adds a learned class embedding to its
 first hidden layer; D adds the projection <embed(c), h> of its last hidden features h
 (Miyato & Koyama, cGANs with projection discriminator). D has no normalisation layers, so real and fake images can share
    one forward pass and R1 needs no batch-statistics care.
@@ -34,7 +34,7 @@ class Generator(nn.Module):
         super().__init__()
         self.z_dim = z_dim
         self.c_dim = c_dim
-        self.embed = nn.Embedding(c_dim, hidden) if c_dim else None
+        self.embed = nn.Linear(c_dim, hidden, bias=False) if c_dim else None
         self.resolution = resolution
         self.channels = channels
         self.start, stages = _plan(resolution)
@@ -76,7 +76,7 @@ class Discriminator(nn.Module):
         self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(cin * start * start, hidden),
                                     nn.LeakyReLU(0.2, inplace=True))
         self.out = nn.Linear(hidden, 1)
-        self.embed = nn.Embedding(c_dim, hidden) if c_dim else None
+        self.embed = nn.Linear(c_dim, hidden, bias=False) if c_dim else None
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         h = self.hidden(self.net(x))
