@@ -67,10 +67,12 @@ class StyleGAN2Recipe:
         for phase in self.loss.phases(step):
             net = phase[0]
             with b.phase(net):
-                if net == "G":  # G wrapped (its gradients sync), D frozen and unwrapped
-                    self.loss.G, self.loss.D = b.g, b.d_module
-                else:  # D wrapped, G only generates (no grad) unwrapped
-                    self.loss.G, self.loss.D = b.g_module, b.d
+                # G phases: G wrapped (its gradients sync), D frozen and unwrapped; D phases:
+                # D wrapped, G only generates (no grad) unwrapped. Plain attributes, so the
+                # networks never become part of the loss's state_dict.
+                g, d = (b.g, b.d_module) if net == "G" else (b.g_module, b.d)
+                object.__setattr__(self.loss, "G", g)
+                object.__setattr__(self.loss, "D", d)
                 with b.autocast():
                     arg = n if net == "G" else real
                     value, phase_stats = getattr(self.loss, PHASES[phase])(arg, c)
