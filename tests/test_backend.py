@@ -38,7 +38,7 @@ def free_port() -> int:
 def tiny_config(run_dir, *extra):
     return load_config(None, [f"run.dir={run_dir}", "data.workers=0", "log.progress=false",
                               "model.g_width=16", "model.d_width=16", "model.z_dim=16",
-                              *extra])
+                              "model.conditional=false", *extra])
 
 
 def fixed_batch(step: int):
