@@ -247,7 +247,7 @@ def cmd_ckpt_export(args: argparse.Namespace) -> int:
     tensors = {k: v.contiguous() for k, v in state["G_ema"].items()}
     save_file(tensors, str(out / "G_ema.safetensors"),
               metadata={"step": str(state["step"]), "images_seen": str(state["images_seen"]),
-                        "source": str(chosen)})
+                        "c_dim": str(state.get("c_dim", 0)), "source": str(chosen)})
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
     print(f"dgan: wrote G_ema of {chosen.name} (step {state['step']}) to "
           f"{out / 'G_ema.safetensors'} and {out / 'config.yaml'}")
