@@ -233,7 +233,8 @@ class Trainer:
                 "D/real": torch.sigmoid(logits[:n]).mean(),
                 "D/fake": torch.sigmoid(logits[n:]).mean()}
 
-    def train_step(self, real: torch.Tensor, z_d: torch.Tensor, z_g: torch.Tensor,
+    def train_step(self, real: torch.Tensor, z_d: Optional[torch.Tensor],
+                   z_g: Optional[torch.Tensor],
                    c_real: Optional[torch.Tensor] = None,
                    c_fake: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """One D step and one G step on this rank's share of the global batch.
@@ -331,8 +332,11 @@ class Trainer:
             while self.step < cfg.train.steps:
                 kill_at_step_hook(self.step, b.rank, self.checkpointer.wait)
                 real, c_real = self.next_batch()
-                metrics = self.train_step(real, self._latents(0), self._latents(1), c_real,
-                                          self._fake_labels())
+                if self.recipe is None:
+                    metrics = self.train_step(real, self._latents(0), self._latents(1), c_real,
+                                              self._fake_labels())
+                else:  # the recipe draws its own latents and labels from the step's seed
+                    metrics = self.train_step(real, None, None, c_real)
                 self.step += 1
                 self.images_seen += global_batch
                 for k, v in metrics.items():
