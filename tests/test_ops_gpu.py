@@ -1,9 +1,17 @@
 """Fused (Triton) vs reference ops on CUDA: outputs, first and second derivatives.
 
-Tolerances, relative to the max magnitude of the reference result (the reference runs in
-float64 on the same inputs, so the error budget is the fused path's own rounding):
-fp32 1e-4, bf16 3e-2, fp16 1e-2 for outputs and first derivatives; second derivatives get
-twice that. Shapes are random, including odd sizes, from a fixed seed.
+Every check runs the op three times on the same values: fused in the dtype under test,
+reference in that dtype, and reference in float64 (the truth). The error measure is the
+relative norm ``||a - truth|| / ||truth||`` over each output and derivative. The fused path
+passes when its error is within the dtype's tolerance (fp32 1e-4, bf16 8e-3, fp16 1e-3)
+or within twice the reference's own error in the same dtype (convolutions in bf16 round
+their products, whichever path runs them).
+
+Derivatives: first ``d/dx sum(u * y)``-style gradients with a fixed random ``u`` plus a
+quadratic term (so that they depend on the inputs), then second derivatives
+``d/dx sum(v * grad)`` with fixed random ``v`` per gradient. The weights are drawn once
+and shared by the three runs. TF32 is off: the float32 comparison is against float64.
+Shapes are random, including odd sizes, from fixed seeds.
 """
 
 from __future__ import annotations
@@ -19,31 +27,57 @@ pytestmark = [
 ]
 pytest.importorskip("triton")
 
-TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+TOL = {torch.float32: 1e-4, torch.bfloat16: 8e-3, torch.float16: 1e-3}
 DTYPES = list(TOL)
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _rel(a: torch.Tensor, truth: torch.Tensor) -> float:
+    a, truth = a.double(), truth.double()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    return ((a - truth).norm() / truth.norm().clamp_min(1e-30)).item()
+
+
+def _run(fn, inputs, impl, dtype, seed):
+    """Output, first and second derivatives of ``fn`` (weights drawn from ``seed``)."""
+    xs = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    y = fn(*xs, impl=impl)
+    gen = torch.Generator(device=y.device).manual_seed(seed)
+    u = torch.randn(y.shape, generator=gen, device=y.device, dtype=torch.float64)
+    yf = y.double()
+    g = torch.autograd.grad((u * yf).sum() + yf.square().mean(), xs, create_graph=True)
+    vs = [torch.randn(t.shape, generator=gen, device=t.device, dtype=torch.float64) for t in g]
+    gg = torch.autograd.grad(sum((v * t.double()).sum() for v, t in zip(vs, g)), xs,
+                             allow_unused=True)
+    gg = [torch.zeros_like(x) if t is None else t for x, t in zip(xs, gg)]
+    return [y, *g, *gg]
+
+
 def _check(fn, inputs, dtype: torch.dtype) -> None:
-    """Run ``fn`` fused in ``dtype`` and reference in float64 on the same values."""
-    def run(impl, dt):
-        xs = [t.detach().to(dt).requires_grad_() if t.is_floating_point() else t for t in inputs]
-        y = fn(*xs, impl=impl)
-        g = torch.autograd.grad(y.float().square().sum(), xs, create_graph=True)
-        gg = torch.autograd.grad(sum((t.float() * t.detach().float().sign()).sum() for t in g), xs)
-        return [y, *g], list(gg)
-    (first_f, second_f), (first_r, second_r) = run("fused", dtype), run("reference", torch.float64)
-    for a, b in zip(first_f, first_r):
-        scale = max(b.abs().max().item(), 1.0)
-        assert (a.double() - b).abs().max().item() <= TOL[dtype] * scale
-    for a, b in zip(second_f, second_r):
-        scale = max(b.abs().max().item(), 1.0)
-        assert (a.double() - b).abs().max().item() <= 2 * TOL[dtype] * scale
+    """Fused in ``dtype`` against float64 reference, allowing the reference's own error."""
+    truth = _run(fn, inputs, "reference", torch.float64, seed=1)
+    fused = _run(fn, inputs, "fused", dtype, seed=1)
+    ref = _run(fn, inputs, "reference", dtype, seed=1)
+    names = ["out"] + [f"d1[{i}]" for i in range(len(inputs))] + \
+        [f"d2[{i}]" for i in range(len(inputs))]
+    for name, f, r, t in zip(names, fused, ref, truth):
+        err_f, err_r = _rel(f, t), _rel(r, t)
+        assert err_f <= max(TOL[dtype], 2 * err_r), \
+            f"{name}: fused error {err_f:.2e}, reference error {err_r:.2e} in {dtype}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", sorted(ACTIVATIONS))
 def test_bias_act_fused_matches_reference(dtype: torch.dtype, act: str) -> None:
-    g = torch.Generator().manual_seed(hash(act) % 1000)
+    g = torch.Generator().manual_seed(sum(map(ord, act)))
     n, c, h, w = (int(v) for v in torch.randint(1, 40, (4,), generator=g))
     x = torch.randn(n, c, h, w, generator=g).cuda()
     b = torch.randn(c, generator=g).cuda()

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# All GPU checks for one lent-device session, in order of importance, each under its own
+# time limit so that one hang costs only its own slot:
+#   env       card, driver, versions, measured bf16 matmul and copy ceilings
+#   tests     pytest -m gpu (fused vs reference ops, derivatives, dtypes; StyleGAN2 on CUDA)
+#   ops       per-op speed and agreement at StyleGAN2-256 shapes (bf16)
+#   profile   per-phase times and top kernels of a 16-step cycle, batch 64, fused ops
+#   train     img/s for reference vs fused ops at batch 64 and 16
+#   compile   fused + torch.compile at batch 64 (optional: GPU_CHECK_COMPILE=1)
+# Logs go to $OUT (or /tmp/gpu_check). Usage, from the repository root:
+#   bash benchmarks/gpu_check.sh [step ...]       # default: every step but compile
+set -u
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ] && ! python3 -c "import omegaconf" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+STEPS=${*:-env tests ops profile train}
+
+run_step() {  # name limit command...
+    local name=$1 limit=$2 t0=$SECONDS rc
+    shift 2
+    echo "=== $name (limit ${limit}s) ==="
+    timeout -k 5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    echo "--- $name: rc=$rc, $((SECONDS - t0)) s"
+    tail -n "${TAIL:-25}" "$OUT/$name.log"
+}
+
+for s in $STEPS; do
+    case $s in
+    env)
+        run_step env 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv;
+            python3 -c "import torch, triton; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", triton.__version__)";
+            python3 benchmarks/ceilings.py' ;;
+    tests)
+        run_step tests "${TESTS_LIMIT:-150}" python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider \
+            tests/test_ops_gpu.py tests/test_stylegan2_gpu.py --junitxml "$OUT/tests.xml" ;;
+    ops)
+        run_step ops 60 python3 benchmarks/ops_parity.py --dtype bf16 ;;
+    profile)
+        run_step profile 90 python3 benchmarks/profile_step.py --batch 64 --impl fused ;;
+    train)
+        run_step train "${TRAIN_LIMIT:-180}" python3 benchmarks/train_throughput.py \
+            --modes fused reference --batches 64 16 --steps 32 --warmup 8 ;;
+    compile)
+        run_step compile "${COMPILE_LIMIT:-180}" python3 benchmarks/train_throughput.py \
+            --modes compile --batches 64 --steps 32 --warmup 8 --no-flops ;;
+    *) echo "unknown step $s"; exit 2 ;;
+    esac
+done
+echo "=== summary ==="
+for s in $STEPS; do
+    case $s in
+    train | compile) tail -n 6 "$OUT/$s.log" ;;
+    tests) tail -n 3 "$OUT/tests.log" ;;
+    esac
+done
