@@ -147,6 +147,24 @@ def check_stylegan2() -> None:
         ops.set_impl(None)
         for a, b in zip(*results[::-1]):
             _close(a, b, 1e-4)
+        # The recipe's R1 and path-length phases skip convolution weight gradients in their
+        # inner autograd.grad (no_weight_gradients): the final gradients must not change.
+        from dgan.engine.stylegan2_loss import StyleGAN2Loss
+
+        reg = []
+        for impl in ("reference", "fused"):
+            ops.set_impl(impl)
+            loss_fn = StyleGAN2Loss(g, d, r1_gamma=1.0, style_mixing_prob=0.0)
+            torch.manual_seed(1)
+            out = list(torch.autograd.grad(loss_fn.d_reg(real.detach())[0], list(d.parameters()),
+                                           allow_unused=True))
+            torch.manual_seed(2)
+            out += torch.autograd.grad(loss_fn.g_reg(2)[0], list(g.parameters()),
+                                       allow_unused=True)
+            reg.append([torch.zeros(()) if x is None else x for x in out])
+        ops.set_impl(None)
+        for a, b in zip(*reg[::-1]):
+            _close(a, b, 1e-4)
         # Mixed precision through every fused kernel: R1 and path length under bf16 autocast.
         ops.set_impl("fused")
         with torch.autocast("cpu", dtype=torch.bfloat16):

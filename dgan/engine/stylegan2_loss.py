@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dgan.ops import no_weight_gradients
+
 
 def lazy_adam_hparams(lr: float, betas: tuple[float, float], interval: int
                       ) -> tuple[float, tuple[float, float]]:
@@ -102,6 +104,11 @@ class StyleGAN2Loss(nn.Module):
         self.style_mixing_prob = style_mixing_prob
         self.z_dim = z_dim if z_dim is not None else getattr(G, "module", G).z_dim
         self.register_buffer("pl_mean", torch.zeros([]))
+        # Path length differentiates w.r.t. ws. With fused_modconv the per-sample conv
+        # weights are functions of ws, so their gradients are needed; otherwise every
+        # convolution weight is a parameter and its gradient can be skipped (see g_reg).
+        self._pl_skip_weight_grads = not any(getattr(m, "fused_modconv", False)
+                                             for m in G.modules())
 
     def phases(self, step: int) -> list[str]:
         """Phases to run at 0-based ``step``, in order (``Gmain``, ``Greg``, ``Dmain``, ``Dreg``)."""
@@ -139,8 +146,13 @@ class StyleGAN2Loss(nn.Module):
         c = c[:n] if c is not None else None
         img, ws = self.G(self._z(n), c, style_mixing_prob=self.style_mixing_prob,
                          return_ws=True)
-        noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
-        (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+        # randn(shape), not randn_like: the same noise whatever memory layout img has.
+        noise = torch.randn(img.shape, device=img.device, dtype=img.dtype) / math.sqrt(
+            img.shape[2] * img.shape[3])
+        # Only dimg/dws is wanted here: convolution weight gradients would be thrown away,
+        # unless the weights depend on ws (fused_modconv).
+        with no_weight_gradients(self._pl_skip_weight_grads):
+            (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
         lengths = grad.float().square().sum(dim=2).mean(dim=1).sqrt()
         pl_mean = self.pl_mean.lerp(lengths.mean().detach(), self.pl_decay)
         self.pl_mean.copy_(pl_mean)
@@ -168,7 +180,9 @@ class StyleGAN2Loss(nn.Module):
         """Lazy R1 penalty ``gamma/2 E||dD(x)/dx||^2``, times ``r1_interval``."""
         real = real.detach().requires_grad_(True)
         logits = self._run_d(real, c)
-        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+        # D's convolution weights are parameters: their gradients are not wanted here.
+        with no_weight_gradients():
+            (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
         penalty = grad.float().square().sum(dim=[1, 2, 3]).mean()
         loss = penalty * (self.r1_gamma / 2 * self.r1_interval) + logits.mean() * 0
         return loss, {"D/r1_penalty": penalty.detach()}

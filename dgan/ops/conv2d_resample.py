@@ -10,14 +10,16 @@
 * ``up > 1``: transposed strided conv (cuDNN), then low-pass with ``f`` and gain ``up**2``.
 
 Only one of ``up`` / ``down`` may exceed 1. The convolution itself always runs in cuDNN
-(or the CPU backend); only the FIR part goes through :mod:`dgan.ops.upfirdn2d`.
+(or the CPU backend), on the fused path through :mod:`dgan.ops.conv2d_gradfix` so that
+its second derivative uses the fast kernels too; the FIR part goes through
+:mod:`dgan.ops.upfirdn2d`.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from dgan.ops.conv2d_gradfix import conv2d, conv_transpose2d
 from dgan.ops.upfirdn2d import upfirdn2d
 
 
@@ -38,16 +40,16 @@ def conv2d_resample(
         p0, p1 = _split(fw - down + 2 * padding)
         if k == 1:
             x = upfirdn2d(x, f, down=down, padding=(p0, p1, p0, p1), impl=impl)
-            return F.conv2d(x, w, groups=groups)
+            return conv2d(x, w, groups=groups, impl=impl)
         x = upfirdn2d(x, f, padding=(p0, p1, p0, p1), impl=impl)
-        return F.conv2d(x, w, stride=down, groups=groups)
+        return conv2d(x, w, stride=down, groups=groups, impl=impl)
     if up > 1:
         cout, cin_g = w.shape[0], w.shape[1]
         # conv_transpose2d wants [Cin, Cout/groups, k, k]; flipping the taps makes the result
         # equal to a plain convolution of the zero-upsampled input.
         wt = w.reshape(groups, cout // groups, cin_g, k, k).transpose(1, 2)
         wt = wt.reshape(groups * cin_g, cout // groups, k, k).flip([2, 3])
-        x = F.conv_transpose2d(x, wt, stride=up, groups=groups)
+        x = conv_transpose2d(x, wt, stride=up, groups=groups, impl=impl)
         p0, p1 = _split(up + fw - 2 * k + 2 * padding)
         return upfirdn2d(x, f, padding=(p0, p1, p0, p1), gain=up * up, impl=impl)
-    return F.conv2d(x, w, padding=padding, groups=groups)
+    return conv2d(x, w, padding=padding, groups=groups, impl=impl)
