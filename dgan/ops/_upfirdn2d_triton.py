@@ -1,10 +1,23 @@
-"""Triton kernel behind :mod:`dgan.ops.upfirdn2d` (imported lazily, only on the fused path).
+"""Triton kernels behind :mod:`dgan.ops.upfirdn2d` (imported lazily, only on the fused path).
 
 Direct (non-separable) evaluation: every output pixel gathers its ``FH x FW`` taps from the
 virtual zero-upsampled, padded input, so upsampling, padding, filtering and downsampling
-happen in one pass with no intermediate tensors. Taps that fall on inserted zeros are
-masked loads (no memory traffic). Strides are passed explicitly and the flat index is
-decomposed in the output's memory order, so NCHW and channels_last are both coalesced.
+happen in one pass with no intermediate tensors. Both kernels accumulate in fp32 and write
+the input's dtype; the backward is the same op with the flipped filter, so they serve the
+forward and every derivative. Two kernels, chosen by :func:`launch` from the input layout:
+
+* ``_upfirdn2d_cl_kernel`` (channels_last, the training layout; C has stride 1): a 2D tile of
+  ``BLOCK_P`` output rows x ``BLOCK_C`` consecutive channels. Row indices are decomposed
+  into ``(n, y, x)`` once per row, not per element, and every tap's validity and address
+  are computed on the ``[BLOCK_P]`` row vector and broadcast over channels, so each load and
+  store is a run of ``BLOCK_C`` contiguous elements (16-byte vectors when C is a multiple of
+  8, e.g. 64: the channel mask is dropped when ``BLOCK_C`` divides C). A row is an output
+  *quad* of ``UPY x UPX`` pixels handled one static phase at a time, so which taps land on
+  inserted zeros is known at compile time: those taps cost nothing (with ``up=2`` and a 4x4
+  filter, 12 of the 16 per phase), and the others need no division at all.
+* ``_upfirdn2d_kernel`` (NCHW and any other strides): 1D over flat output offsets, each
+  decomposed with div/mod in the output's memory order; taps on inserted zeros are masked
+  loads. ``USE_CL_KERNEL = False`` sends channels_last inputs here too (for A/B runs).
 """
 
 from __future__ import annotations
