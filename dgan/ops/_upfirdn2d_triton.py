@@ -34,6 +34,9 @@ INDEX_64_MIN_NUMEL = 2**31
 _INTERPRETER_BLOCK = 8192
 # Channels_last inputs use the 2D-tiled kernel; False sends them to the flat kernel (A/B runs).
 USE_CL_KERNEL = True
+# Channels_last kernel on a GPU: elements per phase tile (BLOCK_P * BLOCK_C) and warps.
+CL_TILE = 4096
+CL_WARPS = 4
 
 
 def _interpreted() -> bool:
@@ -156,13 +159,13 @@ def _cl_blocks(c: int, phases: int) -> tuple[int, int]:
     BLOCK_C is a power of two up to 64; when ``C`` is not a multiple of it but has a power-of-two
     factor of at least 16, that factor is used instead so the channel mask disappears
     (``EVEN_C``). BLOCK_P makes one phase tile about 4K elements on a GPU (a program does
-    ``phases`` tiles) and 8K under the interpreter.
+    ``phases`` tiles; ``CL_TILE``) and 8K under the interpreter.
     """
     block_c = min(64, triton.next_power_of_2(c))
     low = c & -c  # largest power of two dividing c
     if c % block_c and low >= 16:
         block_c = min(64, low)
-    tile = _INTERPRETER_BLOCK if _interpreted() else 4096
+    tile = _INTERPRETER_BLOCK if _interpreted() else CL_TILE
     return max(tile // block_c, 1), block_c
 
 
@@ -203,7 +206,7 @@ def launch(
             x.stride(0), x.stride(2), x.stride(3), out.stride(0), out.stride(2), out.stride(3),
             UPX=upx, UPY=upy, DOWNX=downx, DOWNY=downy, PADX0=padx0, PADY0=pady0, FW=fw, FH=fh,
             BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=c % block_c == 0,
-            INDEX_64=reach >= INDEX_64_MIN_NUMEL,
+            INDEX_64=reach >= INDEX_64_MIN_NUMEL, num_warps=CL_WARPS,
         )
         return out
     block = _INTERPRETER_BLOCK if _interpreted() else 512
