@@ -35,7 +35,9 @@ _INTERPRETER_BLOCK = 8192
 # Channels_last inputs use the 2D-tiled kernel; False sends them to the flat kernel (A/B runs).
 USE_CL_KERNEL = True
 # Channels_last kernel on a GPU: elements per phase tile (BLOCK_P * BLOCK_C) and warps.
-CL_TILE = 4096
+# H200, [64, 64, 257, 257] bf16 4x4 filter, fwd+bwd: 2048/4 ~1.9-2.0 ms (flat kernel
+# 2.5-2.6 ms); 1024-4096 tiles with 2-8 warps were within run-to-run noise of it.
+CL_TILE = 2048
 CL_WARPS = 4
 
 
@@ -158,7 +160,7 @@ def _cl_blocks(c: int, phases: int) -> tuple[int, int]:
 
     BLOCK_C is a power of two up to 64; when ``C`` is not a multiple of it but has a power-of-two
     factor of at least 16, that factor is used instead so the channel mask disappears
-    (``EVEN_C``). BLOCK_P makes one phase tile about 4K elements on a GPU (a program does
+    (``EVEN_C``). BLOCK_P makes one phase tile about 2K elements on a GPU (a program does
     ``phases`` tiles; ``CL_TILE``) and 8K under the interpreter.
     """
     block_c = min(64, triton.next_power_of_2(c))
