@@ -102,6 +102,94 @@ def check_upfirdn2d() -> None:
         _close(y, upfirdn2d(x, f, up=2, padding=(2, 1, 2, 1), gain=4, impl="reference"), tol)
 
 
+class _NaNEmpty:
+    """Stands in for ``torch`` inside a kernel module: ``torch.empty`` comes back NaN-filled,
+    so an output element the kernel never writes shows up as NaN."""
+
+    def __init__(self, torch):
+        self._torch = torch
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+    def empty(self, *args, **kwargs):
+        return self._torch.empty(*args, **kwargs).fill_(float("nan"))
+
+
+def check_upfirdn2d_channels_last() -> None:
+    """The 2D-tiled channels_last kernel: C below, at and past BLOCK_C (3, 17, 70), every
+    up/down combination with negative padding, odd sizes, first and second derivatives,
+    layouts, dtypes, the 64-bit index path, every output element written (NaN-poisoned)."""
+    import torch
+
+    from dgan.ops import _upfirdn2d_triton as k
+    from dgan.ops import setup_filter, upfirdn2d
+
+    k.torch = _NaNEmpty(torch)
+    launches = []
+    kernel = k._upfirdn2d_cl_kernel
+
+    class _Counting:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    k._upfirdn2d_cl_kernel = _Counting()
+
+    def cl_inputs(seed, shape):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(*shape, generator=g, dtype=torch.float64)
+        return (x.to(memory_format=torch.channels_last).requires_grad_(),)
+
+    def check(fn, shape, seed=0):
+        out = _fwd_grad_gradgrad(fn, cl_inputs(seed, shape), "fused")
+        ref = _fwd_grad_gradgrad(fn, cl_inputs(seed, shape), "reference")
+        for a, b in zip(out, ref):
+            assert not a.isnan().any(), "unwritten output element"
+            assert a.is_contiguous(memory_format=torch.channels_last)
+            _close(a, b)
+
+    sep = setup_filter([1, 3, 3, 1])
+    full = torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
+    cases = [((2, 2), (1, 1), (2, 1, 2, 1), sep), ((1, 1), (2, 2), (1, 1, 1, 1), sep),
+             ((2, 2), (2, 2), (0, 1, 3, -1), full), ((1, 1), (1, 1), (-1, 2, 1, -2), full),
+             ((2, 1), (1, 2), (1, -1, 2, 0), full)]
+    for i, c in enumerate((3, 17, 70)):
+        # C=17 runs with small tiles (8 rows of 32 channels): many programs along the pixels.
+        k._INTERPRETER_BLOCK = 256 if c == 17 else 8192
+        for up, down, pad, f in cases:
+            fn = partial(upfirdn2d, f=f, up=up, down=down, padding=pad, gain=2.0)
+            check(fn, (2, c, 7 + 2 * i, 5 + i), seed=c)
+    k._INTERPRETER_BLOCK = 8192
+    assert any(grid[0] > 4 for grid in launches)
+    # y, dy -> dx, and in the double backward dx -> d(dy) plus y -> x (dy = 2y depends on x)
+    assert len(launches) == 4 * 3 * len(cases)
+    before = len(launches)
+    assert any(grid[1] > 1 for grid in launches)  # C=70 spans several channel blocks
+
+    # Tiny-shape gradcheck / gradgradcheck. The kernels accumulate in fp32, so the finite
+    # differences use a large step (the op is linear: the step adds no truncation error).
+    x = cl_inputs(5, (1, 3, 4, 3))[0]
+    for up, down, pad in (((2, 2), (1, 1), (2, 1, 2, 1)), ((1, 1), (2, 2), (1, 0, 0, 1))):
+        fn = partial(upfirdn2d, f=full, up=up, down=down, padding=pad, impl="fused")
+        kw = {"eps": 1e-2, "atol": 1e-4, "rtol": 1e-3, "fast_mode": True}
+        assert torch.autograd.gradcheck(fn, (x,), **kw)
+        assert torch.autograd.gradgradcheck(fn, (x,), **kw)
+    assert len(launches) > before + 8
+
+    # Low precision in, same dtype and layout out, fp32 accumulation.
+    x = torch.randn(2, 70, 6, 5).to(memory_format=torch.channels_last)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1e-3)):
+        y = upfirdn2d(x.to(dtype), sep, up=2, padding=(2, 1, 2, 1), gain=4, impl="fused")
+        assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+        assert not y.isnan().any()
+        _close(y, upfirdn2d(x, sep, up=2, padding=(2, 1, 2, 1), gain=4, impl="reference"), tol)
+
+    k.INDEX_64_MIN_NUMEL = 0  # the 64-bit index path must agree as well
+    check(partial(upfirdn2d, f=full, up=2, down=1, padding=(2, -1, 2, 1)), (2, 17, 5, 4))
+    k.INDEX_64_MIN_NUMEL = 2**31
+
+
 def check_modulated_conv2d() -> None:
     from dgan.ops import modulated_conv2d, setup_filter
 
@@ -179,6 +267,7 @@ def check_stylegan2() -> None:
         assert sum(x is not None for x in grads) > len(grads) // 2
 
 CHECKS = {"bias_act": check_bias_act, "upfirdn2d": check_upfirdn2d,
+          "upfirdn2d_channels_last": check_upfirdn2d_channels_last,
           "modulated_conv2d": check_modulated_conv2d, "stylegan2": check_stylegan2}
 
 

@@ -16,7 +16,8 @@ Output size: ``OH = (H*up_y + y0 + y1 - FH) // down_y + 1`` (same for width).
 The gradient of upfirdn2d is upfirdn2d with the flipped filter, ``up`` and ``down``
 swapped and transposed padding, so both paths differentiate to any order. The fused
 path is one Triton kernel per call (forward and every backward), float32/bf16/fp16 with
-fp32 accumulation, NCHW or channels_last.
+fp32 accumulation, NCHW or channels_last (channels_last has its own 2D-tiled kernel with
+vectorised channel loads; see :mod:`dgan.ops._upfirdn2d_triton`).
 """
 
 from __future__ import annotations
