@@ -5,8 +5,11 @@
 #   tests     pytest -m gpu (fused vs reference ops, derivatives, dtypes; StyleGAN2 on CUDA)
 #   ops       per-op speed and agreement at StyleGAN2-256 shapes (bf16)
 #   profile   per-phase times and top kernels of a 16-step cycle, batch 64, fused ops
-#   train     img/s for reference vs fused ops at batch 64 and 16
-#   compile   fused + torch.compile at batch 64 (optional: GPU_CHECK_COMPILE=1)
+#   train     img/s for reference vs fused ops (and ablations) at batch 64 (TRAIN_ARGS)
+#   train16   img/s for fused ops at batch 16
+#   compile   fused + torch.compile at batch 64
+# Limits: TESTS_LIMIT, TRAIN_LIMIT, PROFILE_LIMIT, COMPILE_LIMIT (seconds); SKIP_CEILINGS=1
+# skips the matmul/copy measurement.
 # Logs go to $OUT (or /tmp/gpu_check). Usage, from the repository root:
 #   bash benchmarks/gpu_check.sh [step ...]       # default: every step but compile
 set -u
@@ -36,17 +39,23 @@ for s in $STEPS; do
     env)
         run_step env 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv;
             python3 -c "import torch, triton; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", triton.__version__)";
-            python3 benchmarks/ceilings.py' ;;
+            [ "${SKIP_CEILINGS:-0}" = 1 ] || python3 benchmarks/ceilings.py' ;;
     tests)
         run_step tests "${TESTS_LIMIT:-150}" python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider \
             tests/test_ops_gpu.py tests/test_stylegan2_gpu.py --junitxml "$OUT/tests.xml" ;;
     ops)
         run_step ops 60 python3 benchmarks/ops_parity.py --dtype bf16 ;;
     profile)
-        run_step profile 90 python3 benchmarks/profile_step.py --batch 64 --impl fused ;;
+        run_step profile "${PROFILE_LIMIT:-90}" python3 benchmarks/profile_step.py --batch 64 \
+            --impl fused ;;
     train)
+        # shellcheck disable=SC2086
         run_step train "${TRAIN_LIMIT:-180}" python3 benchmarks/train_throughput.py \
-            --modes fused reference --batches 64 16 --steps 32 --warmup 8 ;;
+            ${TRAIN_ARGS:---modes fused fused-nogradfix fused-old reference --batches 64} \
+            --steps 32 --warmup 8 --no-flops ;;
+    train16)
+        run_step train16 "${TRAIN_LIMIT:-180}" python3 benchmarks/train_throughput.py \
+            --modes fused --batches 16 --steps 32 --warmup 8 --no-flops ;;
     compile)
         run_step compile "${COMPILE_LIMIT:-180}" python3 benchmarks/train_throughput.py \
             --modes compile --batches 64 --steps 32 --warmup 8 --no-flops ;;
@@ -56,7 +65,7 @@ done
 echo "=== summary ==="
 for s in $STEPS; do
     case $s in
-    train | compile) tail -n 6 "$OUT/$s.log" ;;
+    train | train16 | compile) tail -n 6 "$OUT/$s.log" ;;
     tests) tail -n 3 "$OUT/tests.log" ;;
     esac
 done

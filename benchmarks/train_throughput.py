@@ -11,7 +11,9 @@ weighted by how often it runs) and the achieved fraction of the card's dense bf1
 
 Modes: ``reference`` (plain PyTorch ops), ``fused`` (Triton ops), ``compile`` (Triton ops
 for the double-backward phases, ``torch.compile`` for Gmain/Dmain, whose ops then lower
-to the reference so Inductor can fuse them).
+to the reference so Inductor can fuse them), and two ablations: ``fused-nogradfix`` (fused,
+but convolutions through torch's own double backward instead of ``conv2d_gradfix``) and
+``fused-old`` (that, plus the first, 1D upfirdn2d kernel for channels_last tensors).
 """
 
 from __future__ import annotations
@@ -138,9 +140,32 @@ def _real(args: argparse.Namespace, batch: int, device: torch.device) -> torch.T
     return real.to(memory_format=torch.channels_last) if device.type == "cuda" else real
 
 
+@contextlib.contextmanager
+def _ablation(mode: str):
+    """``fused-nogradfix``: plain F.conv2d / F.conv_transpose2d on the fused path;
+    ``fused-old``: also the 1D upfirdn2d kernel for channels_last."""
+    from dgan.ops import _upfirdn2d_triton, conv2d_gradfix
+
+    saved = conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL
+    if mode in ("fused-nogradfix", "fused-old"):
+        conv2d_gradfix._custom = lambda op, x, impl: False
+    if mode == "fused-old":
+        _upfirdn2d_triton.USE_CL_KERNEL = False
+    try:
+        yield
+    finally:
+        conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL = saved
+
+
 def run(args: argparse.Namespace, mode: str, batch: int, device: torch.device,
         flops: float) -> dict:
     """Benchmark one (mode, batch) configuration; returns a result row."""
+    with _ablation(mode):
+        return _run(args, mode, batch, device, flops)
+
+
+def _run(args: argparse.Namespace, mode: str, batch: int, device: torch.device,
+         flops: float) -> dict:
     ops.set_impl("reference" if mode == "reference" else "auto")
     setup = Setup(args, device, mode)
     real = _real(args, batch, device)
@@ -170,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tiny", action="store_true", help="32x32, tiny channels: CPU smoke test")
     p.add_argument("--batches", type=int, nargs="+", default=None)
     p.add_argument("--modes", nargs="+", default=None,
-                   choices=["reference", "fused", "compile"])
+                   choices=["reference", "fused", "compile", "fused-nogradfix", "fused-old"])
     p.add_argument("--steps", type=int, default=None, help="timed steps (use multiples of 16)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None)
@@ -197,22 +222,23 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(device) if gpu else "cpu"
     print(f"device: {name}  torch {torch.__version__}  res {args.resolution}  "
           f"precision {args.precision}  steps {args.steps} (+{args.warmup} warm-up)")
-    header = f"{'mode':<10}{'batch':>6}{'img/s':>10}{'s/kimg':>9}{'mem GiB':>9}" \
+    header = f"{'mode':<16}{'batch':>6}{'img/s':>10}{'s/kimg':>9}{'mem GiB':>9}" \
              f"{'GFLOP/img':>11}{'% peak':>8}"
     print(header)
     print("-" * len(header))
-    # FLOPs depend on the architecture and recipe only: count once per batch size, eagerly.
-    flops = {}
-    for batch in args.batches:
-        flops[batch] = float("nan")
-        if args.count_flops:
-            ops.set_impl("reference")
-            flops[batch] = count_flops_per_image(Setup(args, device, "reference"),
-                                                 _real(args, batch, device))
+    # FLOPs per image depend on the architecture and recipe only (401.3 GFLOP at both
+    # batch sizes on an H200 run): count once, eagerly, at the smallest batch.
+    per_image = float("nan")
+    if args.count_flops:
+        ops.set_impl("reference")
+        small = min(args.batches)
+        per_image = count_flops_per_image(Setup(args, device, "reference"),
+                                          _real(args, small, device))
+    flops = dict.fromkeys(args.batches, per_image)
     for mode in args.modes:
         for batch in args.batches:
             r = run(args, mode, batch, device, flops[batch])
-            print(f"{r['mode']:<10}{r['batch']:>6}{r['img_s']:>10.1f}{r['s_kimg']:>9.2f}"
+            print(f"{r['mode']:<16}{r['batch']:>6}{r['img_s']:>10.1f}{r['s_kimg']:>9.2f}"
                   f"{r['mem_gib']:>9.2f}{r['gflop_img']:>11.1f}{100 * r['frac']:>8.2f}",
                   flush=True)
             if gpu:
