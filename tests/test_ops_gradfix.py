@@ -65,3 +65,17 @@ def test_no_weight_gradients_skips_weights_only():
     y = conv2d(x, w, 1, 1, impl="fused")
     y.square().sum().backward()  # outside the context the weights get their gradient
     assert w.grad is not None
+
+
+def test_auto_path_uses_custom_function_only_inside_double_backward(monkeypatch):
+    """Outside double_backward() convolutions are plain torch ops (first-order backward is
+    as fast there); inside, on the fused path, they are the custom Functions."""
+    from dgan.ops import conv2d_gradfix, double_backward
+
+    monkeypatch.setattr(conv2d_gradfix, "use_fused", lambda op, x, impl: impl != "reference")
+    x, w = _inputs(False, 1, 3)
+    assert conv2d(x, w, 1, 1).grad_fn.name() != "_ConvBackward"
+    with double_backward():
+        y = conv2d(x, w, 1, 1)
+        assert conv2d(x, w, 1, 1, impl="reference").grad_fn.name() != "_ConvBackward"
+    assert y.grad_fn.name() == "_ConvBackward"

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dgan.ops import no_weight_gradients
+from dgan.ops import double_backward, no_weight_gradients
 
 
 def lazy_adam_hparams(lr: float, betas: tuple[float, float], interval: int
@@ -142,6 +142,12 @@ class StyleGAN2Loss(nn.Module):
     def g_reg(self, batch_size: int, c: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Path-length penalty on ``batch_size // pl_batch_shrink`` fakes; updates ``pl_mean``."""
+        # The loss is a gradient: its convolutions take the fast double-backward path.
+        with double_backward():
+            return self._g_reg(batch_size, c)
+
+    def _g_reg(self, batch_size: int, c: torch.Tensor | None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n = max(batch_size // self.pl_batch_shrink, 1)
         c = c[:n] if c is not None else None
         img, ws = self.G(self._z(n), c, style_mixing_prob=self.style_mixing_prob,
@@ -178,6 +184,11 @@ class StyleGAN2Loss(nn.Module):
     def d_reg(self, real: torch.Tensor, c: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Lazy R1 penalty ``gamma/2 E||dD(x)/dx||^2``, times ``r1_interval``."""
+        with double_backward():
+            return self._d_reg(real, c)
+
+    def _d_reg(self, real: torch.Tensor, c: torch.Tensor | None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         real = real.detach().requires_grad_(True)
         logits = self._run_d(real, c)
         # D's convolution weights are parameters: their gradients are not wanted here.

@@ -7,7 +7,7 @@ See ``docs/ops.md`` for what each fused kernel covers.
 
 from dgan.ops._dispatch import get_impl, set_impl, triton_available
 from dgan.ops.bias_act import ACTIVATIONS, bias_act, bias_act_reference
-from dgan.ops.conv2d_gradfix import no_weight_gradients
+from dgan.ops.conv2d_gradfix import double_backward, no_weight_gradients
 from dgan.ops.conv2d_resample import conv2d_resample
 from dgan.ops.modulated_conv2d import (
     modulate_weight,
@@ -24,8 +24,8 @@ from dgan.ops.upfirdn2d import (
 )
 
 __all__ = [
-    "ACTIVATIONS", "bias_act", "bias_act_reference", "conv2d_resample", "downsample2d",
-    "filter2d", "get_impl", "modulate_weight", "modulate_weight_reference", "modulated_conv2d",
-    "no_weight_gradients", "set_impl", "setup_filter", "triton_available", "upfirdn2d",
-    "upfirdn2d_reference", "upsample2d",
+    "ACTIVATIONS", "bias_act", "bias_act_reference", "conv2d_resample", "double_backward",
+    "downsample2d", "filter2d", "get_impl", "modulate_weight", "modulate_weight_reference",
+    "modulated_conv2d", "no_weight_gradients", "set_impl", "setup_filter", "triton_available",
+    "upfirdn2d", "upfirdn2d_reference", "upsample2d",
 ]
