@@ -49,6 +49,25 @@ IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 MODES = {1: "L", 3: "RGB"}
 
 
+def _encoded(sample: dict[str, bytes]) -> io.BytesIO:
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return io.BytesIO(sample[ext])
+    raise ValueError("no image member")
+
+
+def _prepare(img: Image.Image, channels: int, resolution: int, flip: bool) -> Image.Image:
+    """An opened image in the target mode, size and orientation."""
+    mode = MODES[channels]
+    if img.mode != mode:
+        img = img.convert(mode)
+    if img.size != (resolution, resolution):
+        img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    if flip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return img
+
+
 def decode(sample: dict[str, bytes], channels: int, resolution: int,
            flip: bool = False) -> tuple[np.ndarray, int]:
     """Encoded sample -> (uint8 array HxW for 1 channel or HxWx3, label or -1).
@@ -57,20 +76,22 @@ def decode(sample: dict[str, bytes], channels: int, resolution: int,
     conversion would be a full copy); other sizes are resized with Lanczos. `flip` mirrors
     left-right (in PIL, which is faster than a reversed numpy copy).
     """
-    ext = next((e for e in IMAGE_EXTS if e in sample), None)
-    if ext is None:
-        raise ValueError("no image member")
-    with Image.open(io.BytesIO(sample[ext])) as img:
-        mode = MODES[channels]
-        if img.mode != mode:
-            img = img.convert(mode)
-        if img.size != (resolution, resolution):
-            img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
-        if flip:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        array = np.asarray(img)
+    with Image.open(_encoded(sample)) as img:
+        array = np.asarray(_prepare(img, channels, resolution, flip))
     label = int(sample["cls"]) if "cls" in sample else -1
     return array, label
+
+
+def decode_into(sample: dict[str, bytes], out: memoryview, channels: int, resolution: int,
+                flip: bool = False) -> int:
+    """`decode` writing the pixels (HxWxC bytes) into `out`; returns the label or -1.
+
+    The batch path: one copy of PIL's packed pixels into the batch, without the numpy
+    array `decode` wraps around them. On a corrupt sample `out` may be partly written.
+    """
+    with Image.open(_encoded(sample)) as img:
+        out[:] = _prepare(img, channels, resolution, flip).tobytes()
+    return int(sample["cls"]) if "cls" in sample else -1
 
 
 def batch_plan(batches: int, workers: int) -> tuple[int, list[int]]:
@@ -190,13 +211,16 @@ class ShardStream(IterableDataset):
         # Batches stay HWC here: filling them is then a contiguous copy per image; the
         # consumer's float conversion does the transpose in the same pass.
         shape = (self.batch_size, self.resolution, self.resolution, self.channels)
+        per = self.resolution * self.resolution * self.channels  # bytes per image
+        xflip, channels, resolution = self.xflip, self.channels, self.resolution
         images, labels, k = np.empty(shape, np.uint8), np.empty(self.batch_size, np.int64), 0
+        pixels = memoryview(images).cast("B")
         bad_in_a_row = 0
         for sample, flip in self._shuffled(slot, slots, cursor):
             cursor += 1
             try:
-                image, label = decode(sample, self.channels, self.resolution,
-                                      self.xflip and flip)
+                labels[k] = decode_into(sample, pixels[k * per:(k + 1) * per], channels,
+                                        resolution, xflip and flip)
             except Exception as e:  # a corrupt sample must not end the run
                 bad_in_a_row += 1
                 log.warning("skipping corrupt sample %s in %s: %s", sample.get("__key__"),
@@ -206,12 +230,13 @@ class ShardStream(IterableDataset):
                                        "unusable (check it with `dgan data inspect`)") from e
                 continue
             bad_in_a_row = 0
-            images[k] = image.reshape(shape[1:])
-            labels[k] = label
             k += 1
             if k == self.batch_size:
+                pixels.release()
                 yield torch.from_numpy(images), torch.from_numpy(labels), torch.tensor([role, cursor])
                 images, labels, k = np.empty(shape, np.uint8), np.empty(self.batch_size, np.int64), 0
+                pixels = memoryview(images).cast("B")
+        pixels.release()
         if k and not self.drop_last:
             yield (torch.from_numpy(images[:k]), torch.from_numpy(labels[:k]),
                    torch.tensor([role, cursor]))
