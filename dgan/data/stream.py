@@ -47,6 +47,7 @@ IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
 MODES = {1: "L", 3: "RGB"}
+PACK_PIECE = 1 << 16  # bytes per piece of packed pixels, as PIL's tobytes
 
 
 def _encoded(sample: dict[str, bytes]) -> io.BytesIO:
@@ -90,8 +91,35 @@ def decode_into(sample: dict[str, bytes], out: memoryview, channels: int, resolu
     array `decode` wraps around them. On a corrupt sample `out` may be partly written.
     """
     with Image.open(_encoded(sample)) as img:
-        out[:] = _prepare(img, channels, resolution, flip).tobytes()
+        pack_into(_prepare(img, channels, resolution, flip), out)
     return int(sample["cls"]) if "cls" in sample else -1
+
+
+def pack_into(img: Image.Image, out: memoryview) -> None:
+    """`out[:] = img.tobytes()` without the whole-image bytes object in between.
+
+    tobytes packs the pixels in 64 KiB pieces and joins them; writing each piece into the
+    batch instead saves a write and a read of the image (~5% of a 256^2 worker). Uses
+    PIL's raw encoder as tobytes does; falls back to tobytes if that is not available.
+    """
+    img.load()
+    try:
+        encoder = Image._getencoder(img.mode, "raw", img.mode)
+    except AttributeError:  # a Pillow without the (private) hook
+        out[:] = img.tobytes()
+        return
+    try:
+        encoder.setimage(img.im, (0, 0, *img.size))
+        at, status = 0, 0
+        while not status:
+            _, status, piece = encoder.encode(max(PACK_PIECE, img.width * 4))
+            out[at:at + len(piece)] = piece
+            at += len(piece)
+    finally:
+        encoder.cleanup()
+    if status < 0 or at != len(out):
+        raise ValueError(f"packing a {img.mode} image of {img.size} gave {at} of {len(out)} "
+                         f"bytes (status {status})")
 
 
 def batch_plan(batches: int, workers: int) -> tuple[int, list[int]]:
@@ -193,9 +221,9 @@ class ShardStream(IterableDataset):
                 return
             rng = np.random.default_rng([self.seed, slot, 1 + block_no])
             order = rng.permutation(len(block))
-            flips = rng.random(len(block)) < 0.5
+            flips = (rng.random(len(block)) < 0.5).tolist()
             for i in order[offset:].tolist():
-                yield block[i], bool(flips[i])
+                yield block[i], flips[i]
             offset = 0
             block_no += 1
 

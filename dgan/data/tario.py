@@ -139,11 +139,8 @@ def _tarfile_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
 
 def sample_key(name: str) -> tuple[str, str] | None:
     """Member name -> (sample key, lower-case extension); None for names without one."""
-    base = name.rsplit("/", 1)[-1]
-    if "." not in base:
-        return None
-    key, ext = base.split(".", 1)
-    return name[: len(name) - len(base)] + key, ext.lower()
+    dot = name.find(".", name.rfind("/") + 1)
+    return None if dot < 0 else (name[:dot], name[dot + 1:].lower())
 
 
 def iter_tar(url: str) -> Iterator[dict[str, Any]]:
@@ -157,16 +154,16 @@ def iter_tar(url: str) -> Iterator[dict[str, Any]]:
     members = _tarfile_members if COMPRESSED.search(url) else tar_members
     with wds.gopen(url, "rb") as stream:
         current: dict[str, Any] = {}
+        key = None
         for name, data in members(stream):
-            split = sample_key(name)
-            if split is None:
+            dot = name.find(".", name.rfind("/") + 1)  # sample_key, inlined: per member
+            if dot < 0:
                 continue
-            key, ext = split
-            if current and current["__key__"] != key:
-                yield current
-                current = {}
-            current["__key__"] = key
-            current["__url__"] = url
-            current[ext] = data
+            if name[:dot] != key:
+                if current:
+                    yield current
+                key = name[:dot]
+                current = {"__key__": key, "__url__": url}
+            current[name[dot + 1:].lower()] = data
         if current:
             yield current
