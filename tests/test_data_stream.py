@@ -231,3 +231,19 @@ def test_batches_hold_exactly_the_decoded_pixels_in_shuffled_order(tmp_path):
         assert images.shape == (23, 10, 10, channels)
         assert np.array_equal(images, np.stack([a.reshape(10, 10, channels) for a, _ in expected]))
         assert np.concatenate([y for _, y in got]).tolist() == [label for _, label in expected]
+
+
+def test_a_loader_worker_delivers_what_the_stream_makes_in_process(tmp_path):
+    # workers batch into shared memory; the pixels and labels must be the in-process ones
+    data = write_numbered(tmp_path / "d", SIZES, corrupt=frozenset({4}))
+    source = resolve_source(str(data))
+    kw = {"batch_size": 4, "resolution": 8, "channels": 1, "seed": 5, "rank": 0,
+          "world_size": 1, "workers": 1, "shuffle_buffer": 6, "xflip": True}
+    direct = iter(ShardStream(source, **kw))
+    s = DataStream(source, **kw)
+    for _ in range(15):  # crosses the resampled epoch (45 samples)
+        x, y, _ = next(direct)
+        images, labels = s.__next__()
+        assert torch.equal(labels, y)
+        assert torch.equal(images, x.permute(0, 3, 1, 2).float().div(127.5).sub(1))
+    s.close()

@@ -122,6 +122,20 @@ def pack_into(img: Image.Image, out: memoryview) -> None:
                          f"bytes (status {status})")
 
 
+def _new_images(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
+    """An uninitialised uint8 batch; in shared memory when `shared` (in a loader worker).
+
+    A worker's batch is moved to shared memory when it is sent to the training process,
+    which copies it; allocating it there in the first place (as DataLoader's own collate
+    does, with the same private hook) saves that copy (a 256^2 JPEG worker: ~7% less CPU).
+    """
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
+    if not shared or new_shared is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = new_shared(int(np.prod(shape)))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
 def batch_plan(batches: int, workers: int) -> tuple[int, list[int]]:
     """(next role, batches delivered per role) after `batches` round-robin batches."""
     return batches % workers, [-(-(batches - r) // workers) for r in range(workers)]
@@ -241,8 +255,9 @@ class ShardStream(IterableDataset):
         shape = (self.batch_size, self.resolution, self.resolution, self.channels)
         per = self.resolution * self.resolution * self.channels  # bytes per image
         xflip, channels, resolution = self.xflip, self.channels, self.resolution
-        images, labels, k = np.empty(shape, np.uint8), np.empty(self.batch_size, np.int64), 0
-        pixels = memoryview(images).cast("B")
+        shared = info is not None  # a DataLoader worker: batches travel in shared memory
+        images, labels, k = _new_images(shape, shared), np.empty(self.batch_size, np.int64), 0
+        pixels = memoryview(images.numpy()).cast("B")
         bad_in_a_row = 0
         for sample, flip in self._shuffled(slot, slots, cursor):
             cursor += 1
@@ -261,13 +276,12 @@ class ShardStream(IterableDataset):
             k += 1
             if k == self.batch_size:
                 pixels.release()
-                yield torch.from_numpy(images), torch.from_numpy(labels), torch.tensor([role, cursor])
-                images, labels, k = np.empty(shape, np.uint8), np.empty(self.batch_size, np.int64), 0
-                pixels = memoryview(images).cast("B")
+                yield images, torch.from_numpy(labels), torch.tensor([role, cursor])
+                images, labels, k = _new_images(shape, shared), np.empty(self.batch_size, np.int64), 0
+                pixels = memoryview(images.numpy()).cast("B")
         pixels.release()
         if k and not self.drop_last:
-            yield (torch.from_numpy(images[:k]), torch.from_numpy(labels[:k]),
-                   torch.tensor([role, cursor]))
+            yield images[:k], torch.from_numpy(labels[:k]), torch.tensor([role, cursor])
 
 
 def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
