@@ -18,7 +18,7 @@ from PIL import Image
 
 from dgan.data.shards import sha256_file, write_shards
 from dgan.data.sources import resolve_source
-from dgan.data.stream import DataStream, ShardStream, batch_plan
+from dgan.data.stream import DataStream, ShardStream, batch_plan, decode
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = str(Path(__file__).with_name("_stream_job.py"))
@@ -204,3 +204,46 @@ def test_pipe_brace_pattern_reads_like_the_directory(tmp_path):
     c = DataStream(resolve_source(piped), **kw)
     c.load_state_dict(state)
     assert torch.equal(next(c)[1], next(a)[1])
+
+
+def test_batches_hold_exactly_the_decoded_pixels_in_shuffled_order(tmp_path):
+    # the batch path (decode_into) must give decode()'s pixels: conversions, resizes, flips
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mixed-000000.tar"
+    with wds.TarWriter(str(path)) as sink:
+        for i in range(23):
+            mode, fmt = [("RGB", "JPEG"), ("L", "PNG"), ("RGBA", "PNG"), ("P", "PNG")][i % 4]
+            side = 10 if i % 3 else 13  # some need a resize
+            img = Image.fromarray(rng.integers(0, 256, (side, side, 3), np.uint8)).convert(mode)
+            buf = io.BytesIO()
+            img.save(buf, fmt)
+            sample = {"__key__": f"{i:09d}", "jpg" if fmt == "JPEG" else "png": buf.getvalue()}
+            if i % 2:
+                sample["cls"] = str(i).encode()
+            sink.write(sample)
+    source = resolve_source(str(path))
+    for channels in (1, 3):
+        s = ShardStream(source, batch_size=4, resolution=10, channels=channels, seed=2,
+                        shuffle_buffer=8, xflip=True, resampled=False, drop_last=False)
+        expected = [decode(sample, channels, 10, flip) for sample, flip in s._shuffled(0, 1, 0)]
+        got = [(x.numpy(), y.numpy()) for x, y, _ in s]
+        images = np.concatenate([x for x, _ in got])
+        assert images.shape == (23, 10, 10, channels)
+        assert np.array_equal(images, np.stack([a.reshape(10, 10, channels) for a, _ in expected]))
+        assert np.concatenate([y for _, y in got]).tolist() == [label for _, label in expected]
+
+
+def test_a_loader_worker_delivers_what_the_stream_makes_in_process(tmp_path):
+    # workers batch into shared memory; the pixels and labels must be the in-process ones
+    data = write_numbered(tmp_path / "d", SIZES, corrupt=frozenset({4}))
+    source = resolve_source(str(data))
+    kw = {"batch_size": 4, "resolution": 8, "channels": 1, "seed": 5, "rank": 0,
+          "world_size": 1, "workers": 1, "shuffle_buffer": 6, "xflip": True}
+    direct = iter(ShardStream(source, **kw))
+    s = DataStream(source, **kw)
+    for _ in range(15):  # crosses the resampled epoch (45 samples)
+        x, y, _ = next(direct)
+        images, labels = s.__next__()
+        assert torch.equal(labels, y)
+        assert torch.equal(images, x.permute(0, 3, 1, 2).float().div(127.5).sub(1))
+    s.close()

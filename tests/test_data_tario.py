@@ -52,3 +52,41 @@ def test_damaged_tar_raises():
     raw[512 + 10] ^= 0xFF  # a byte of the second header
     with pytest.raises(TarError, match="checksum"):
         list(tar_members(io.BytesIO(bytes(raw))))
+
+
+class _Trickle:
+    """A stream with only `read`, returning at most `most` bytes a call (like a pipe)."""
+
+    def __init__(self, data: bytes, most: int) -> None:
+        self.data, self.pos, self.most = data, 0, most
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.most if n < 0 else min(n, self.most)
+        out = self.data[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+
+@pytest.mark.parametrize("chunk", [512, 1024, 3000, 1 << 18])
+def test_members_across_buffer_refills_and_short_reads(monkeypatch, chunk):
+    # members smaller and larger than the read buffer, straddling its refills
+    monkeypatch.setattr("dgan.data.tario.CHUNK", chunk)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for i, size in enumerate([0, 1, 511, 512, 513, 700, 2500, 5000, 3, 1024, 9000, 2]):
+            info = tarfile.TarInfo(("n" * 110 if i % 4 == 0 else "") + f"{i:03d}.bin")
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes((i * 7 + j) % 256 for j in range(size))))
+    raw = buf.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        members = [m for m in tar if m.isfile()]
+        expected = [(m.name, tar.extractfile(m).read()) for m in members]
+    assert list(tar_members(io.BytesIO(raw))) == expected
+    for most in (1, 100, 777):
+        assert list(tar_members(_Trickle(raw, most))) == expected
+    cut = members[10].offset_data + 4000  # inside the 9000-byte member
+    got = []
+    with pytest.raises(TarError, match="cut short"):
+        for member in tar_members(_Trickle(raw[:cut], 300)):
+            got.append(member)
+    assert got == expected[:10]

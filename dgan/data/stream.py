@@ -47,6 +47,26 @@ IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
 MODES = {1: "L", 3: "RGB"}
+PACK_PIECE = 1 << 16  # bytes per piece of packed pixels, as PIL's tobytes
+
+
+def _encoded(sample: dict[str, bytes]) -> io.BytesIO:
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return io.BytesIO(sample[ext])
+    raise ValueError("no image member")
+
+
+def _prepare(img: Image.Image, channels: int, resolution: int, flip: bool) -> Image.Image:
+    """An opened image in the target mode, size and orientation."""
+    mode = MODES[channels]
+    if img.mode != mode:
+        img = img.convert(mode)
+    if img.size != (resolution, resolution):
+        img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    if flip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return img
 
 
 def decode(sample: dict[str, bytes], channels: int, resolution: int,
@@ -57,20 +77,63 @@ def decode(sample: dict[str, bytes], channels: int, resolution: int,
     conversion would be a full copy); other sizes are resized with Lanczos. `flip` mirrors
     left-right (in PIL, which is faster than a reversed numpy copy).
     """
-    ext = next((e for e in IMAGE_EXTS if e in sample), None)
-    if ext is None:
-        raise ValueError("no image member")
-    with Image.open(io.BytesIO(sample[ext])) as img:
-        mode = MODES[channels]
-        if img.mode != mode:
-            img = img.convert(mode)
-        if img.size != (resolution, resolution):
-            img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
-        if flip:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        array = np.asarray(img)
+    with Image.open(_encoded(sample)) as img:
+        array = np.asarray(_prepare(img, channels, resolution, flip))
     label = int(sample["cls"]) if "cls" in sample else -1
     return array, label
+
+
+def decode_into(sample: dict[str, bytes], out: memoryview, channels: int, resolution: int,
+                flip: bool = False) -> int:
+    """`decode` writing the pixels (HxWxC bytes) into `out`; returns the label or -1.
+
+    The batch path: one copy of PIL's packed pixels into the batch, without the numpy
+    array `decode` wraps around them. On a corrupt sample `out` may be partly written.
+    """
+    with Image.open(_encoded(sample)) as img:
+        pack_into(_prepare(img, channels, resolution, flip), out)
+    return int(sample["cls"]) if "cls" in sample else -1
+
+
+def pack_into(img: Image.Image, out: memoryview) -> None:
+    """`out[:] = img.tobytes()` without the whole-image bytes object in between.
+
+    tobytes packs the pixels in 64 KiB pieces and joins them; writing each piece into the
+    batch instead saves a write and a read of the image (~5% of a 256^2 worker). Uses
+    PIL's raw encoder as tobytes does; falls back to tobytes if that is not available.
+    """
+    img.load()
+    try:
+        encoder = Image._getencoder(img.mode, "raw", img.mode)
+    except AttributeError:  # a Pillow without the (private) hook
+        out[:] = img.tobytes()
+        return
+    try:
+        encoder.setimage(img.im, (0, 0, *img.size))
+        at, status = 0, 0
+        while not status:
+            _, status, piece = encoder.encode(max(PACK_PIECE, img.width * 4))
+            out[at:at + len(piece)] = piece
+            at += len(piece)
+    finally:
+        encoder.cleanup()
+    if status < 0 or at != len(out):
+        raise ValueError(f"packing a {img.mode} image of {img.size} gave {at} of {len(out)} "
+                         f"bytes (status {status})")
+
+
+def _new_images(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
+    """An uninitialised uint8 batch; in shared memory when `shared` (in a loader worker).
+
+    A worker's batch is moved to shared memory when it is sent to the training process,
+    which copies it; allocating it there in the first place (as DataLoader's own collate
+    does, with the same private hook) saves that copy (a 256^2 JPEG worker: ~7% less CPU).
+    """
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
+    if not shared or new_shared is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = new_shared(int(np.prod(shape)))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 def batch_plan(batches: int, workers: int) -> tuple[int, list[int]]:
@@ -172,9 +235,9 @@ class ShardStream(IterableDataset):
                 return
             rng = np.random.default_rng([self.seed, slot, 1 + block_no])
             order = rng.permutation(len(block))
-            flips = rng.random(len(block)) < 0.5
+            flips = (rng.random(len(block)) < 0.5).tolist()
             for i in order[offset:].tolist():
-                yield block[i], bool(flips[i])
+                yield block[i], flips[i]
             offset = 0
             block_no += 1
 
@@ -190,13 +253,17 @@ class ShardStream(IterableDataset):
         # Batches stay HWC here: filling them is then a contiguous copy per image; the
         # consumer's float conversion does the transpose in the same pass.
         shape = (self.batch_size, self.resolution, self.resolution, self.channels)
-        images, labels, k = np.empty(shape, np.uint8), np.empty(self.batch_size, np.int64), 0
+        per = self.resolution * self.resolution * self.channels  # bytes per image
+        xflip, channels, resolution = self.xflip, self.channels, self.resolution
+        shared = info is not None  # a DataLoader worker: batches travel in shared memory
+        images, labels, k = _new_images(shape, shared), np.empty(self.batch_size, np.int64), 0
+        pixels = memoryview(images.numpy()).cast("B")
         bad_in_a_row = 0
         for sample, flip in self._shuffled(slot, slots, cursor):
             cursor += 1
             try:
-                image, label = decode(sample, self.channels, self.resolution,
-                                      self.xflip and flip)
+                labels[k] = decode_into(sample, pixels[k * per:(k + 1) * per], channels,
+                                        resolution, xflip and flip)
             except Exception as e:  # a corrupt sample must not end the run
                 bad_in_a_row += 1
                 log.warning("skipping corrupt sample %s in %s: %s", sample.get("__key__"),
@@ -206,15 +273,15 @@ class ShardStream(IterableDataset):
                                        "unusable (check it with `dgan data inspect`)") from e
                 continue
             bad_in_a_row = 0
-            images[k] = image.reshape(shape[1:])
-            labels[k] = label
             k += 1
             if k == self.batch_size:
-                yield torch.from_numpy(images), torch.from_numpy(labels), torch.tensor([role, cursor])
-                images, labels, k = np.empty(shape, np.uint8), np.empty(self.batch_size, np.int64), 0
+                pixels.release()
+                yield images, torch.from_numpy(labels), torch.tensor([role, cursor])
+                images, labels, k = _new_images(shape, shared), np.empty(self.batch_size, np.int64), 0
+                pixels = memoryview(images.numpy()).cast("B")
+        pixels.release()
         if k and not self.drop_last:
-            yield (torch.from_numpy(images[:k]), torch.from_numpy(labels[:k]),
-                   torch.tensor([role, cursor]))
+            yield images[:k], torch.from_numpy(labels[:k]), torch.tensor([role, cursor])
 
 
 def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -3,18 +3,21 @@
 `tarfile` spends ~80 us per member in Python on header objects we do not need; at 64^2
 that was a quarter of a worker's time. This reader parses only what samples need (name,
 size, type; ustar prefix, GNU long names and pax `path` records), checks each header's
-checksum, and reads data with one `read` per member. Compressed shards (.tar.gz, .tgz,
-.tar.bz2, .tar.xz, in the URL) go through `tarfile`, which knows the codecs.
+checksum, and reads the stream in 256 KiB pieces into one buffer that headers and data
+are copied from (no per-member `read` calls). Compressed shards (.tar.gz, .tgz, .tar.bz2,
+.tar.xz, in the URL) go through `tarfile`, which knows the codecs.
 """
 
 from __future__ import annotations
 
 import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 from typing import IO, Any
 
 BLOCK = 512
+CHUNK = 1 << 18  # bytes per read: syscalls stop mattering, the buffer stays in cache
 COMPRESSED = re.compile(r"\.(tar\.gz|tgz|tar\.bz2|tbz2?|tar\.xz|txz)\b")
 
 
@@ -22,14 +25,43 @@ class TarError(ValueError):
     """The shard is not a readable tar stream (bad header checksum, cut short)."""
 
 
-def _read_exact(stream: IO[bytes], n: int) -> bytes:
-    data = stream.read(n)
-    while len(data) < n:  # pipes may return short reads
-        more = stream.read(n - len(data))
-        if not more:
-            break
-        data += more
-    return data
+def _refill(stream: IO[bytes], buf: bytearray, have: int, pos: int,
+            need: int) -> tuple[bytearray, int]:
+    """Move buf[pos:have] to the front and read on until `need` bytes are buffered (fewer
+    only at the end of the stream); returns the buffer, grown if `need` exceeds it, and
+    how many bytes it holds. Files are read straight into the buffer (`readinto`); other
+    streams (`pipe:` commands, whose `read` reports a failed command) through `read`."""
+    rest = max(0, have - pos)
+    if need > len(buf):
+        grown = bytearray(need)
+        grown[:rest] = buf[pos:pos + rest]
+        buf = grown
+    else:
+        buf[:rest] = buf[pos:pos + rest]
+    view, have = memoryview(buf), rest
+    readinto = getattr(stream, "readinto", None)
+    with view:
+        while have < need:
+            if readinto is not None:
+                n = readinto(view[have:]) or 0
+            else:
+                more = stream.read(len(buf) - have)
+                n = len(more)
+                view[have:have + n] = more
+            if not n:
+                break
+            have += n
+    return buf, have
+
+
+def _checksum(header: bytes) -> int:
+    """The tar header checksum: the byte sum with the chksum field counted as 8 spaces.
+
+    zlib.adler32 keeps 1 + the byte sum modulo 65521; a 256-byte half sums to at most
+    65280, so each half's sum comes out exact, about 4x faster than sum() over 512 ints.
+    """
+    halves = (zlib.adler32(header[:256]) & 0xFFFF) + (zlib.adler32(header[256:]) & 0xFFFF)
+    return halves - 2 - sum(header[148:156]) + 256
 
 
 def _number(field: bytes) -> int:
@@ -51,25 +83,37 @@ def _pax_path(data: bytes) -> str | None:
 
 
 def tar_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of every regular file in an uncompressed tar stream, in order."""
+    """(name, data) of every regular file in an uncompressed tar stream, in order.
+
+    Reads the stream in CHUNK-sized pieces into one reused buffer and copies each member's
+    data out of it once; no per-member `read` calls and no per-chunk allocations.
+    """
     long_name: str | None = None
+    buf, have, pos = bytearray(CHUNK), 0, 0
     while True:
-        header = _read_exact(stream, BLOCK)
+        if have - pos < BLOCK:
+            buf, have = _refill(stream, buf, have, pos, BLOCK)
+            pos = 0
+        header = bytes(buf[pos:min(pos + BLOCK, have)])  # the buffer is stale past `have`
         if not header or header.count(0) == BLOCK:
             return  # end of archive (zero blocks), or a stream ending without them
         if len(header) < BLOCK:
             raise TarError("tar stream cut short")
         stored = _number(header[148:156])
-        if stored != sum(header[:148]) + 256 + sum(header[156:]):  # chksum field as spaces
+        if stored != _checksum(header):
             raise TarError("bad tar header checksum (corrupt or not a tar)")
         size = _number(header[124:136])
         kind = header[156:157]
-        data = _read_exact(stream, size)
-        if len(data) < size:
-            raise TarError("tar stream cut short")
-        pad = -size % BLOCK
-        if pad:
-            _read_exact(stream, pad)
+        start = pos + BLOCK
+        end = start + size
+        padded = end + -size % BLOCK
+        if padded > have:  # buffer the data and its padding (a missing last pad is fine)
+            buf, have = _refill(stream, buf, have, start, max(CHUNK, padded - start))
+            start, end, padded = 0, size, padded - start
+            if end > have:
+                raise TarError("tar stream cut short")
+        data = bytes(buf[start:end])
+        pos = padded
         if kind in (b"0", b"\0", b"7"):
             name = long_name
             if name is None:
@@ -95,11 +139,8 @@ def _tarfile_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
 
 def sample_key(name: str) -> tuple[str, str] | None:
     """Member name -> (sample key, lower-case extension); None for names without one."""
-    base = name.rsplit("/", 1)[-1]
-    if "." not in base:
-        return None
-    key, ext = base.split(".", 1)
-    return name[: len(name) - len(base)] + key, ext.lower()
+    dot = name.find(".", name.rfind("/") + 1)
+    return None if dot < 0 else (name[:dot], name[dot + 1:].lower())
 
 
 def iter_tar(url: str) -> Iterator[dict[str, Any]]:
@@ -113,16 +154,16 @@ def iter_tar(url: str) -> Iterator[dict[str, Any]]:
     members = _tarfile_members if COMPRESSED.search(url) else tar_members
     with wds.gopen(url, "rb") as stream:
         current: dict[str, Any] = {}
+        key = None
         for name, data in members(stream):
-            split = sample_key(name)
-            if split is None:
+            dot = name.find(".", name.rfind("/") + 1)  # sample_key, inlined: per member
+            if dot < 0:
                 continue
-            key, ext = split
-            if current and current["__key__"] != key:
-                yield current
-                current = {}
-            current["__key__"] = key
-            current["__url__"] = url
-            current[ext] = data
+            if name[:dot] != key:
+                if current:
+                    yield current
+                key = name[:dot]
+                current = {"__key__": key, "__url__": url}
+            current[name[dot + 1:].lower()] = data
         if current:
             yield current
