@@ -10,7 +10,7 @@ For 64^2 and 256^2 JPEG (quality 95) and PNG shards of synthetic, photo-like pic
   batches (a new array per batch, as a stream hands each one off), written the way the
   stream writes them (`pack_into`, PIL's packed pixels straight into the batch); no tar,
   no shuffle, no bookkeeping;
-- bare arr: the bare loop before 2026-11-27, for comparison with older tables: each
+- bare arr: the bare loop of the earlier tables (before the stream wrote batches in place): each
   picture to its own uint8 array (`np.asarray`), kept by nobody;
 - worker: what one DataLoader worker does, in this process: `ShardStream` (tar reading,
   block shuffle, decode, x-flip, uint8 batching), without the consumer's float conversion;
