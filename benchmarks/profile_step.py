@@ -22,8 +22,8 @@ import contextlib
 import time
 
 import torch
-
 import train_throughput as tt
+
 from dgan import ops
 from dgan.engine.stylegan2_loss import update_ema
 
@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         for s in range(CYCLE):
             nimg += args.batch
             for name in setup.loss_reg.phases(s):
-                with timer(name) if timed else contextlib.nullcontext():
-                    with torch.profiler.record_function(name):
-                        setup.phase(name, real)
+                span = timer(name) if timed else contextlib.nullcontext()
+                with span, torch.profiler.record_function(name):
+                    setup.phase(name, real)
             with timer("ema") if timed else contextlib.nullcontext():
                 update_ema(setup.G_ema, setup.G, nimg, args.batch)
 

@@ -42,32 +42,29 @@ import torch.nn.functional as F
 
 from dgan.ops._dispatch import use_fused
 
-_weight_gradients_disabled = False
-_double_backward_active = False
+# Switches read when a convolution is created (double_backward) or differentiated
+# (no_weight_gradients); module globals, so the autograd engine's threads see them too.
+_flags = {"double_backward": False, "no_weight_gradients": False}
 
 
 @contextlib.contextmanager
-def double_backward(enable: bool = True) -> Iterator[None]:
+def _switch(flag: str, on: bool) -> Iterator[None]:
+    old = _flags[flag]
+    _flags[flag] = on or old
+    try:
+        yield
+    finally:
+        _flags[flag] = old
+
+
+def double_backward(enable: bool = True) -> contextlib.AbstractContextManager[None]:
     """Convolutions created inside get the custom double-backward path (on the fused path)."""
-    global _double_backward_active
-    old = _double_backward_active
-    _double_backward_active = enable or old
-    try:
-        yield
-    finally:
-        _double_backward_active = old
+    return _switch("double_backward", enable)
 
 
-@contextlib.contextmanager
-def no_weight_gradients(disable: bool = True) -> Iterator[None]:
+def no_weight_gradients(disable: bool = True) -> contextlib.AbstractContextManager[None]:
     """Skip convolution weight gradients inside (use around input-only ``autograd.grad``)."""
-    global _weight_gradients_disabled
-    old = _weight_gradients_disabled
-    _weight_gradients_disabled = disable or old
-    try:
-        yield
-    finally:
-        _weight_gradients_disabled = old
+    return _switch("no_weight_gradients", disable)
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -112,7 +109,7 @@ class _Conv(torch.autograd.Function):
         gx = gw = None
         if ctx.needs_input_grad[0]:
             gx = _Conv.apply(gy, w, _input_grad_cfg(cfg, x.shape, gy.shape, w.shape))
-        if ctx.needs_input_grad[1] and not _weight_gradients_disabled:
+        if ctx.needs_input_grad[1] and not _flags["no_weight_gradients"]:
             gw = _ConvWeightGrad.apply(gy, x, w.detach(), cfg)
         return gx, gw, None
 
@@ -148,7 +145,7 @@ def _custom(op: str, x: torch.Tensor, impl: str | None) -> bool:
     # The custom Functions are plain PyTorch: ``impl='fused'`` needs no Triton here.
     if impl == "fused":
         return True
-    return _double_backward_active and use_fused(op, x, impl)
+    return _flags["double_backward"] and use_fused(op, x, impl)
 
 
 def _apply(x: torch.Tensor, w: torch.Tensor, cfg: _Cfg) -> torch.Tensor:
