@@ -90,6 +90,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step, per process
     ema_kimg: float = 10.0  # stylegan2: G_ema half-life in thousands of images
     ema_rampup: float = 0.05  # stylegan2: half-life at most this fraction of images seen
+    tf32: bool = True  # on CUDA: TF32 for fp32 matmuls/convolutions (cudnn.benchmark is on)
 
 
 @dataclass

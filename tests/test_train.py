@@ -113,3 +113,24 @@ def test_torn_newest_checkpoint_falls_back(tmp_path):
     newest.write_bytes(newest.read_bytes()[:1000])
     path, state = checkpoint.load_latest(tmp_path / "run")
     assert path.name == "step-00000006" and state["step"] == 6
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_configure_cuda_sets_tf32_and_autotuning_on_cuda_only(tf32):
+    from dgan.engine.trainer import configure_cuda
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
+        torch.backends.cudnn.benchmark = False
+        configure_cuda(torch.device("cpu"), tf32)
+        assert torch.backends.cudnn.allow_tf32 is (not tf32)
+        assert torch.backends.cudnn.benchmark is False
+        configure_cuda(torch.device("cuda"), tf32)  # only sets flags: no device needed
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert torch.backends.cudnn.allow_tf32 is tf32
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
