@@ -28,8 +28,9 @@ Python overhead per layer. So convolutions use it when they are *created* inside
 :func:`double_backward` (``StyleGAN2Loss`` wraps its R1 and path-length phases in it) on
 the fused path (CUDA by default), or when ``impl='fused'`` is passed explicitly; otherwise
 they are plain ``F.conv2d`` / ``F.conv_transpose2d``. Measured on an H200 (StyleGAN2-256,
-batch 64, custom path in every phase): 298 img/s against 263 with torch's double backward. Under autocast the inputs are cast to the autocast dtype first,
-as autocast would, and the convolutions run in that dtype.
+batch 64, custom path in every phase): 298 img/s against 263 with torch's double backward.
+Under autocast the inputs are cast to the autocast dtype first, as autocast would, and the
+convolutions run in that dtype.
 """
 
 from __future__ import annotations
