@@ -178,3 +178,28 @@ def test_invalid_configs_are_rejected() -> None:
         Generator(img_resolution=48)
     with pytest.raises(ValueError, match="no channels"):
         Discriminator(img_resolution=128, channel_base=64)
+
+
+@pytest.mark.parametrize("down", [1, 2])
+def test_linear_conv_layer_folds_its_gain_into_the_weight(down: int, monkeypatch) -> None:
+    """A bias-free linear Conv2dLayer (D's skip) scales its weight, not its output: no
+    activation pass, same result as convolving and then multiplying by the gain."""
+    from dgan.models import _layers
+    from dgan.models._layers import Conv2dLayer
+    from dgan.ops import conv2d_resample
+
+    torch.manual_seed(0)
+    layer = Conv2dLayer(6, 5, 1, bias=False, down=down).double()
+    x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
+    w = layer.weight * layer.weight_gain
+    want = conv2d_resample(x, w, layer.resample_filter, down=down) * 0.7
+    with monkeypatch.context() as m:
+        m.setattr(_layers, "bias_act", lambda *a, **k: pytest.fail("bias_act was called"))
+        got = layer(x, gain=0.7)
+    torch.testing.assert_close(got, want)
+    # With a bias the activation pass stays: gain applies after the bias.
+    biased = Conv2dLayer(6, 5, 1, down=down).double()
+    with torch.no_grad():
+        biased.weight.copy_(layer.weight)
+        biased.bias.fill_(1.0)
+    torch.testing.assert_close(biased(x, gain=0.7), (want / 0.7 + 1.0) * 0.7)

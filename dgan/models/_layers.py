@@ -92,9 +92,16 @@ class Conv2dLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         w = self.weight * self.weight_gain
+        # Without bias, activation or clamp the layer is linear: its gain goes into the small
+        # weight instead of costing a pass over the activations (D's residual skip convs).
+        linear = self.bias is None and self.activation == "linear" and self.conv_clamp is None
+        if linear:
+            w = w * (self.act_gain * gain)
         if not torch.is_autocast_enabled(x.device.type):
             w = w.to(x.dtype)
         x = conv2d_resample(x, w, self.resample_filter, self.up, self.down, self.padding)
+        if linear:
+            return x
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
