@@ -132,7 +132,8 @@ class _BiasActGradFused(torch.autograd.Function):
     def forward(ctx, dy, x, b, dim, act, alpha, gain, clamp):
         from dgan.ops import _bias_act_triton as k
 
-        ctx.save_for_backward(dy, x, b)
+        # dy is only needed for act'' (zero for piecewise-linear activations): not kept otherwise.
+        ctx.save_for_backward(None if act in _PIECEWISE_LINEAR else dy, x, b)
         ctx.spec = (dim, act, alpha, gain, clamp)
         return k.launch(1, x, b, dy, dim, act, alpha, gain, clamp)
 
@@ -149,9 +150,8 @@ class _BiasActGradFused(torch.autograd.Function):
             d_x = k.launch(2, x, b, d_dx * dy, *ctx.spec)
             if b is not None and ctx.needs_input_grad[2]:
                 d_b = _reduce_bias(d_x, dim, b)
-        elif ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            d_x = torch.zeros_like(x)
-            d_b = torch.zeros_like(b) if b is not None else None
+        # Piecewise-linear activations: act'' = 0, so x and b get no gradient here. None
+        # tells autograd exactly that, without writing a tensor of zeros the size of x.
         return d_dy, d_x, d_b, None, None, None, None, None
 
 
