@@ -99,7 +99,8 @@ def test_upfirdn2d_fused_matches_reference(dtype, up, down, pad, channels_last) 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("up,down,k,fused", [(1, 1, 3, True), (2, 1, 3, True), (1, 2, 3, True),
-                                             (1, 2, 1, False), (2, 1, 3, False)])
+                                             (1, 2, 1, False), (2, 1, 3, False),
+                                             (1, 1, 1, False)])
 def test_modulated_conv2d_fused_matches_reference(dtype, up, down, k, fused) -> None:
     g = torch.Generator().manual_seed(k + up)
     x = torch.randn(5, 19, 13, 13, generator=g).cuda()

@@ -139,7 +139,7 @@ def test_conv2d_resample_identity_kernel_equals_resampling() -> None:
                                downsample2d(x, f, impl="reference"))
 
 
-@pytest.mark.parametrize("up,down,k", [(1, 1, 3), (2, 1, 3), (1, 2, 3), (1, 2, 1)])
+@pytest.mark.parametrize("up,down,k", [(1, 1, 3), (2, 1, 3), (1, 2, 3), (1, 2, 1), (1, 1, 1)])
 @pytest.mark.parametrize("demodulate", [True, False])
 def test_modulated_conv2d_matches_per_sample_loop(up: int, down: int, k: int,
                                                   demodulate: bool) -> None:
@@ -161,6 +161,42 @@ def test_modulated_conv2d_matches_per_sample_loop(up: int, down: int, k: int,
                              resample_filter=f, demodulate=demodulate, fused_modconv=fused,
                              impl="reference")
         torch.testing.assert_close(y, expect)
+
+
+@pytest.mark.parametrize("demodulate", [True, False])
+def test_modulated_1x1_matmul_matches_scale_then_convolve(
+        demodulate: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """toRGB's per-sample matmul: same values, gradients and second derivatives as the
+    scale-conv-scale form, in both layouts, and a channels_last input stays channels_last."""
+    import importlib
+
+    mc = importlib.import_module("dgan.ops.modulated_conv2d")  # the module, not the function
+    torch.manual_seed(0)
+    x0 = torch.randn(3, 4, 5, 6, dtype=torch.float64)
+    w = torch.randn(2, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    noise = torch.randn(3, 1, 5, 6, dtype=torch.float64)
+    results = {}
+    no_conv = lambda *a, **k: pytest.fail("the 1x1 matmul path ran a convolution")
+    for matmul in (True, False):
+        monkeypatch.setattr(mc, "MATMUL_1X1", matmul)
+        monkeypatch.setattr(mc, "conv2d_resample", no_conv if matmul else conv2d_resample)
+        for cl in (False, True):
+            x = x0.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            x = x.clone().requires_grad_(True)
+            y = modulated_conv2d(x, w, s, noise=noise, demodulate=demodulate, impl="reference")
+            if matmul:
+                assert y.is_contiguous(memory_format=torch.channels_last) == cl
+            g = torch.autograd.grad(y.square().sum(), (x, w, s), create_graph=True)
+            gg = torch.autograd.grad(sum(t.square().sum() for t in g), (x, w, s))
+            results[matmul, cl] = (y, *g, *gg)
+    for key, got in results.items():
+        for a, b in zip(got, results[False, False]):
+            torch.testing.assert_close(a, b, msg=lambda m, key=key: f"{key}: {m}")
+    monkeypatch.setattr(mc, "MATMUL_1X1", True)
+    x = x0[:2, :, :3, :3].clone().requires_grad_(True)
+    fn = lambda x, w, s: modulated_conv2d(x, w, s[:2], demodulate=demodulate, impl="reference")
+    assert torch.autograd.gradgradcheck(fn, (x, w, s))
 
 
 @pytest.mark.parametrize("fused", [True, False])

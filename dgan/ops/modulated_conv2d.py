@@ -31,6 +31,9 @@ from dgan.ops._dispatch import use_fused
 from dgan.ops.conv2d_resample import conv2d_resample
 
 DEMOD_EPS = 1e-8
+# 1x1 modulated convolutions without resampling run as one batched matmul (see
+# _modulated_matmul); False restores the scale-then-convolve form (benchmark ablations).
+MATMUL_1X1 = True
 
 
 def _demod_coefs(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
@@ -102,6 +105,29 @@ def modulate_weight(
     return _ModulateFused.apply(weight, styles, demodulate, out_dtype)
 
 
+def _modulated_matmul(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
+                      noise: torch.Tensor | None, demodulate: bool) -> torch.Tensor:
+    """A 1x1 modulated convolution (toRGB) as one batched matmul with per-sample weights.
+
+    ``[N, HW, I] @ [N, I, O]`` reads the activations once; scaling them by ``styles`` first
+    (the ``fused_modconv=False`` form) would read and write them once more, and again in
+    the backward. A channels_last ``x`` is already ``[N, H, W, I]`` in memory and an NCHW one
+    ``[N, I, HW]``: both are views, and the result has ``x``'s layout.
+    """
+    n, i, h, w_ = x.shape
+    wn = weight[None, :, :, 0, 0] * styles[:, None, :]  # [N, O, I]
+    if demodulate:
+        wn = wn * _demod_coefs(weight, styles)[:, :, None]
+    wn = wn.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else wn
+    o = wn.shape[1]
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y = torch.bmm(x.permute(0, 2, 3, 1).reshape(n, h * w_, i), wn.transpose(1, 2))
+        y = y.reshape(n, h, w_, o).permute(0, 3, 1, 2)
+    else:
+        y = torch.bmm(wn, x.reshape(n, i, h * w_)).reshape(n, o, h, w_)
+    return y + noise.to(y.dtype) if noise is not None else y
+
+
 def modulated_conv2d(
     x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
     noise: torch.Tensor | None = None, up: int = 1, down: int = 1, padding: int = 0,
@@ -122,6 +148,8 @@ def modulated_conv2d(
         weight = weight * (1 / (i * kh * kw) ** 0.5
                            / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    if MATMUL_1X1 and kh == kw == 1 and up == down == 1 and padding == 0 and x.ndim == 4:
+        return _modulated_matmul(x, weight, styles, noise, demodulate)
     if not fused_modconv:
         x = x * styles.to(x.dtype)[:, :, None, None]
         x = conv2d_resample(x, weight.to(x.dtype), resample_filter, up, down, padding, impl=impl)
