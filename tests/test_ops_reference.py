@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -237,3 +238,118 @@ def test_reference_is_plain_torch_on_half_precision() -> None:
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), F.leaky_relu(x.float(), 0.2) * math.sqrt(2),
                                rtol=2e-2, atol=2e-2)
+
+
+# --- scale_bias_act -------------------------------------------------------------------------
+
+# (present inputs: s scale, n noise, b bias; noise shape)
+SBA_CASES = [("", None), ("s", None), ("b", None), ("sb", None)] + [
+    (parts, shape) for parts in ("n", "sn", "snb") for shape in ((2, 1, 3, 4), (3, 4))]
+
+
+def _sba_args(parts: str, noise_shape: tuple, shape=(2, 3, 4, 5), seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    n, c = shape[:2]
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    scale = torch.randn(n, c, generator=g, dtype=torch.float64) + 0.5 if "s" in parts else None
+    noise = torch.randn(*noise_shape, generator=g, dtype=torch.float64) if "n" in parts else None
+    b = torch.randn(c, generator=g, dtype=torch.float64) if "b" in parts else None
+    return x, scale, noise, b
+
+
+@pytest.mark.parametrize("act", ["lrelu", "linear", "tanh", "swish"])
+@pytest.mark.parametrize("noise_shape", [(2, 1, 4, 5), (4, 5), (1, 1, 4, 5)])
+@pytest.mark.parametrize("clamp", [None, 0.9])
+def test_scale_bias_act_matches_elementwise_formula(act, noise_shape, clamp) -> None:
+    x, scale, noise, b = _sba_args("snb", noise_shape)
+    y = ops.scale_bias_act(x, scale, noise, b, act=act, clamp=clamp, gain=1.7, impl="reference")
+    nz = noise.expand(2, 1, 4, 5)
+    expect = np.empty(x.shape)
+    for i in np.ndindex(*x.shape):
+        v = float(x[i] * scale[i[0], i[1]] + nz[i[0], 0, i[2], i[3]] + b[i[1]])
+        out = _naive_act(v, act) * 1.7
+        expect[i] = out if clamp is None else min(max(out, -clamp), clamp)
+    np.testing.assert_allclose(y.numpy(), expect, rtol=1e-12, atol=1e-12)
+
+
+def test_scale_bias_act_special_cases_are_the_unfused_ops() -> None:
+    x, scale, noise, b = _sba_args("snb", (2, 1, 4, 5))
+    sba = partial(ops.scale_bias_act, impl="reference")
+    # No scale, no noise: bias_act. Linear, scale only: the channel scaling.
+    torch.testing.assert_close(sba(x, b=b, act="lrelu", clamp=0.5),
+                               bias_act(x, b, act="lrelu", clamp=0.5, impl="reference"))
+    torch.testing.assert_close(sba(x, scale), x * scale[:, :, None, None], rtol=0, atol=0)
+    # The synthesis layer's current epilogue: addcmul(noise, x, d), then bias_act.
+    composed = bias_act(torch.addcmul(noise, x, scale[:, :, None, None]), b, act="lrelu",
+                        clamp=256, impl="reference")
+    torch.testing.assert_close(sba(x, scale, noise, b, act="lrelu", clamp=256), composed)
+    # Channels_last in, channels_last out; low-precision dtype kept.
+    xc = x.float().to(memory_format=torch.channels_last).bfloat16()
+    y = sba(xc, scale.float(), noise.bfloat16(), b.float(), act="lrelu")
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_scale_bias_act_rejects_bad_shapes() -> None:
+    x, scale, _, b = _sba_args("snb", (2, 1, 4, 5))
+    with pytest.raises(ValueError, match="scale"):
+        ops.scale_bias_act(x, scale[:, :2])
+    with pytest.raises(ValueError, match="bias"):
+        ops.scale_bias_act(x, b=b[:2])
+    for bad in ((2, 3, 4, 5), (3, 1, 4, 5), (4, 4)):
+        with pytest.raises(ValueError, match="noise"):
+            ops.scale_bias_act(x, noise=torch.zeros(bad, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        ops.scale_bias_act(x[0])
+
+
+@pytest.mark.parametrize("parts,noise_shape", SBA_CASES)
+@pytest.mark.parametrize("clamp", [None, 2.0])
+def test_scale_bias_act_gradgradcheck(parts: str, noise_shape: tuple, clamp) -> None:
+    args = _sba_args(parts, noise_shape, shape=(2, 3, 3, 4), seed=1)
+    present = [i for i, t in enumerate(args) if t is not None]
+    leaves = tuple(args[i].requires_grad_() for i in present)
+
+    def fn(*ts):
+        full = list(args)
+        for i, t in zip(present, ts):
+            full[i] = t
+        return ops.scale_bias_act(*full, act="lrelu", clamp=clamp, impl="reference")
+
+    assert torch.autograd.gradcheck(fn, leaves)
+    assert torch.autograd.gradgradcheck(fn, leaves)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("clamp", [-1.0, 1.5])
+def test_scale_bias_act_double_backward_formula(act: str, clamp: float) -> None:
+    """The differentiable PyTorch double backward that the fused path uses under
+    ``create_graph=True``: equal to autograd through the reference (partial derivatives with
+    respect to independent ``dy, x, scale, noise, b``), and gradcheck-ed itself, which checks
+    third derivatives."""
+    from dgan.ops.bias_act import _resolve
+    from dgan.ops.scale_bias_act import _backward2_reference
+
+    alpha, gain, clamp = _resolve(act, None, None, clamp)
+    spec = (act, alpha, gain, clamp)
+    g = torch.Generator().manual_seed(2)
+    x, scale, noise, b = _sba_args("snb", (3, 4), shape=(2, 3, 3, 4), seed=3)
+    dy = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    gin = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (x, scale, noise, b)]
+    leaves = [t.requires_grad_() for t in (dy, x, scale, noise, b)]
+
+    with torch.enable_grad():
+        y = ops.scale_bias_act(*leaves[1:], act=act, clamp=clamp, impl="reference")
+        first = torch.autograd.grad(y, leaves[1:], leaves[0], create_graph=True)
+        expect = torch.autograd.grad(first, leaves, gin, allow_unused=True)
+    got = _backward2_reference(leaves, gin, (True,) * 5, spec)
+    for a, e, t in zip(got, expect, leaves):
+        # None = zero (piecewise-linear acts have no act'' terms).
+        zero = torch.zeros_like(t)
+        torch.testing.assert_close(zero if a is None else a, zero if e is None else e)
+
+    def fn(*ts):
+        return tuple(t for t in _backward2_reference(ts[:5], ts[5:], (True,) * 5, spec)
+                     if t is not None)
+
+    inputs = tuple(leaves) + tuple(t.requires_grad_() for t in gin)
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)

@@ -103,8 +103,8 @@ def check_upfirdn2d() -> None:
 
 
 class _NaNEmpty:
-    """Stands in for ``torch`` inside a kernel module: ``torch.empty`` comes back NaN-filled,
-    so an output element the kernel never writes shows up as NaN."""
+    """Stands in for ``torch`` inside a kernel module: ``torch.empty`` / ``torch.empty_like``
+    come back NaN-filled, so an output element the kernel never writes shows up as NaN."""
 
     def __init__(self, torch):
         self._torch = torch
@@ -114,6 +114,9 @@ class _NaNEmpty:
 
     def empty(self, *args, **kwargs):
         return self._torch.empty(*args, **kwargs).fill_(float("nan"))
+
+    def empty_like(self, *args, **kwargs):
+        return self._torch.empty_like(*args, **kwargs).fill_(float("nan"))
 
 
 def check_upfirdn2d_channels_last() -> None:
@@ -266,9 +269,183 @@ def check_stylegan2() -> None:
         assert all(x is None or torch.isfinite(x).all() for x in grads)
         assert sum(x is not None for x in grads) > len(grads) // 2
 
+def _sba(parts: str, **kw):
+    """``scale_bias_act`` taking ``(x, *present)`` where ``parts`` names the present ones:
+    ``s`` scale, ``n`` noise, ``b`` bias (in that order)."""
+    from dgan.ops import scale_bias_act
+
+    names = [name for name in ("scale", "noise", "b") if name[0] in parts]
+
+    def fn(x, *rest, impl):
+        return scale_bias_act(x, **dict(zip(names, rest)), impl=impl, **kw)
+
+    return fn
+
+
+def _sba_inputs(seed: int, shape, parts: str, noise_shape=None, channels_last=False,
+                dtype=None):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    dtype = dtype or torch.float64
+    n, c, h, w = shape
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    out = [x.to(dtype)]
+    if "s" in parts:
+        out.append(torch.randn(n, c, generator=g, dtype=torch.float64) + 0.5)
+    if "n" in parts:
+        out.append(torch.randn(*(noise_shape or (n, 1, h, w)), generator=g, dtype=torch.float64))
+    if "b" in parts:
+        out.append(torch.randn(c, generator=g, dtype=torch.float64))
+    return tuple(t.requires_grad_() for t in out)
+
+
+class _Recording:
+    """Stands in for a Triton kernel: records each launch's keyword (constexpr) arguments."""
+
+    def __init__(self, kernel, log: list):
+        self.kernel, self.log = kernel, log
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.log.append((self.kernel.fn.__name__, grid, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+
+        return run
+
+
+def check_scale_bias_act() -> None:
+    """Fused scale + noise + bias + act + clamp against the reference composition: forward,
+    first and second derivatives (third through the create_graph fallback), every subset of
+    scale / noise / bias, both noise shapes, NCHW and channels_last, odd sizes, several
+    programs per sample and channel blocks (NaN-poisoned buffers), 64-bit indices, dtypes,
+    deterministic reductions and the NEED_* flags."""
+    import torch
+
+    from dgan.ops import _scale_bias_act_triton as k
+    from dgan.ops import scale_bias_act
+
+    k.torch = _NaNEmpty(torch)  # an output or partial sum the kernels never write -> NaN
+    log: list = []
+    for name in ("_sba_fwd_kernel", "_sba_bwd_kernel", "_sba_bwd2_kernel"):
+        setattr(k, name, _Recording(getattr(k, name), log))
+    shape = (3, 5, 7, 7)
+
+    def compare(parts, noise_shape=None, channels_last=False, shape=shape, **kw):
+        make = partial(_sba_inputs, 0, shape, parts, noise_shape, channels_last)
+        _compare(_sba(parts, **kw), make)
+
+    # Forward, d/d(x, scale, noise, b), and their derivatives (incl. through dy = 2y).
+    for act in ("lrelu", "linear", "relu"):
+        for clamp in (None, 0.9):
+            for channels_last in (False, True):
+                for noise_shape in ((3, 1, 7, 7), (7, 7)):
+                    compare("snb", noise_shape, channels_last, act=act, clamp=clamp)
+    kernels = {name for name, _, _ in log}
+    assert kernels == {"_sba_fwd_kernel", "_sba_bwd_kernel", "_sba_bwd2_kernel"}, kernels
+    assert not any(kw["CHANNELS_LAST"] for _, _, kw in log[:3])
+    assert any(kw["CHANNELS_LAST"] for _, _, kw in log)
+    # Every subset of scale / noise / bias (including none: bias_act), const noise.
+    for parts in ("", "s", "n", "b", "sn", "sb", "nb"):
+        for channels_last in (False, True):
+            compare(parts, (1, 1, 7, 7), channels_last, act="lrelu", clamp=0.9)
+    compare("s", None, True, act="linear")  # the pre-convolution styles multiply
+    # Activations with act'' != 0: the SECOND_ORDER terms of the double-backward kernel.
+    for act in ("tanh", "swish", "elu"):
+        compare("snb", (7, 7), True, act=act, clamp=0.9, gain=1.3)
+
+    # Several programs per sample and several channel blocks (C=70 > 64), partial tiles,
+    # and the EVEN_C (C=48 -> 16-channel blocks) / EVEN_P (H*W=16) mask paths.
+    k._INTERPRETER_BLOCK, k._INTERPRETER_PROGRAMS = 256, 64
+    log.clear()
+    for channels_last in (False, True):
+        for sh, act in (((2, 70, 9, 11), "lrelu"), ((2, 48, 4, 4), "tanh")):
+            compare("snb", (sh[0], 1, *sh[2:]), channels_last, shape=sh, act=act, clamp=1.5)
+    grids = [grid for _, grid, _ in log]
+    assert max(g[0] for g in grids) > 2 * 2 and max(g[1] for g in grids) > 1, grids
+    assert any(kw["EVEN_C"] for _, _, kw in log) and any(kw["EVEN_P"] for _, _, kw in log)
+
+    # Deterministic: the reductions run twice give bit-identical gradients.
+    def grads():
+        torch.manual_seed(0)
+        ins = _sba_inputs(3, (2, 70, 9, 11), "snb", (9, 11), True, dtype=torch.float32)
+        y = _sba("snb", act="lrelu", clamp=1.0)(*ins, impl="fused")
+        g = torch.autograd.grad((y.square() * y.detach().cos()).sum(), ins, create_graph=True)
+        return list(g) + list(torch.autograd.grad(sum(t.square().sum() for t in g), ins))
+
+    first, second = grads(), grads()
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    k._INTERPRETER_BLOCK, k._INTERPRETER_PROGRAMS = 8192, 1
+
+    # Third derivatives: create_graph through the double backward (PyTorch fallback).
+    for act in ("lrelu", "tanh"):
+        outs = []
+        for impl in ("reference", "fused"):
+            ins = _sba_inputs(4, (2, 3, 4, 5), "snb", (4, 5), True)
+            y = _sba("snb", act=act, clamp=0.8)(*ins, impl=impl)
+            g1 = torch.autograd.grad(y.square().sum(), ins, create_graph=True)
+            g2 = torch.autograd.grad(sum((t * t.detach().sign()).sum() for t in g1), ins,
+                                     create_graph=True)
+            g3 = torch.autograd.grad(sum((t * t.detach().cos()).sum() for t in g2), ins)
+            outs.append([*g2, *g3])
+        for a, b in zip(outs[1], outs[0]):
+            _close(a, b)
+
+    # Only what needs_input_grad asks for: x alone -> no reductions; scale alone -> no dx.
+    for parts_grad in ("x", "s"):
+        log.clear()
+        ins = _sba_inputs(5, shape, "snb", None, True)
+        for t, name in zip(ins, "xsnb"):
+            t.requires_grad_(name in parts_grad)
+        y = _sba("snb", act="lrelu")(*ins, impl="fused")
+        want = [t for t in ins if t.requires_grad]
+        (g,) = torch.autograd.grad(y.sum(), want)
+        ref = torch.autograd.grad(_sba("snb", act="lrelu")(*ins, impl="reference").sum(), want)
+        _close(g, ref[0])
+        kw = log[-1][2]
+        flags = (kw["NEED_DX"], kw["NEED_GS"], kw["NEED_GN"], kw["NEED_GB"])
+        assert flags == ((True, False, False, False) if parts_grad == "x"
+                         else (False, True, False, False)), flags
+
+    # The 64-bit index path must agree as well.
+    k.INDEX_64_MIN_NUMEL = 0
+    log.clear()
+    compare("snb", (3, 1, 7, 7), True, act="lrelu", clamp=0.9)
+    compare("snb", (7, 7), False, act="tanh")
+    assert all(kw["INDEX_64"] for _, _, kw in log)
+    k.INDEX_64_MIN_NUMEL = 2**31
+
+    # Low precision in, same dtype and layout out, fp32 arithmetic; gradients in the
+    # dtypes of their inputs (scale and bias fp32, noise in x's dtype).
+    x, s, nz, b = (t.detach() for t in _sba_inputs(6, shape, "snb", None, True))
+    x, s, b = x.float(), s.float(), b.float()
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1e-3)):
+        ins = [x.to(dtype), s, nz.to(dtype), b]
+        # The reference in fp32 on the same (rounded) values: only the output is rounded.
+        ref = scale_bias_act(*(t.float() for t in ins), act="lrelu", clamp=1.0,
+                             impl="reference")
+        ins = [t.clone().requires_grad_() for t in ins]
+        y = scale_bias_act(*ins, act="lrelu", clamp=1.0, impl="fused")
+        assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+        _close(y, ref, tol)
+        g = torch.autograd.grad(y.float().square().sum(), ins)
+        assert [t.dtype for t in g] == [dtype, torch.float32, dtype, torch.float32]
+        assert g[0].is_contiguous(memory_format=torch.channels_last)
+
+    # Empty tensors: zero gradients of the right shapes.
+    for sh in ((0, 5, 7, 7), (2, 5, 0, 3)):
+        ins = _sba_inputs(7, sh, "snb", (sh[0], 1, *sh[2:]))
+        y = _sba("snb", act="lrelu")(*ins, impl="fused")
+        g = torch.autograd.grad(y.sum(), ins)
+        assert y.shape == sh and all(a.shape == t.shape and not a.any() for a, t in zip(g, ins))
+
+
 CHECKS = {"bias_act": check_bias_act, "upfirdn2d": check_upfirdn2d,
           "upfirdn2d_channels_last": check_upfirdn2d_channels_last,
-          "modulated_conv2d": check_modulated_conv2d, "stylegan2": check_stylegan2}
+          "modulated_conv2d": check_modulated_conv2d, "stylegan2": check_stylegan2,
+          "scale_bias_act": check_scale_bias_act}
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))

@@ -14,6 +14,7 @@ from dgan.ops.modulated_conv2d import (
     modulate_weight_reference,
     modulated_conv2d,
 )
+from dgan.ops.scale_bias_act import scale_bias_act, scale_bias_act_reference
 from dgan.ops.upfirdn2d import (
     downsample2d,
     filter2d,
@@ -26,6 +27,7 @@ from dgan.ops.upfirdn2d import (
 __all__ = [
     "ACTIVATIONS", "bias_act", "bias_act_reference", "conv2d_resample", "double_backward",
     "downsample2d", "filter2d", "get_impl", "modulate_weight", "modulate_weight_reference",
-    "modulated_conv2d", "no_weight_gradients", "set_impl", "setup_filter", "triton_available",
+    "modulated_conv2d", "no_weight_gradients", "scale_bias_act", "scale_bias_act_reference",
+    "set_impl", "setup_filter", "triton_available",
     "upfirdn2d", "upfirdn2d_reference", "upsample2d",
 ]
