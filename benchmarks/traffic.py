@@ -122,8 +122,53 @@ class Traffic(TorchDispatchMode):
 def fake_kernels(counter: Traffic) -> Iterator[None]:
     """Replace the Triton launches with shape-only stand-ins that record their traffic."""
     from dgan.ops import _bias_act_triton, _modconv_triton, _upfirdn2d_triton
+    from dgan.ops import _scale_bias_act_triton as sba
 
     saved = _bias_act_triton.launch, _upfirdn2d_triton.launch, _modconv_triton.launch
+    saved_sba = sba.forward, sba.backward, sba.backward2
+
+    def small(*ts):
+        return [t for t in ts if t is not None]
+
+    def sba_forward(x, scale, noise, b, act, alpha, gain, clamp):
+        out = torch.empty_like(x)
+        counter.record("triton scale_bias_act", "scale_bias_act fwd",
+                       small(x, scale, noise, b), [out])
+        return out
+
+    def sba_backward(dy, x, scale, noise, b, need, act, alpha, gain, clamp):
+        need_dx, need_gs, need_gn, need_gb = need
+        dx = torch.empty_like(x) if need_dx else None
+        gs = torch.empty_like(scale) if need_gs and scale is not None else None
+        gn = torch.empty_like(noise) if need_gn and noise is not None else None
+        gb = torch.empty_like(b) if need_gb and b is not None else None
+        counter.record("triton scale_bias_act", "scale_bias_act bwd",
+                       small(dy, x, scale, noise, b), small(dx, gs, gn, gb))
+        return dx, gs, gn, gb
+
+    def sba_backward2(dy, x, scale, noise, b, g_dx, g_gs, g_gn, g_gb, need, piecewise_linear,
+                      act, alpha, gain, clamp):
+        # The same decisions as the kernel's launcher: what is computed, what is read.
+        need_ddy, need_dx, need_ds, need_dn, need_db = need
+        has = [t is not None for t in (g_dx, g_gs, g_gb, g_gn)]
+        second = not piecewise_linear
+        need_ddy &= any(has)
+        need_dx &= has[1] or (second and any(has))
+        need_ds &= scale is not None and (has[0] or (second and any(has)))
+        need_db &= b is not None and second and any(has)
+        need_dn &= noise is not None and second and any(has)
+        outs = (torch.empty_like(x) if need_ddy else None,
+                torch.empty_like(x) if need_dx else None,
+                torch.empty_like(scale) if need_ds else None,
+                torch.empty_like(noise) if need_dn else None,
+                torch.empty_like(b) if need_db else None)
+        if not any(o is not None for o in outs):
+            return outs
+        load_dy = need_dx or need_ds or need_db or need_dn
+        counter.record("triton scale_bias_act", "scale_bias_act bwd2",
+                       small(x, dy if load_dy else None, scale, noise, b, g_dx, g_gs, g_gn, g_gb),
+                       small(*outs))
+        return outs
 
     def bias_act(mode, x, b, g, dim, act, alpha, gain, clamp):
         out = torch.empty_like(x)
@@ -150,10 +195,12 @@ def fake_kernels(counter: Traffic) -> Iterator[None]:
 
     _bias_act_triton.launch, _upfirdn2d_triton.launch, _modconv_triton.launch = (
         bias_act, upfirdn2d, modulate)
+    sba.forward, sba.backward, sba.backward2 = sba_forward, sba_backward, sba_backward2
     try:
         yield
     finally:
         _bias_act_triton.launch, _upfirdn2d_triton.launch, _modconv_triton.launch = saved
+        sba.forward, sba.backward, sba.backward2 = saved_sba
 
 
 def count(args: argparse.Namespace) -> dict[str, Traffic]:

@@ -43,6 +43,8 @@ def test_tiny_recipe_counts_every_phase_with_the_fused_stand_ins() -> None:
         assert t.bytes["conv"][0] > 0, name
         assert t.bytes["triton bias_act"][2] > 0, name
         assert t.bytes["triton upfirdn2d"][2] > 0, name
+        if name.startswith("G"):
+            assert t.bytes["triton scale_bias_act"][2] > 0, name
     ref = traffic.count(argparse.Namespace(**{**vars(args), "ops": "reference"}))
     assert "triton bias_act" not in ref["Gmain"].bytes
     assert ref["Gmain"].bytes["fir (depthwise conv)"][2] > 0

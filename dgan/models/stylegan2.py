@@ -22,7 +22,7 @@ from dgan.models._layers import (
     check_resolution,
 )
 from dgan.models._stylegan2_d import Discriminator
-from dgan.ops import ACTIVATIONS, bias_act, modulated_conv2d, setup_filter, upsample2d
+from dgan.ops import ACTIVATIONS, modulated_conv2d, setup_filter, upsample2d
 
 __all__ = ["Discriminator", "Generator", "MappingNetwork", "SynthesisNetwork"]
 
@@ -56,12 +56,12 @@ class SynthesisLayer(nn.Module):
             noise = self.noise_const * self.noise_strength
         elif noise_mode != "none":
             raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
-        x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=1,
-                             resample_filter=self.resample_filter,
-                             fused_modconv=self.fused_modconv)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, self.bias, act="lrelu", gain=ACTIVATIONS["lrelu"][1] * gain,
-                        clamp=clamp)
+        # Demodulation, noise, bias, lrelu and clamp are one pass (modulated_conv2d's epilogue).
+        return modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=1,
+                                resample_filter=self.resample_filter,
+                                fused_modconv=self.fused_modconv, bias=self.bias, act="lrelu",
+                                gain=ACTIVATIONS["lrelu"][1] * gain, clamp=clamp)
 
 
 class ToRGBLayer(nn.Module):
@@ -78,9 +78,9 @@ class ToRGBLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False,
-                             fused_modconv=self.fused_modconv)
-        return bias_act(x, self.bias, clamp=self.conv_clamp)
+        return modulated_conv2d(x, self.weight, styles, demodulate=False,
+                                fused_modconv=self.fused_modconv, bias=self.bias,
+                                clamp=self.conv_clamp)
 
 
 class SynthesisBlock(nn.Module):

@@ -28,12 +28,17 @@ from __future__ import annotations
 import torch
 
 from dgan.ops._dispatch import use_fused
+from dgan.ops.bias_act import bias_act
 from dgan.ops.conv2d_resample import conv2d_resample
+from dgan.ops.scale_bias_act import scale_bias_act
 
 DEMOD_EPS = 1e-8
 # 1x1 modulated convolutions without resampling run as one batched matmul (see
 # _modulated_matmul); False restores the scale-then-convolve form (benchmark ablations).
 MATMUL_1X1 = True
+# The styles multiply and the demodulation + noise + bias + activation epilogue run as
+# scale_bias_act passes; False restores the separate multiply / addcmul / bias_act passes.
+FUSED_EPILOGUE = True
 
 
 def _demod_coefs(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
@@ -106,7 +111,7 @@ def modulate_weight(
 
 
 def _modulated_matmul(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
-                      noise: torch.Tensor | None, demodulate: bool) -> torch.Tensor:
+                      demodulate: bool) -> torch.Tensor:
     """A 1x1 modulated convolution (toRGB) as one batched matmul with per-sample weights.
 
     ``[N, HW, I] @ [N, I, O]`` reads the activations once; scaling them by ``styles`` first
@@ -122,19 +127,37 @@ def _modulated_matmul(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tenso
     o = wn.shape[1]
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         y = torch.bmm(x.permute(0, 2, 3, 1).reshape(n, h * w_, i), wn.transpose(1, 2))
-        y = y.reshape(n, h, w_, o).permute(0, 3, 1, 2)
-    else:
-        y = torch.bmm(wn, x.reshape(n, i, h * w_)).reshape(n, o, h, w_)
-    return y + noise.to(y.dtype) if noise is not None else y
+        return y.reshape(n, h, w_, o).permute(0, 3, 1, 2)
+    return torch.bmm(wn, x.reshape(n, i, h * w_)).reshape(n, o, h, w_)
+
+
+def _epilogue(x: torch.Tensor, scale: torch.Tensor | None, noise: torch.Tensor | None,
+              bias: torch.Tensor | None, act: str, gain: float | None, clamp: float | None,
+              impl: str | None) -> torch.Tensor:
+    """``act(x * scale[n, c] + noise + bias) * gain``, clamped: one :func:`scale_bias_act` pass."""
+    if FUSED_EPILOGUE:
+        return scale_bias_act(x, scale, noise, bias, act, gain=gain, clamp=clamp, impl=impl)
+    # The separate passes this replaced (kept for benchmark ablations).
+    if scale is not None:
+        d = scale.to(x.dtype)[:, :, None, None]
+        x = torch.addcmul(noise.to(x.dtype), x, d) if noise is not None else x * d
+    elif noise is not None:
+        x = x + noise.to(x.dtype)
+    if bias is None and act == "linear" and gain in (None, 1.0) and clamp is None:
+        return x
+    return bias_act(x, bias, act=act, gain=gain, clamp=clamp, impl=impl)
 
 
 def modulated_conv2d(
     x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
     noise: torch.Tensor | None = None, up: int = 1, down: int = 1, padding: int = 0,
     resample_filter: torch.Tensor | None = None, demodulate: bool = True,
-    fused_modconv: bool = True, impl: str | None = None,
+    fused_modconv: bool = True, impl: str | None = None, bias: torch.Tensor | None = None,
+    act: str = "linear", gain: float | None = None, clamp: float | None = None,
 ) -> torch.Tensor:
-    """Modulated convolution ``[N, I, H, W] -> [N, O, H*up/down, W*up/down]``.
+    """Modulated convolution ``[N, I, H, W] -> [N, O, H*up/down, W*up/down]``, then the
+    layer's epilogue ``clamp(act(y + noise + bias) * gain)`` in the same pass as the
+    demodulation (see :func:`dgan.ops.scale_bias_act`; the defaults leave ``y + noise``).
 
     See the module docstring. The result has ``x``'s dtype; ``weight`` and ``styles``
     may be float32 master copies.
@@ -148,19 +171,20 @@ def modulated_conv2d(
         weight = weight * (1 / (i * kh * kw) ** 0.5
                            / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    epilogue = {"noise": noise, "bias": bias, "act": act, "gain": gain, "clamp": clamp,
+                "impl": impl}
     if MATMUL_1X1 and kh == kw == 1 and up == down == 1 and padding == 0 and x.ndim == 4:
-        return _modulated_matmul(x, weight, styles, noise, demodulate)
+        return _epilogue(_modulated_matmul(x, weight, styles, demodulate), None, **epilogue)
     if not fused_modconv:
-        x = x * styles.to(x.dtype)[:, :, None, None]
+        if FUSED_EPILOGUE:
+            x = scale_bias_act(x, styles, impl=impl)
+        else:
+            x = x * styles.to(x.dtype)[:, :, None, None]
         x = conv2d_resample(x, weight.to(x.dtype), resample_filter, up, down, padding, impl=impl)
-        if not demodulate:
-            return x + noise.to(x.dtype) if noise is not None else x
-        d = _demod_coefs(weight, styles).to(x.dtype)[:, :, None, None]
-        # One fused multiply-add pass over the activations instead of two.
-        return torch.addcmul(noise.to(x.dtype), x, d) if noise is not None else x * d
+        d = _demod_coefs(weight, styles) if demodulate else None
+        return _epilogue(x, d, **epilogue)
     w = modulate_weight(weight, styles, demodulate, out_dtype=x.dtype, impl=impl)
     x = x.reshape(1, n * i, *x.shape[2:])
     x = conv2d_resample(x, w.reshape(n * o, i, kh, kw), resample_filter, up, down, padding,
                         groups=n, impl=impl)
-    x = x.reshape(n, o, *x.shape[2:])
-    return x + noise.to(x.dtype) if noise is not None else x
+    return _epilogue(x.reshape(n, o, *x.shape[2:]), None, **epilogue)
