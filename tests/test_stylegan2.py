@@ -194,7 +194,7 @@ def test_linear_conv_layer_folds_its_gain_into_the_weight(down: int, monkeypatch
     w = layer.weight * layer.weight_gain
     want = conv2d_resample(x, w, layer.resample_filter, down=down) * 0.7
     with monkeypatch.context() as m:
-        m.setattr(_layers, "bias_act", lambda *a, **k: pytest.fail("bias_act was called"))
+        m.setattr(_layers, "scale_bias_act", lambda *a, **k: pytest.fail("bias_act was called"))
         got = layer(x, gain=0.7)
     torch.testing.assert_close(got, want)
     # With a bias the activation pass stays: gain applies after the bias.

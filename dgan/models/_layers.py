@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from dgan.ops import ACTIVATIONS, bias_act, conv2d_resample, setup_filter
+from dgan.ops import ACTIVATIONS, bias_act, conv2d_resample, scale_bias_act, setup_filter
 
 
 def channels_at(res: int, channel_base: int, channel_max: int) -> int:
@@ -103,7 +103,10 @@ class Conv2dLayer(nn.Module):
         if linear:
             return x
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+        # scale_bias_act rather than bias_act: its backward reduces the bias gradient in the
+        # same pass as dx instead of reading dx again.
+        return scale_bias_act(x, b=self.bias, act=self.activation, gain=self.act_gain * gain,
+                              clamp=clamp)
 
 
 class MappingNetwork(nn.Module):
