@@ -4,6 +4,10 @@ For each op: forward+backward time (ms, median of CUDA-event timings) for the re
 and the fused path, the speed-up, and the relative difference of the outputs on the same
 inputs, ``||fused - reference|| / ||reference||`` (both in the benchmark dtype).
 
+For the ``scale_bias_act`` rows the "reference" column is what the synthesis layer runs
+without it: ``torch.addcmul(noise, x, d)`` followed by ``bias_act`` (fused when the fused
+path is available), and the pre-convolution styles multiply ``x * s[:, :, None, None]``.
+
     python benchmarks/ops_parity.py                 # GPU, bf16, channels_last
     python benchmarks/ops_parity.py --tiny          # CPU smoke test (reference only)
 """
@@ -17,7 +21,14 @@ from collections.abc import Callable
 
 import torch
 
-from dgan.ops import bias_act, modulate_weight, setup_filter, triton_available, upfirdn2d
+from dgan.ops import (
+    bias_act,
+    modulate_weight,
+    scale_bias_act,
+    setup_filter,
+    triton_available,
+    upfirdn2d,
+)
 
 
 def _time(fn: Callable[[], torch.Tensor], device: torch.device, reps: int) -> float:
@@ -60,6 +71,35 @@ def cases(n: int, scale: int, device: torch.device, dtype: torch.dtype):
         w = torch.randn(512 // scale, 512 // scale, 3, 3, device=device, requires_grad=True)
         return w, torch.randn(n, 512 // scale, device=device, requires_grad=True)
 
+    # The 256x256 synthesis layer: [N, 64, 256, 256] activations, fp32 per-sample coefficients.
+    c256, r256 = 64 // scale, 256 // scale
+    # The composition's bias_act: fused whenever the fused path runs at all.
+    base = "fused" if device.type == "cuda" and triton_available() else "reference"
+
+    def epi_inputs():
+        x = torch.randn(n, c256, r256, r256, device=device, dtype=dtype)
+        d = torch.rand(n, c256, device=device) + 0.5  # demodulation coefficients
+        noise = torch.randn(n, 1, r256, r256, device=device, dtype=dtype)
+        b = torch.randn(c256, device=device)
+        return (x.to(memory_format=cl).requires_grad_(), d.requires_grad_(),
+                noise.requires_grad_(), b.requires_grad_())
+
+    def epilogue(impl, x, d, noise, b):
+        if impl == "fused":
+            return scale_bias_act(x, d, noise, b, act="lrelu", clamp=256, impl="fused")
+        y = torch.addcmul(noise.to(x.dtype), x, d.to(x.dtype)[:, :, None, None])
+        return bias_act(y, b, act="lrelu", clamp=256, impl=base)
+
+    def styles_inputs():
+        x = torch.randn(n, c256, r256, r256, device=device, dtype=dtype)
+        s = torch.randn(n, c256, device=device)
+        return x.to(memory_format=cl).requires_grad_(), s.requires_grad_()
+
+    def styles(impl, x, s):
+        if impl == "fused":
+            return scale_bias_act(x, s, impl="fused")
+        return x * s.to(x.dtype)[:, :, None, None]
+
     return [
         ("bias_act lrelu+clamp", act_inputs,
          lambda impl, x, b: bias_act(x, b, act="lrelu", clamp=256, impl=impl)),
@@ -69,6 +109,8 @@ def cases(n: int, scale: int, device: torch.device, dtype: torch.dtype):
          lambda impl, x: upfirdn2d(x, f, down=2, padding=1, impl=impl)),
         ("modulate+demodulate weights", mod_inputs,
          lambda impl, w, s: modulate_weight(w, s, out_dtype=dtype, impl=impl)),
+        ("scale+noise+bias+lrelu+clamp", epi_inputs, epilogue),
+        ("styles scale x*s (before conv)", styles_inputs, styles),
     ]
 
 

@@ -19,7 +19,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dgan.ops import ACTIVATIONS, bias_act, modulated_conv2d, setup_filter, upfirdn2d
+from dgan.ops import (
+    ACTIVATIONS,
+    bias_act,
+    modulated_conv2d,
+    scale_bias_act,
+    setup_filter,
+    upfirdn2d,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -110,3 +117,60 @@ def test_modulated_conv2d_fused_matches_reference(dtype, up, down, k, fused) -> 
     _check(lambda x, w, s, impl: modulated_conv2d(x, w, s, up=up, down=down, padding=k // 2,
                                                   resample_filter=f, fused_modconv=fused,
                                                   impl=impl), [x, w, s], dtype)
+
+
+# scale_bias_act: (act, clamp, parts, noise shape: "random" [N,1,H,W] / "const" [H,W], shape)
+SBA_CASES = {
+    "epilogue": ("lrelu", 256, "snb", "random", (5, 67, 19, 23)),
+    "epilogue_c64": ("lrelu", 256, "snb", "random", (4, 64, 40, 36)),
+    "const_noise": ("lrelu", 256, "snb", "const", (3, 33, 17, 31)),
+    "styles": ("linear", None, "s", None, (5, 67, 19, 23)),
+    "bias_act": ("lrelu", 256, "b", None, (3, 65, 9, 11)),
+    "tanh": ("tanh", None, "snb", "random", (3, 33, 17, 31)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(SBA_CASES))
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_scale_bias_act_fused_matches_reference(dtype, case, channels_last) -> None:
+    act, clamp, parts, noise, (n, c, h, w) = SBA_CASES[case]
+    g = torch.Generator().manual_seed(sum(map(ord, case)))
+    x = torch.randn(n, c, h, w, generator=g).cuda()
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    inputs, names = [x], []
+    if "s" in parts:
+        inputs.append(torch.randn(n, c, generator=g).cuda() + 1)
+        names.append("scale")
+    if "n" in parts:
+        shape = (n, 1, h, w) if noise == "random" else (h, w)
+        inputs.append(torch.randn(shape, generator=g).cuda())
+        names.append("noise")
+    if "b" in parts:
+        inputs.append(torch.randn(c, generator=g).cuda())
+        names.append("b")
+
+    def fn(x, *rest, impl):
+        return scale_bias_act(x, **dict(zip(names, rest)), act=act, clamp=clamp, impl=impl)
+
+    # Values representable in ``dtype``, so the truth sees what the fused path sees: otherwise
+    # an element whose v = x*s + noise + b lies within the input rounding of lrelu's kink
+    # takes the other slope than in the truth (whichever path computes it), and a handful of
+    # such elements decide the comparison (seen with fp16 under the interpreter).
+    _check(fn, [t.to(dtype).float() for t in inputs], dtype)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_scale_bias_act_fused_clamped_float32(channels_last) -> None:
+    """An active clamp (a third of the outputs clamped): in fp32 the mask agrees with the
+    float64 truth except within rounding of the bound."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(6, 37, 21, 13, generator=g).cuda()
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    s = torch.randn(6, 37, generator=g).cuda() + 1
+    nz = torch.randn(6, 1, 21, 13, generator=g).cuda()
+    b = torch.randn(37, generator=g).cuda()
+    _check(lambda x, s, nz, b, impl: scale_bias_act(x, s, nz, b, act="lrelu", clamp=1.0,
+                                                    impl=impl), [x, s, nz, b], torch.float32)
