@@ -121,9 +121,14 @@ class Traffic(TorchDispatchMode):
 @contextlib.contextmanager
 def fake_kernels(counter: Traffic) -> Iterator[None]:
     """Replace the Triton launches with shape-only stand-ins that record their traffic."""
-    from dgan.ops import _bias_act_triton, _modconv_triton, _upfirdn2d_triton
-    from dgan.ops import _scale_bias_act_triton as sba
+    import importlib
 
+    from dgan.ops import _bias_act_triton, _modconv_triton, _upfirdn2d_triton
+
+    try:  # absent before scale_bias_act existed: lets this script count older commits too
+        sba = importlib.import_module("dgan.ops._scale_bias_act_triton")
+    except ImportError:
+        sba = argparse.Namespace(forward=None, backward=None, backward2=None)
     saved = _bias_act_triton.launch, _upfirdn2d_triton.launch, _modconv_triton.launch
     saved_sba = sba.forward, sba.backward, sba.backward2
 
