@@ -149,11 +149,11 @@ def check_custom_op() -> None:
     _close(y, upfirdn2d_reference(x, f, 2, 1, (2, 1, 2, 1)))
 
 
-def check_compiled_stylegan2() -> None:
+def check_compiled_stylegan2(device: str = "cpu") -> None:
     """Tiny G and D (channels_last, the training layout) compiled with Inductor on the fused
     path: zero graph breaks, the custom op in the generated forward and backward code, the
     kernel launched as often as in eager mode and never through the eager autograd Function,
-    outputs and first-order gradients equal to eager."""
+    outputs and first-order gradients equal to eager (fp32; TF32 off on CUDA)."""
     import sys
 
     import torch._dynamo
@@ -166,9 +166,9 @@ def check_compiled_stylegan2() -> None:
     ops.set_impl("fused")
     torch.manual_seed(0)
     kw = {"img_resolution": 32, "channel_base": 256, "channel_max": 32, "channels_last": True}
-    G = Generator(z_dim=32, w_dim=32, mapping_layers=2, **kw)
-    D = Discriminator(**kw)
-    z = torch.randn(4, 32)
+    G = Generator(z_dim=32, w_dim=32, mapping_layers=2, **kw).to(device)
+    D = Discriminator(**kw).to(device)
+    z = torch.randn(4, 32, device=device)
 
     # Graph breaks, with the training-time forward (random noise, style mixing).
     ex_g = torch._dynamo.explain(G)(z, style_mixing_prob=0.9)
@@ -193,9 +193,6 @@ def check_compiled_stylegan2() -> None:
         counts["function"] += 1
         return forward(*args, **kwargs)
 
-    _upfirdn2d_triton.launch = counting_launch
-    mod._UpFirDn2dFused.forward = staticmethod(counting_forward)
-
     def step(g, d):
         G.zero_grad(set_to_none=True)
         D.zero_grad(set_to_none=True)
@@ -205,13 +202,19 @@ def check_compiled_stylegan2() -> None:
         grads = [p.grad.clone() for p in [*G.parameters(), *D.parameters()]]
         return img.detach(), logits.detach(), grads
 
-    eager = step(G, D)
-    eager_counts = dict(counts)
-    counts.update(launch=0, function=0)
-    gc, dc = torch.compile(G, backend="inductor"), torch.compile(D, backend="inductor")
-    compiled, code = run_and_get_code(step, gc, dc)
-    compiled_counts = dict(counts)
-    ops.set_impl(None)
+    _upfirdn2d_triton.launch = counting_launch
+    mod._UpFirDn2dFused.forward = staticmethod(counting_forward)
+    try:
+        eager = step(G, D)
+        eager_counts = dict(counts)
+        counts.update(launch=0, function=0)
+        gc, dc = torch.compile(G, backend="inductor"), torch.compile(D, backend="inductor")
+        compiled, code = run_and_get_code(step, gc, dc)
+        compiled_counts = dict(counts)
+    finally:
+        _upfirdn2d_triton.launch = launch
+        mod._UpFirDn2dFused.forward = staticmethod(forward)
+        ops.set_impl(None)
 
     # 3 blocks: up-conv FIR + image-skip upsample in G, conv and skip downsample in D.
     assert in_graphs == {"G": 6, "D": 6}, in_graphs
@@ -236,6 +239,19 @@ def _run_check(name: str, timeout: int) -> None:
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), name], env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.gpu
+def test_compiled_stylegan2_keeps_the_fused_fir_on_cuda() -> None:
+    """The same check on a GPU (Inductor's CUDA code generation; not run on the CPU)."""
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        check_compiled_stylegan2("cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch._dynamo.reset()
+        ops.set_impl(None)
 
 
 def test_custom_op_matches_the_reference_under_interpreter() -> None:
