@@ -10,8 +10,12 @@ weighted by how often it runs) and the achieved fraction of the card's dense bf1
     python benchmarks/train_throughput.py --tiny --steps 4      # CPU smoke test (32x32)
 
 Modes: ``reference`` (plain PyTorch ops), ``fused`` (Triton ops), ``compile`` (Triton ops
-for the double-backward phases, ``torch.compile`` for Gmain/Dmain, whose ops then lower
-to the reference so Inductor can fuse them), and two ablations: ``fused-nogradfix`` (fused,
+for the double-backward phases; ``torch.compile`` of G and D for Gmain/Dmain, as the
+trainer's ``train.compile`` does: there bias_act and the modulation lower to the reference
+so Inductor can fuse them, while upfirdn2d stays the Triton kernel as the custom op
+``dgan::upfirdn2d``), ``compile-graphs`` (the same with ``mode="reduce-overhead"``: CUDA
+graphs for the compiled G and D only; Greg and Dreg, which run G at half the batch, stay
+eager; on a CPU it is plain ``compile``), and two ablations: ``fused-nogradfix`` (fused,
 but convolutions through torch's own double backward instead of ``conv2d_gradfix``) and
 ``fused-old`` (that, plus the first, 1D upfirdn2d kernel for channels_last tensors).
 """
@@ -65,8 +69,11 @@ class Setup:
         loss_kw = {"augment": augment, "r1_gamma": 0.8192}
         self.loss_reg = StyleGAN2Loss(self.G, self.D, **loss_kw).to(device)
         g_main, d_main = self.G, self.D
-        if mode == "compile":
-            g_main, d_main = torch.compile(self.G), torch.compile(self.D)
+        # Wrappers around the same modules: Greg/Dreg (loss_reg) train the same parameters.
+        self.graphs = mode == "compile-graphs"
+        if mode in ("compile", "compile-graphs"):
+            kw = {"mode": "reduce-overhead"} if self.graphs else {}
+            g_main, d_main = torch.compile(self.G, **kw), torch.compile(self.D, **kw)
         self.loss_main = StyleGAN2Loss(g_main, d_main, **loss_kw).to(device)
         self.device = device
         self.dtype = {"bf16": torch.bfloat16, "fp32": None}[args.precision]
@@ -82,6 +89,10 @@ class Setup:
         net.requires_grad_(True)
         amp = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
                else contextlib.nullcontext())
+        if self.graphs and name in ("Gmain", "Dmain"):
+            # A new CUDA-graph generation: no output of an earlier replay is used after this
+            # (the losses and stats are eager tensors computed from the graphs' outputs).
+            torch.compiler.cudagraph_mark_step_begin()
         with amp:
             n = real.shape[0]
             if name == "Gmain":
@@ -195,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tiny", action="store_true", help="32x32, tiny channels: CPU smoke test")
     p.add_argument("--batches", type=int, nargs="+", default=None)
     p.add_argument("--modes", nargs="+", default=None,
-                   choices=["reference", "fused", "compile", "fused-nogradfix", "fused-old"])
+                   choices=["reference", "fused", "compile", "compile-graphs",
+                            "fused-nogradfix", "fused-old"])
     p.add_argument("--steps", type=int, default=None, help="timed steps (use multiples of 16)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None)

@@ -91,6 +91,7 @@ class TrainConfig:
     ema_kimg: float = 10.0  # stylegan2: G_ema half-life in thousands of images
     ema_rampup: float = 0.05  # stylegan2: half-life at most this fraction of images seen
     tf32: bool = True  # on CUDA: TF32 for fp32 matmuls/convolutions (cudnn.benchmark is on)
+    compile: bool = False  # stylegan2, ddp: torch.compile G and D for the Gmain/Dmain phases
 
 
 @dataclass
@@ -242,6 +243,16 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("loss.r1_gamma > 0 is not supported with backend.name=deepspeed "
                           "(DeepSpeed treats R1's input-gradient pass as a training backward); "
                           "use backend.name=ddp for R1")
+    if cfg.train.compile and cfg.model.name != "stylegan2":
+        raise ConfigError(f"train.compile=true is not supported with model.name="
+                          f"{cfg.model.name}: it compiles the StyleGAN2 recipe's Gmain/Dmain "
+                          "phases; use train.compile=false")
+    if cfg.train.compile and cfg.backend.name == "deepspeed":
+        # A compiled wrapper would have to sit inside the engine (engine.module), which the
+        # eager Greg/Dreg phases also call, or around the engine and its ZeRO hooks.
+        raise ConfigError("train.compile=true is not supported with backend.name=deepspeed "
+                          "(the engine owns the module that the eager phases call too); use "
+                          "backend.name=ddp or train.compile=false")
     for metric in cfg.eval.metrics:
         if metric not in METRICS:
             raise ConfigError(f"bad value in 'eval.metrics': {metric!r}; expected any of {list(METRICS)}")

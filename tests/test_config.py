@@ -54,3 +54,14 @@ def test_every_shipped_config_loads():
     assert configs
     for path in configs:
         load_config(str(path))
+
+
+def test_compile_is_off_by_default_and_only_for_stylegan2_on_ddp():
+    assert load_config().train.compile is False
+    cfg = load_config(None, ["model.name=stylegan2", "data.resolution=32", "train.compile=true"])
+    assert cfg.train.compile is True
+    with pytest.raises(ConfigError, match=r"train\.compile.*model\.name=dcgan"):
+        load_config(None, ["train.compile=true"])
+    with pytest.raises(ConfigError, match=r"train\.compile.*backend\.name=deepspeed"):
+        load_config(None, ["model.name=stylegan2", "data.resolution=32", "train.compile=true",
+                           "backend.name=deepspeed"])

@@ -54,3 +54,44 @@ def test_stylegan2_trains_all_phases_and_resumes_exactly(tmp_path, stacked, monk
     a, b = flat_state(straight), flat_state(resumed)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_stylegan2_compiled_main_phases_train_and_save_the_same_keys(tmp_path, stacked):
+    """train.compile=true (reference ops, Inductor on the CPU): Gmain/Dmain run through
+    torch.compile wrappers of the trained modules, Greg/Dreg through the modules themselves,
+    and the checkpoint has exactly the keys of an uncompiled run (no `_orig_mod.`)."""
+    from dgan.engine.stylegan2_recipe import COMPILED_PHASES
+
+    short = ("train.steps=2", "checkpoint.every=2", "log.every=2")
+    plain = fit(sg2_config(tmp_path / "plain", stacked, *short))
+    compiled = fit(sg2_config(tmp_path / "compiled", stacked, "train.compile=true", *short))
+    recipe, b = compiled.recipe, compiled.backend
+    assert plain.recipe.compiled == {}
+    for phase in ("Gmain", "Greg", "Dmain", "Dreg"):
+        g, d = recipe.networks(phase)
+        want_g, want_d = (b.g, b.d_module) if phase[0] == "G" else (b.g_module, b.d)
+        if phase in COMPILED_PHASES:
+            # a wrapper around the very module the eager phases train: shared parameters
+            assert g._orig_mod is want_g and d._orig_mod is want_d, phase
+            assert g is recipe.compiled[want_g] and d is recipe.compiled[want_d]
+        else:
+            assert g is want_g and d is want_d, phase
+    assert len(recipe.compiled) >= 2
+    assert all(p is q for p, q in zip(recipe.networks("Gmain")[0].parameters(),
+                                      b.g_module.parameters()))
+    a = checkpoint.load_latest(tmp_path / "plain")[1]
+    c = checkpoint.load_latest(tmp_path / "compiled")[1]
+    assert c["step"] == 2 and c["config"]["train"]["compile"] is True
+    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "recipe"):
+        assert sorted(flatten_keys(c[key])) == sorted(flatten_keys(a[key])), key
+    assert not any("_orig_mod" in k for k in flatten_keys(c))
+    for v in flat_state(compiled).values():
+        if v.is_floating_point():
+            assert torch.isfinite(v).all()
+
+
+def flatten_keys(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return [prefix]
+    return [k for key, v in tree.items() for k in flatten_keys(v, f"{prefix}{key}.")]

@@ -9,6 +9,12 @@ called unwrapped (no gradient sync for a frozen D), in D phases G runs without g
 The global torch RNG (latents, style mixing, noise inputs, augmentation) is reseeded
 from (run.seed, rank, step) at the start of every step: a resumed run draws exactly
 what the uninterrupted one would have, with no RNG state to carry.
+
+`train.compile`: Gmain and Dmain (first-order, most of the step) call `torch.compile`
+wrappers of the same networks the other phases call; Greg and Dreg stay eager, since
+they differentiate twice, which compiled graphs do not support. A wrapper holds the
+module, not a copy, so parameters, buffers, optimizers and checkpoints are the eager
+modules' own. The loss object is the same one; only the G/D it calls per phase differ.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dgan.augment import AdaptiveAugment
 from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_ema
 
 PHASES = {"Gmain": "g_main", "Greg": "g_reg", "Dmain": "d_main", "Dreg": "d_reg"}
+COMPILED_PHASES = ("Gmain", "Dmain")  # train.compile: the first-order phases
 ADA_INTERVAL = 4  # steps between augmentation-probability updates
 
 
@@ -55,6 +62,24 @@ class StyleGAN2Recipe:
             backend.g, backend.d, augment=self.augment, r1_gamma=lc.r1_gamma,
             r1_interval=lc.r1_interval, pl_weight=lc.pl_weight, pl_interval=lc.pl_interval,
             style_mixing_prob=lc.style_mixing, z_dim=cfg.model.z_dim).to(backend.device)
+        self.compile = bool(cfg.train.compile)
+        # module -> its torch.compile wrapper (made on first use; never part of any state)
+        self.compiled: dict[nn.Module, nn.Module] = {}
+
+    def networks(self, phase: str) -> tuple[nn.Module, nn.Module]:
+        """(G, D) that `phase` calls: the trained network wrapped by the backend (gradient
+        sync), the other one plain; compiled wrappers of those in Gmain/Dmain under
+        `train.compile`."""
+        b = self.backend
+        g, d = (b.g, b.d_module) if phase[0] == "G" else (b.g_module, b.d)
+        if self.compile and phase in COMPILED_PHASES:
+            g, d = self._compiled(g), self._compiled(d)
+        return g, d
+
+    def _compiled(self, module: nn.Module) -> nn.Module:
+        if module not in self.compiled:
+            self.compiled[module] = torch.compile(module)
+        return self.compiled[module]
 
     def step(self, step: int, real: torch.Tensor, c: torch.Tensor | None
              ) -> dict[str, torch.Tensor]:
@@ -70,7 +95,7 @@ class StyleGAN2Recipe:
                 # G phases: G wrapped (its gradients sync), D frozen and unwrapped; D phases:
                 # D wrapped, G only generates (no grad) unwrapped. Plain attributes, so the
                 # networks never become part of the loss's state_dict.
-                g, d = (b.g, b.d_module) if net == "G" else (b.g_module, b.d)
+                g, d = self.networks(phase)
                 object.__setattr__(self.loss, "G", g)
                 object.__setattr__(self.loss, "D", d)
                 with b.autocast():

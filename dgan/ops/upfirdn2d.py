@@ -18,6 +18,12 @@ swapped and transposed padding, so both paths differentiate to any order. The fu
 path is one Triton kernel per call (forward and every backward), float32/bf16/fp16 with
 fp32 accumulation, NCHW or channels_last (channels_last has its own 2D-tiled kernel with
 vectorised channel loads; see :mod:`dgan.ops._upfirdn2d_triton`).
+
+Eager calls go through an autograd Function (``_UpFirDn2dFused``). Inside a torch.compile
+region the fused path is the ``torch.library`` custom op ``dgan::upfirdn2d`` instead (with a
+fake implementation for tracing and an autograd formula that calls the op again), so the
+compiler keeps the Triton kernel as one node rather than breaking the graph or lowering to
+the depthwise-convolution reference (see :mod:`dgan.ops._dispatch`).
 """
 
 from __future__ import annotations
@@ -120,12 +126,76 @@ class _UpFirDn2dFused(torch.autograd.Function):
         fh, fw = f2d.shape
         h, w = xshape[2], xshape[3]
         oh, ow = yshape[2], yshape[3]
-        pad = (
-            fw - px0 - 1, w * upx - ow * downx + px0 - upx + 1,
-            fh - py0 - 1, h * upy - oh * downy + py0 - upy + 1,
-        )
+        pad = _transposed_padding(fh, fw, h, w, oh, ow, upx, upy, downx, downy, px0, py0)
         dx = _UpFirDn2dFused.apply(dy, f2d.flip([0, 1]), (downx, downy), (upx, upy), pad)
         return dx, None, None, None, None
+
+
+def _transposed_padding(fh: int, fw: int, h: int, w: int, oh: int, ow: int, upx: int, upy: int,
+                        downx: int, downy: int, px0: int, py0: int) -> tuple[int, int, int, int]:
+    """Padding of the gradient op (flipped filter, ``up``/``down`` swapped) of a forward that
+    mapped ``[H, W]`` to ``[OH, OW]``: it maps ``[OH, OW]`` back to ``[H, W]``."""
+    return (fw - px0 - 1, w * upx - ow * downx + px0 - upx + 1,
+            fh - py0 - 1, h * upy - oh * downy + py0 - upy + 1)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """The layout rule of :func:`dgan.ops._upfirdn2d_triton.launch`: its output is
+    channels_last exactly when this is true for its input, contiguous otherwise."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+# The fused kernel as a ``torch.library`` custom op, used only inside torch.compile regions:
+# Dynamo keeps it as one node (no graph break) and Inductor calls it as an opaque kernel
+# between the code it generates. ``f`` is the fp32 ``[FH, FW]`` correlation kernel with flip
+# and gain applied (as ``launch`` wants). ``channels_last`` is the layout the caller traced
+# (``_is_channels_last(x)``) and fixes the output layout, so the fake implementation and the
+# real one agree even if a compiled graph hands the op an input with other strides than at
+# tracing time (the input is then converted first). The eager path keeps
+# ``_UpFirDn2dFused``, whose derivatives of every order R1 and path length use.
+_SCHEMA = ("(Tensor x, Tensor f, int upx, int upy, int downx, int downy, int padx0, int padx1, "
+           "int pady0, int pady1, bool channels_last) -> Tensor")
+
+
+@torch.library.custom_op("dgan::upfirdn2d", mutates_args=(), schema=_SCHEMA)
+def _upfirdn2d_op(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, channels_last):
+    from dgan.ops import _upfirdn2d_triton as k
+
+    if _is_channels_last(x) != channels_last:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
+    return k.launch(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1)
+
+
+@_upfirdn2d_op.register_fake
+def _upfirdn2d_fake(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, channels_last):
+    n, c, h, w = x.shape
+    fh, fw = f.shape
+    oh = _out_size(h, upy, downy, pady0, pady1, fh)
+    ow = _out_size(w, upx, downx, padx0, padx1, fw)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((n, c, max(oh, 0), max(ow, 0)), dtype=x.dtype, device=x.device,
+                       memory_format=fmt)
+
+
+def _upfirdn2d_setup(ctx, inputs, output):
+    x, f, upx, upy, downx, downy, padx0, _, pady0, _, _ = inputs
+    ctx.save_for_backward(f)
+    ctx.cfg = (x.shape[2], x.shape[3], output.shape[2], output.shape[3], upx, upy, downx, downy,
+               padx0, pady0)
+
+
+def _upfirdn2d_backward(ctx, dy):
+    (f,) = ctx.saved_tensors
+    h, w, oh, ow, upx, upy, downx, downy, px0, py0 = ctx.cfg
+    pad = _transposed_padding(f.shape[0], f.shape[1], h, w, oh, ow, upx, upy, downx, downy,
+                              px0, py0)
+    dx = torch.ops.dgan.upfirdn2d(dy, f.flip([0, 1]), downx, downy, upx, upy, *pad,
+                                  _is_channels_last(dy))
+    return (dx,) + (None,) * 10
+
+
+_upfirdn2d_op.register_autograd(_upfirdn2d_backward, setup_context=_upfirdn2d_setup)
 
 
 def upfirdn2d(
@@ -142,14 +212,25 @@ def upfirdn2d(
         raise ValueError(f"upfirdn2d expects [N, C, H, W], got shape {tuple(x.shape)}")
     if not use_fused("upfirdn2d", x, impl):
         return upfirdn2d_reference(x, f, up, down, padding, flip_filter, gain)
+    f2d = _fused_filter(f, flip_filter, gain, x.device)
+    up, down, pad = _pair(up), _pair(down), _padding(padding)
+    if torch.compiler.is_compiling():
+        # One opaque node for Dynamo/Inductor (no graph break); its backward is the same op.
+        return torch.ops.dgan.upfirdn2d(x, f2d, *up, *down, *pad, _is_channels_last(x))
+    return _UpFirDn2dFused.apply(x, f2d, up, down, pad)
+
+
+def _fused_filter(f: torch.Tensor | None, flip_filter: bool, gain: float,
+                  device: torch.device) -> torch.Tensor:
+    """The kernels' filter: fp32 ``[FH, FW]`` correlation taps with ``gain`` applied."""
     if f is None:
-        f = torch.ones(1, 1, dtype=torch.float32, device=x.device)
-    f = f.to(device=x.device, dtype=torch.float32)
+        f = torch.ones(1, 1, dtype=torch.float32, device=device)
+    f = f.to(device=device, dtype=torch.float32)
     f2d = torch.outer(f, f) if f.ndim == 1 else f
     f2d = f2d * gain
     if not flip_filter:
         f2d = f2d.flip([0, 1])
-    return _UpFirDn2dFused.apply(x, f2d.contiguous(), _pair(up), _pair(down), _padding(padding))
+    return f2d.contiguous()
 
 
 def _fsize(f: torch.Tensor | None) -> tuple[int, int]:
