@@ -2,20 +2,25 @@
 # All GPU checks for one lent-device session, in order of importance, each under its own
 # time limit so that one hang costs only its own slot (times seen on an H200 in brackets):
 #   env        card, driver, versions, measured bf16 matmul and copy ceilings  [10 s]
-#   tests      pytest -m gpu: fused vs reference ops, derivatives, dtypes; StyleGAN2 on CUDA
-#              [30 s for 70 tests with the old criterion; over 50 s with the current one]
-#   train      img/s, batch 64: fused and the fused-nogradfix ablation (TRAIN_ARGS)  [~50 s]
+#   tests      pytest -m gpu: fused vs reference ops, derivatives, dtypes; StyleGAN2 on CUDA;
+#              the compiled StyleGAN2 with the dgan::upfirdn2d custom op  [over 50 s before
+#              scale_bias_act's 38 cases and the compile test were added; not run since]
+#   train      img/s, batch 64: fused and its ablations fused-prev (no scale_bias_act, toRGB
+#              as scale + conv), fused-noepilogue, fused-nomatmul (TRAIN_ARGS)  [2 modes took
+#              ~50 s; four not run yet]
+#   compile    torch.compile of G and D for Gmain/Dmain, without and with CUDA graphs, batch 64
+#              (COMPILE_ARGS)  [never run yet]
 #   train16    img/s, batch 16, fused  [30 s]
 #   ops        per-op speed and agreement at StyleGAN2-256 shapes (bf16)  [10 s]
 #   profile    per-phase times and top kernels of a 16-step cycle, batch 64, fused  [~80 s]
 #   reference  img/s, batch 64, reference ops (the FIR is 10x slower there)  [not finished
 #              in 70 s of a shared slot; give it its own]
-#   compile    fused + torch.compile at batch 64  [never run yet]
-# Limits: TESTS_LIMIT, TRAIN_LIMIT, PROFILE_LIMIT, REFERENCE_LIMIT, COMPILE_LIMIT (seconds);
-# SKIP_CEILINGS=1 skips the matmul/copy measurement. The default steps take ~6-8 minutes;
-# add compile only where the lease has room for it.
+# Limits: TESTS_LIMIT, TRAIN_LIMIT, COMPILE_LIMIT, PROFILE_LIMIT, REFERENCE_LIMIT (seconds);
+# SKIP_CEILINGS=1 skips the matmul/copy measurement. The default steps may take ~10 minutes:
+# name the steps that fit the lease (e.g. `env tests train compile`).
 # Logs go to $OUT (or /tmp/gpu_check). Usage, from the repository root:
-#   bash benchmarks/gpu_check.sh [step ...]   # default: env tests train train16 ops profile reference
+#   bash benchmarks/gpu_check.sh [step ...]
+#   default: env tests train compile train16 ops profile reference
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -26,7 +31,7 @@ if [ -d .whl ] && ! python3 -c "import omegaconf" 2>/dev/null; then
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-STEPS=${*:-env tests train train16 ops profile reference}
+STEPS=${*:-env tests train compile train16 ops profile reference}
 
 run_step() {  # name limit command...
     local name=$1 limit=$2 t0=$SECONDS rc
@@ -45,8 +50,9 @@ for s in $STEPS; do
             python3 -c "import torch, triton; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", triton.__version__)";
             [ "${SKIP_CEILINGS:-0}" = 1 ] || python3 benchmarks/ceilings.py' ;;
     tests)
-        run_step tests "${TESTS_LIMIT:-120}" python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider \
-            tests/test_ops_gpu.py tests/test_stylegan2_gpu.py --junitxml "$OUT/tests.xml" ;;
+        run_step tests "${TESTS_LIMIT:-180}" python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider \
+            tests/test_ops_gpu.py tests/test_stylegan2_gpu.py tests/test_ops_compile.py \
+            --junitxml "$OUT/tests.xml" ;;
     ops)
         run_step ops 60 python3 benchmarks/ops_parity.py --dtype bf16 ;;
     profile)
@@ -54,8 +60,8 @@ for s in $STEPS; do
             --impl fused ;;
     train)
         # shellcheck disable=SC2086
-        run_step train "${TRAIN_LIMIT:-180}" python3 benchmarks/train_throughput.py \
-            ${TRAIN_ARGS:---modes fused fused-nogradfix --batches 64} \
+        run_step train "${TRAIN_LIMIT:-240}" python3 benchmarks/train_throughput.py \
+            ${TRAIN_ARGS:---modes fused fused-prev fused-noepilogue fused-nomatmul --batches 64} \
             --steps 32 --warmup 8 --no-flops ;;
     reference)
         run_step reference "${REFERENCE_LIMIT:-150}" python3 benchmarks/train_throughput.py \
@@ -64,8 +70,10 @@ for s in $STEPS; do
         run_step train16 "${TRAIN_LIMIT:-180}" python3 benchmarks/train_throughput.py \
             --modes fused --batches 16 --steps 32 --warmup 8 --no-flops ;;
     compile)
-        run_step compile "${COMPILE_LIMIT:-180}" python3 benchmarks/train_throughput.py \
-            --modes compile --batches 64 --steps 32 --warmup 8 --no-flops ;;
+        # shellcheck disable=SC2086
+        run_step compile "${COMPILE_LIMIT:-300}" python3 benchmarks/train_throughput.py \
+            ${COMPILE_ARGS:---modes compile compile-graphs --batches 64} \
+            --steps 32 --warmup 8 --no-flops ;;
     *) echo "unknown step $s"; exit 2 ;;
     esac
 done

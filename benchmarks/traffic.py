@@ -17,6 +17,7 @@ batch (Greg runs at half of it), with bf16 autocast and channels_last as in trai
 
     python benchmarks/traffic.py                   # StyleGAN2-256, batch 64, fused ops
     python benchmarks/traffic.py --ops reference   # plain PyTorch ops
+    python benchmarks/traffic.py --ablation fused-prev   # with parts of the fused path off
     python benchmarks/traffic.py --tiny            # 32x32 smoke test
 """
 
@@ -212,10 +213,13 @@ def count(args: argparse.Namespace) -> dict[str, Traffic]:
     """Per-phase Traffic of one call each of Gmain, Greg, Dmain, Dreg."""
     from dgan.ops import _dispatch
 
+    from train_throughput import _ablation  # benchmarks/ is on sys.path for scripts and tests
+
     saved, out = _dispatch._impl, {}
     ops.set_impl(args.ops)
     try:
-        _count(args, out)
+        with _ablation(getattr(args, "ablation", None) or ""):
+            _count(args, out)
     finally:
         _dispatch._impl = saved
     return out
@@ -253,6 +257,8 @@ def _count(args: argparse.Namespace, out: dict[str, Traffic]) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ops", choices=["fused", "reference"], default="fused")
+    p.add_argument("--ablation", default=None,
+                   help="a train_throughput.py ablation mode, e.g. fused-prev or fused-old")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--tiny", action="store_true", help="32x32, tiny channels")
     p.add_argument("--top", type=int, default=12, help="list the N ops moving the most bytes")
@@ -265,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         args.resolution, args.channel_base, args.channel_max, args.z_dim = 256, 16384, 512, 512
     result = count(args)
     print(f"StyleGAN2-{args.resolution}, batch {args.batch} (Greg {args.batch // 2}), "
-          f"{args.ops} ops, bf16 autocast, channels_last; GB = 1e9 bytes read + written, "
+          f"{args.ablation or args.ops} ops, bf16 autocast, channels_last; GB = 1e9 bytes read + written, "
           f"ms at {args.bandwidth} TB/s")
     cats = sorted({c for t in result.values() for c in t.bytes})
     header = f"{'category':<22}" + "".join(f"{n + ' GB':>11}{'#':>6}" for n in result)

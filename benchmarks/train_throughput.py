@@ -15,9 +15,15 @@ trainer's ``train.compile`` does: there bias_act and the modulation lower to the
 so Inductor can fuse them, while upfirdn2d stays the Triton kernel as the custom op
 ``dgan::upfirdn2d``), ``compile-graphs`` (the same with ``mode="reduce-overhead"``: CUDA
 graphs for the compiled G and D only; Greg and Dreg, which run G at half the batch, stay
-eager; on a CPU it is plain ``compile``), and two ablations: ``fused-nogradfix`` (fused,
-but convolutions through torch's own double backward instead of ``conv2d_gradfix``) and
-``fused-old`` (that, plus the first, 1D upfirdn2d kernel for channels_last tensors).
+eager; on a CPU it is plain ``compile``), and ablations of the fused path, each switching
+parts of it off inside the same process (see ``ABLATIONS``): ``fused-noepilogue`` (the
+synthesis layer's styles multiply and demodulation + noise + bias + lrelu epilogue, and D's
+bias + lrelu, as separate multiply / addcmul / bias_act passes instead of
+``scale_bias_act``), ``fused-nomatmul`` (toRGB as scale + 1x1 convolution instead of one
+batched matmul), ``fused-prev`` (both: the fused path as of the second H200 run),
+``fused-nogradfix`` (convolutions through torch's own double backward instead of
+``conv2d_gradfix``) and ``fused-old`` (all of these plus the first, 1D upfirdn2d kernel for
+channels_last tensors: the code of the first H200 run).
 """
 
 from __future__ import annotations
@@ -151,21 +157,48 @@ def _real(args: argparse.Namespace, batch: int, device: torch.device) -> torch.T
     return real.to(memory_format=torch.channels_last) if device.type == "cuda" else real
 
 
+# Ablations: which of the fused path's parts each mode switches off (see the module docstring).
+ABLATIONS = {
+    "fused-noepilogue": {"epilogue"},
+    "fused-nomatmul": {"matmul"},
+    "fused-nogradfix": {"gradfix"},
+    "fused-prev": {"epilogue", "matmul"},
+    "fused-old": {"epilogue", "matmul", "gradfix", "cl_fir"},
+}
+
+
 @contextlib.contextmanager
 def _ablation(mode: str):
-    """``fused-nogradfix``: plain F.conv2d / F.conv_transpose2d on the fused path;
-    ``fused-old``: also the 1D upfirdn2d kernel for channels_last."""
-    from dgan.ops import _upfirdn2d_triton, conv2d_gradfix
+    """Switch parts of the fused path off for one mode, restoring them afterwards.
 
-    saved = conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL
-    if mode in ("fused-nogradfix", "fused-old"):
+    ``epilogue``: the styles multiply, the demodulation + noise + bias + lrelu epilogue and
+    D's bias + lrelu go back to separate multiply / addcmul / bias_act passes; ``matmul``:
+    toRGB back to scale + 1x1 convolution; ``gradfix``: convolutions through torch's own
+    double backward; ``cl_fir``: the first, 1D upfirdn2d kernel for channels_last tensors.
+    """
+    import importlib
+
+    from dgan.models import _layers
+    from dgan.ops import _upfirdn2d_triton, bias_act, conv2d_gradfix
+
+    mc = importlib.import_module("dgan.ops.modulated_conv2d")
+    off = ABLATIONS.get(mode, set())
+    saved = (conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL, mc.FUSED_EPILOGUE,
+             mc.MATMUL_1X1, _layers.scale_bias_act)
+    if "gradfix" in off:
         conv2d_gradfix._custom = lambda op, x, impl: False
-    if mode == "fused-old":
+    if "cl_fir" in off:
         _upfirdn2d_triton.USE_CL_KERNEL = False
+    if "epilogue" in off:
+        mc.FUSED_EPILOGUE = False
+        _layers.scale_bias_act = lambda x, b=None, **kw: bias_act(x, b, **kw)
+    if "matmul" in off:
+        mc.MATMUL_1X1 = False
     try:
         yield
     finally:
-        conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL = saved
+        (conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL, mc.FUSED_EPILOGUE,
+         mc.MATMUL_1X1, _layers.scale_bias_act) = saved
 
 
 def run(args: argparse.Namespace, mode: str, batch: int, device: torch.device,
@@ -206,8 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tiny", action="store_true", help="32x32, tiny channels: CPU smoke test")
     p.add_argument("--batches", type=int, nargs="+", default=None)
     p.add_argument("--modes", nargs="+", default=None,
-                   choices=["reference", "fused", "compile", "compile-graphs",
-                            "fused-nogradfix", "fused-old"])
+                   choices=["reference", "fused", "compile", "compile-graphs", *ABLATIONS])
     p.add_argument("--steps", type=int, default=None, help="timed steps (use multiples of 16)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None)

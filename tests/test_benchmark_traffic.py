@@ -12,6 +12,10 @@ _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "traffic.py"
 
 
 def _traffic():
+    import sys
+
+    if str(_PATH.parent) not in sys.path:  # as when run as a script: its siblings import
+        sys.path.insert(0, str(_PATH.parent))
     spec = importlib.util.spec_from_file_location("traffic", _PATH)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
