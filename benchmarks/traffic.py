@@ -136,10 +136,10 @@ def fake_kernels(counter: Traffic) -> Iterator[None]:
     def small(*ts):
         return [t for t in ts if t is not None]
 
-    def sba_forward(x, scale, noise, b, act, alpha, gain, clamp):
+    def sba_forward(x, scale, noise, b, act, alpha, gain, clamp, residual=None):
         out = torch.empty_like(x)
         counter.record("triton scale_bias_act", "scale_bias_act fwd",
-                       small(x, scale, noise, b), [out])
+                       small(x, scale, noise, b, residual), [out])
         return out
 
     def sba_backward(dy, x, scale, noise, b, need, act, alpha, gain, clamp):

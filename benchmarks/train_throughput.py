@@ -172,7 +172,8 @@ def _ablation(mode: str):
     """Switch parts of the fused path off for one mode, restoring them afterwards.
 
     ``epilogue``: the styles multiply, the demodulation + noise + bias + lrelu epilogue and
-    D's bias + lrelu go back to separate multiply / addcmul / bias_act passes; ``matmul``:
+    D's bias + lrelu + residual sum go back to separate multiply / addcmul / bias_act / add
+    passes; ``matmul``:
     toRGB back to scale + 1x1 convolution; ``gradfix``: convolutions through torch's own
     double backward; ``cl_fir``: the first, 1D upfirdn2d kernel for channels_last tensors.
     """
@@ -191,7 +192,11 @@ def _ablation(mode: str):
         _upfirdn2d_triton.USE_CL_KERNEL = False
     if "epilogue" in off:
         mc.FUSED_EPILOGUE = False
-        _layers.scale_bias_act = lambda x, b=None, **kw: bias_act(x, b, **kw)
+        def separate(x, b=None, residual=None, **kw):
+            y = bias_act(x, b, **kw)
+            return y + residual if residual is not None else y
+
+        _layers.scale_bias_act = separate
     if "matmul" in off:
         mc.MATMUL_1X1 = False
     try:

@@ -127,6 +127,7 @@ SBA_CASES = {
     "styles": ("linear", None, "s", None, (5, 67, 19, 23)),
     "bias_act": ("lrelu", 256, "b", None, (3, 65, 9, 11)),
     "tanh": ("tanh", None, "snb", "random", (3, 33, 17, 31)),
+    "residual": ("lrelu", 256, "br", None, (3, 65, 9, 11)),
 }
 
 
@@ -150,6 +151,9 @@ def test_scale_bias_act_fused_matches_reference(dtype, case, channels_last) -> N
     if "b" in parts:
         inputs.append(torch.randn(c, generator=g).cuda())
         names.append("b")
+    if "r" in parts:
+        inputs.append(torch.randn_like(x))
+        names.append("residual")
 
     def fn(x, *rest, impl):
         return scale_bias_act(x, **dict(zip(names, rest)), act=act, clamp=clamp, impl=impl)

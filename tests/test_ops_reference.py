@@ -289,6 +289,23 @@ def test_scale_bias_act_special_cases_are_the_unfused_ops() -> None:
     assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_scale_bias_act_residual_is_added_after_the_clamp() -> None:
+    from dgan.ops import bias_act_reference, scale_bias_act
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    y = scale_bias_act(x, b=b, act="lrelu", clamp=0.5, residual=r, impl="reference")
+    torch.testing.assert_close(y, bias_act_reference(x, b, act="lrelu", clamp=0.5) + r)
+    fn = lambda x, b, r: scale_bias_act(x, b=b, act="lrelu", clamp=0.5, residual=r,
+                                        impl="reference")
+    assert torch.autograd.gradcheck(fn, (x, b, r))
+    assert torch.autograd.gradgradcheck(fn, (x, b, r))
+    with pytest.raises(ValueError, match="residual"):
+        scale_bias_act(x, residual=r[:, :2], impl="reference")
+
+
 def test_scale_bias_act_rejects_bad_shapes() -> None:
     x, scale, _, b = _sba_args("snb", (2, 1, 4, 5))
     with pytest.raises(ValueError, match="scale"):

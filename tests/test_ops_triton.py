@@ -271,10 +271,10 @@ def check_stylegan2() -> None:
 
 def _sba(parts: str, **kw):
     """``scale_bias_act`` taking ``(x, *present)`` where ``parts`` names the present ones:
-    ``s`` scale, ``n`` noise, ``b`` bias (in that order)."""
+    ``s`` scale, ``n`` noise, ``b`` bias, ``r`` residual (in that order)."""
     from dgan.ops import scale_bias_act
 
-    names = [name for name in ("scale", "noise", "b") if name[0] in parts]
+    names = [name for name in ("scale", "noise", "b", "residual") if name[0] in parts]
 
     def fn(x, *rest, impl):
         return scale_bias_act(x, **dict(zip(names, rest)), impl=impl, **kw)
@@ -299,6 +299,11 @@ def _sba_inputs(seed: int, shape, parts: str, noise_shape=None, channels_last=Fa
         out.append(torch.randn(*(noise_shape or (n, 1, h, w)), generator=g, dtype=torch.float64))
     if "b" in parts:
         out.append(torch.randn(c, generator=g, dtype=torch.float64))
+    if "r" in parts:  # the other layout than x when "R": the launcher must convert it
+        r = torch.randn(*shape, generator=g, dtype=torch.float64)
+        if channels_last != ("R" in parts):
+            r = r.to(memory_format=torch.channels_last)
+        out.append(r.to(dtype))
     return tuple(t.requires_grad_() for t in out)
 
 
@@ -352,6 +357,10 @@ def check_scale_bias_act() -> None:
         for channels_last in (False, True):
             compare(parts, (1, 1, 7, 7), channels_last, act="lrelu", clamp=0.9)
     compare("s", None, True, act="linear")  # the pre-convolution styles multiply
+    # A residual summed in the forward pass (D's blocks), in x's layout and in the other one.
+    for channels_last in (False, True):
+        compare("br", None, channels_last, act="lrelu", clamp=0.9)
+        compare("snbrR", (3, 1, 7, 7), channels_last, act="lrelu", clamp=0.9)
     # Activations with act'' != 0: the SECOND_ORDER terms of the double-backward kernel.
     for act in ("tanh", "swish", "elu"):
         compare("snb", (7, 7), True, act=act, clamp=0.9, gain=1.3)

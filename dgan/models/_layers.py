@@ -90,7 +90,9 @@ class Conv2dLayer(nn.Module):
                                                kernel_size).to(memory_format=fmt))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gain: float = 1.0,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual`` (the output's shape) is added to the result in the activation pass."""
         w = self.weight * self.weight_gain
         # Without bias, activation or clamp the layer is linear: its gain goes into the small
         # weight instead of costing a pass over the activations (D's residual skip convs).
@@ -101,12 +103,12 @@ class Conv2dLayer(nn.Module):
             w = w.to(x.dtype)
         x = conv2d_resample(x, w, self.resample_filter, self.up, self.down, self.padding)
         if linear:
-            return x
+            return x + residual if residual is not None else x
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         # scale_bias_act rather than bias_act: its backward reduces the bias gradient in the
         # same pass as dx instead of reading dx again.
         return scale_bias_act(x, b=self.bias, act=self.activation, gain=self.act_gain * gain,
-                              clamp=clamp)
+                              clamp=clamp, residual=residual)
 
 
 class MappingNetwork(nn.Module):

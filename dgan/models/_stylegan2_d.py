@@ -35,10 +35,10 @@ class DiscriminatorBlock(nn.Module):
         if self.in_channels == 0:
             fmt = torch.channels_last if self.channels_last else torch.contiguous_format
             x = self.fromrgb(img.to(memory_format=fmt))
-        # sqrt(0.5) on both branches keeps the variance of the residual sum unchanged.
+        # sqrt(0.5) on both branches keeps the variance of the residual sum unchanged; the
+        # sum happens in conv1's activation pass.
         y = self.skip(x, gain=math.sqrt(0.5))
-        x = self.conv1(self.conv0(x), gain=math.sqrt(0.5))
-        return y + x
+        return self.conv1(self.conv0(x), gain=math.sqrt(0.5), residual=y)
 
 
 class MinibatchStdLayer(nn.Module):

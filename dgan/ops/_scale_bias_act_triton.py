@@ -132,10 +132,11 @@ def _slopes(v, ACT: tl.constexpr, alpha, gain, clamp, HAS_CLAMP: tl.constexpr):
 
 @triton.jit
 def _sba_fwd_kernel(
-    x_ptr, s_ptr, nz_ptr, b_ptr, out_ptr,
+    x_ptr, s_ptr, nz_ptr, b_ptr, r_ptr, out_ptr,
     C, P, nchunks, chunk, ssn, ssc, snn, alpha, gain, clamp,
     ACT: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_NOISE: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_P: tl.constexpr, EVEN_C: tl.constexpr,
     INDEX_64: tl.constexpr,
 ):
@@ -150,6 +151,8 @@ def _sba_fwd_kernel(
         _, v = _pre_activation(x_ptr, nz_ptr, off, m, n, p, pm, s, bb, snn,
                                HAS_SCALE, HAS_NOISE, HAS_BIAS)
         y, _, _ = _slopes(v, ACT, alpha, gain, clamp, HAS_CLAMP)
+        if HAS_RESIDUAL:  # same layout as x (the launcher sees to it): the same offsets
+            y += tl.load(r_ptr + off, mask=m, other=0.0).to(tl.float32)
         tl.store(out_ptr + off, y.to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -365,20 +368,22 @@ def _prepare(x, scale, b):
     return x, plan, b, ss
 
 
-def forward(x, scale, noise, b, act, alpha, gain, clamp) -> torch.Tensor:
-    """``y`` with the shape, dtype and layout of ``x`` (NCHW or channels_last)."""
+def forward(x, scale, noise, b, act, alpha, gain, clamp, residual=None) -> torch.Tensor:
+    """``y`` (plus ``residual``, if given) with the shape, dtype and layout of ``x``."""
     x, plan, b, ss = _prepare(x, scale, b)
     out = torch.empty_like(x)
     if x.numel() == 0:
         return out
+    if residual is not None and residual.stride() != x.stride():
+        residual = torch.empty_like(x, dtype=residual.dtype).copy_(residual)
     nz, snn = plan.rows(noise)
     scalars, flags = _spec_args(act, alpha, gain, clamp)
     _sba_fwd_kernel[plan.grid](
         x, scale if scale is not None else x, nz if nz is not None else x,
-        b if b is not None else x, out,
+        b if b is not None else x, residual if residual is not None else x, out,
         plan.c, plan.p, plan.nchunks, plan.chunk, *ss, snn, *scalars,
         HAS_SCALE=scale is not None, HAS_NOISE=noise is not None, HAS_BIAS=b is not None,
-        **flags, **plan.consts,
+        HAS_RESIDUAL=residual is not None, **flags, **plan.consts,
     )
     return out
 

@@ -51,6 +51,7 @@ def scale_bias_act_reference(
     x: torch.Tensor, scale: torch.Tensor | None = None, noise: torch.Tensor | None = None,
     b: torch.Tensor | None = None, act: str = "linear", alpha: float | None = None,
     gain: float | None = None, clamp: float | None = None,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Plain PyTorch composition; autograd provides derivatives of every order.
 
@@ -61,7 +62,8 @@ def scale_bias_act_reference(
         x = x * scale.to(x.dtype)[:, :, None, None]
     if noise is not None:
         x = x + noise.to(x.dtype)
-    return bias_act_reference(x, b, 1, act, alpha, gain, clamp)
+    y = bias_act_reference(x, b, 1, act, alpha, gain, clamp)
+    return y + residual.to(y.dtype) if residual is not None else y
 
 
 def _check_shapes(x, scale, noise, b) -> None:
@@ -84,19 +86,22 @@ def _check_shapes(x, scale, noise, b) -> None:
 
 class _ScaleBiasActFused(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, scale, noise, b, act, alpha, gain, clamp):
+    def forward(ctx, x, scale, noise, b, residual, act, alpha, gain, clamp):
         from dgan.ops import _scale_bias_act_triton as k
 
         ctx.save_for_backward(x, scale, noise, b)
         ctx.spec = (act, alpha, gain, clamp)
-        return k.forward(x, scale, noise, b, act, alpha, gain, clamp)
+        ctx.residual_dtype = residual.dtype if residual is not None else None
+        return k.forward(x, scale, noise, b, act, alpha, gain, clamp, residual)
 
     @staticmethod
     def backward(ctx, dy):
         x, scale, noise, b = ctx.saved_tensors
         need = tuple(ctx.needs_input_grad[:4])
         grads = _ScaleBiasActGradFused.apply(dy, x, scale, noise, b, need, *ctx.spec)
-        return (*grads, None, None, None, None)
+        # The residual is added after everything else: its gradient is dy itself.
+        d_res = dy.to(ctx.residual_dtype) if ctx.needs_input_grad[4] else None
+        return (*grads, d_res, None, None, None, None)
 
 
 class _ScaleBiasActGradFused(torch.autograd.Function):
@@ -240,8 +245,9 @@ def scale_bias_act(
     x: torch.Tensor, scale: torch.Tensor | None = None, noise: torch.Tensor | None = None,
     b: torch.Tensor | None = None, act: str = "linear", alpha: float | None = None,
     gain: float | None = None, clamp: float | None = None, impl: str | None = None,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``clamp(act(x * scale[n, c] + noise + b[c]) * gain, -clamp, clamp)``.
+    """``clamp(act(x * scale[n, c] + noise + b[c]) * gain, -clamp, clamp) + residual``.
 
     Args:
         x: input ``[N, C, H, W]`` (fp32/bf16/fp16), contiguous or channels_last.
@@ -253,13 +259,19 @@ def scale_bias_act(
         gain: output scale (default per activation, as :func:`~dgan.ops.bias_act`).
         clamp: clamp bound after the gain, or ``None``.
         impl: ``'reference'``, ``'fused'`` or ``'auto'``; ``None`` uses the global switch.
+        residual: ``None`` or a tensor of ``x``'s shape added to the result (after the
+            clamp), e.g. the skip branch of a residual block: one read in the same pass
+            instead of a separate add. Its gradient is the incoming gradient itself.
 
     Returns:
         Tensor with the shape, dtype and memory layout of ``x``. See the module docstring
         for what the fused path fuses and which derivative orders it covers.
     """
     _check_shapes(x, scale, noise, b)
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"residual {tuple(residual.shape)} must have x's shape "
+                         f"{tuple(x.shape)}")
     if not use_fused("scale_bias_act", x, impl):
-        return scale_bias_act_reference(x, scale, noise, b, act, alpha, gain, clamp)
+        return scale_bias_act_reference(x, scale, noise, b, act, alpha, gain, clamp, residual)
     alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
-    return _ScaleBiasActFused.apply(x, scale, noise, b, act, alpha, gain, clamp)
+    return _ScaleBiasActFused.apply(x, scale, noise, b, residual, act, alpha, gain, clamp)
