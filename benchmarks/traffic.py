@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dgan import ops
 from dgan.engine.stylegan2_loss import StyleGAN2Loss
 from dgan.models.stylegan2 import Discriminator, Generator
+from dgan.ops.upfirdn2d import _out_size
 
 aten = torch.ops.aten
 
@@ -154,15 +155,9 @@ def fake_kernels(counter: Traffic) -> Iterator[None]:
 
     def sba_backward2(dy, x, scale, noise, b, g_dx, g_gs, g_gn, g_gb, need, piecewise_linear,
                       act, alpha, gain, clamp):
-        # The same decisions as the kernel's launcher: what is computed, what is read.
-        need_ddy, need_dx, need_ds, need_dn, need_db = need
-        has = [t is not None for t in (g_dx, g_gs, g_gb, g_gn)]
-        second = not piecewise_linear
-        need_ddy &= any(has)
-        need_dx &= has[1] or (second and any(has))
-        need_ds &= scale is not None and (has[0] or (second and any(has)))
-        need_db &= b is not None and second and any(has)
-        need_dn &= noise is not None and second and any(has)
+        # The launcher's own decision of what is computed (and so what is read).
+        need_ddy, need_dx, need_ds, need_dn, need_db = sba.backward2_needs(
+            scale, noise, b, g_dx, g_gs, g_gn, g_gb, need, piecewise_linear)
         outs = (torch.empty_like(x) if need_ddy else None,
                 torch.empty_like(x) if need_dx else None,
                 torch.empty_like(scale) if need_ds else None,
@@ -185,8 +180,7 @@ def fake_kernels(counter: Traffic) -> Iterator[None]:
     def upfirdn2d(x, f2d, upx, upy, downx, downy, px0, px1, py0, py1):
         n, c, h, w = x.shape
         fh, fw = f2d.shape
-        oh = (h * upy + py0 + py1 - fh) // downy + 1
-        ow = (w * upx + px0 + px1 - fw) // downx + 1
+        oh, ow = _out_size(h, upy, downy, py0, py1, fh), _out_size(w, upx, downx, px0, px1, fw)
         cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         fmt = torch.channels_last if cl else torch.contiguous_format
         out = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
@@ -271,8 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         args.resolution, args.channel_base, args.channel_max, args.z_dim = 256, 16384, 512, 512
     result = count(args)
     print(f"StyleGAN2-{args.resolution}, batch {args.batch} (Greg {args.batch // 2}), "
-          f"{args.ablation or args.ops} ops, bf16 autocast, channels_last; GB = 1e9 bytes read + written, "
-          f"ms at {args.bandwidth} TB/s")
+          f"{args.ablation or args.ops} ops, bf16 autocast, channels_last; "
+          f"GB = 1e9 bytes read + written, ms at {args.bandwidth} TB/s")
     cats = sorted({c for t in result.values() for c in t.bytes})
     header = f"{'category':<22}" + "".join(f"{n + ' GB':>11}{'#':>6}" for n in result)
     print(header)

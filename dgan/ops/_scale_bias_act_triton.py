@@ -426,10 +426,10 @@ def backward(dy, x, scale, noise, b, need, act, alpha, gain, clamp):
     )
 
 
-def backward2(dy, x, scale, noise, b, g_dx, g_gs, g_gn, g_gb, need, piecewise_linear,
-              act, alpha, gain, clamp):
-    """Gradients of ``backward``'s outputs, against the incoming ``g_*`` (``None`` = zero),
-    with respect to ``(dy, x, scale, noise, b)`` for the flags ``need``; ``None`` = zero."""
+def backward2_needs(scale, noise, b, g_dx, g_gs, g_gn, g_gb, need, piecewise_linear
+                    ) -> tuple[bool, bool, bool, bool, bool]:
+    """Which of ``(d dy, d x, d scale, d noise, d b)`` :func:`backward2` computes: those asked
+    for in ``need`` that are not identically zero given the incoming gradients."""
     need_ddy, need_dx, need_ds, need_dn, need_db = need
     has = [t is not None for t in (g_dx, g_gs, g_gb, g_gn)]
     second = not piecewise_linear
@@ -438,6 +438,17 @@ def backward2(dy, x, scale, noise, b, g_dx, g_gs, g_gn, g_gb, need, piecewise_li
     need_ds &= scale is not None and (has[0] or (second and any(has)))
     need_db &= b is not None and second and any(has)
     need_dn &= noise is not None and second and any(has)
+    return need_ddy, need_dx, need_ds, need_dn, need_db
+
+
+def backward2(dy, x, scale, noise, b, g_dx, g_gs, g_gn, g_gb, need, piecewise_linear,
+              act, alpha, gain, clamp):
+    """Gradients of ``backward``'s outputs, against the incoming ``g_*`` (``None`` = zero),
+    with respect to ``(dy, x, scale, noise, b)`` for the flags ``need``; ``None`` = zero."""
+    has = [t is not None for t in (g_dx, g_gs, g_gb, g_gn)]
+    second = not piecewise_linear
+    need_ddy, need_dx, need_ds, need_dn, need_db = backward2_needs(
+        scale, noise, b, g_dx, g_gs, g_gn, g_gb, need, piecewise_linear)
     if not (need_ddy or need_dx or need_ds or need_db or need_dn):
         return None, None, None, None, None
     x, plan, b_, ss = _prepare(x, scale, b)
