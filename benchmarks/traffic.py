@@ -220,6 +220,25 @@ def count(args: argparse.Namespace) -> dict[str, Traffic]:
 
 
 def _count(args: argparse.Namespace, out: dict[str, Traffic]) -> None:
+    counters: dict[str, Traffic] = {}
+
+    @contextlib.contextmanager
+    def counted(name: str) -> Iterator[None]:
+        counter = counters.setdefault(name, Traffic())
+        with fake_kernels(counter), counter:
+            yield
+
+    run_phases(args, counted)
+    out.update(counters)
+
+
+def run_phases(args: argparse.Namespace, wrap, dtype: torch.dtype | None = torch.bfloat16) -> None:
+    """One call each of Gmain, Greg, Dmain, Dreg (forward and backward, no optimizer step) of
+    the StyleGAN2 recipe in ``args`` (resolution, channel_base, channel_max, z_dim, batch)
+    under ``FakeTensorMode``, channels_last, with ``dtype`` autocast (``None``: fp32).
+
+    ``wrap(name)`` returns the context each phase's forward and its backward run in.
+    """
     with FakeTensorMode(allow_non_fake_inputs=True):
         torch.manual_seed(0)
         kw = {"img_resolution": args.resolution, "channel_base": args.channel_base,
@@ -229,12 +248,13 @@ def _count(args: argparse.Namespace, out: dict[str, Traffic]) -> None:
         loss = StyleGAN2Loss(G, D, r1_gamma=0.8192)
         real = torch.empty(args.batch, 3, args.resolution, args.resolution).to(
             memory_format=torch.channels_last)
+        autocast = (torch.autocast("cpu", dtype=dtype) if dtype is not None
+                    else contextlib.nullcontext())
         for name in ("Gmain", "Greg", "Dmain", "Dreg"):
             is_g = name.startswith("G")
             G.requires_grad_(is_g)
             D.requires_grad_(not is_g)
-            counter = Traffic()
-            with fake_kernels(counter), counter, torch.autocast("cpu", dtype=torch.bfloat16):
+            with wrap(name), autocast:
                 if name == "Gmain":
                     value, _ = loss.g_main(args.batch)
                 elif name == "Greg":
@@ -243,9 +263,8 @@ def _count(args: argparse.Namespace, out: dict[str, Traffic]) -> None:
                     value, _ = loss.d_main(real)
                 else:
                     value, _ = loss.d_reg(real)
-            with fake_kernels(counter), counter:
+            with wrap(name):
                 value.backward()
-            out[name] = counter
 
 
 def main(argv: list[str] | None = None) -> None:

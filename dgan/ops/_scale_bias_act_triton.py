@@ -140,7 +140,9 @@ def _sba_fwd_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_P: tl.constexpr, EVEN_C: tl.constexpr,
     INDEX_64: tl.constexpr,
 ):
-    n, _, p_lo, p_hi, c, cm = _program(nchunks, chunk, C, P, BLOCK_C, INDEX_64)
+    # (Not ``_`` for the unused chunk index: the loop below rebinds ``_`` to a tile, and a
+    # compiled loop needs every variable it carries to keep one type.)
+    n, k, p_lo, p_hi, c, cm = _program(nchunks, chunk, C, P, BLOCK_C, INDEX_64)
     s = _channel_vec(s_ptr, n, c, cm, ssn, ssc, HAS_SCALE)
     bb = _channel_vec(b_ptr, 0, c, cm, 0, 1, HAS_BIAS)
     for p0 in range(p_lo, p_hi, BLOCK_P):
