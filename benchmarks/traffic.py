@@ -205,9 +205,9 @@ def fake_kernels(counter: Traffic) -> Iterator[None]:
 
 def count(args: argparse.Namespace) -> dict[str, Traffic]:
     """Per-phase Traffic of one call each of Gmain, Greg, Dmain, Dreg."""
-    from dgan.ops import _dispatch
-
     from train_throughput import _ablation  # benchmarks/ is on sys.path for scripts and tests
+
+    from dgan.ops import _dispatch
 
     saved, out = _dispatch._impl, {}
     ops.set_impl(args.ops)

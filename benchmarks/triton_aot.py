@@ -64,7 +64,7 @@ class _FakeUtils:
     def __init__(self, arch: int):
         self.arch = arch
 
-    def get_device_properties(self, device):  # noqa: ARG002 - one fake device
+    def get_device_properties(self, device):
         return {"max_shared_mem": MAX_SHARED.get(self.arch, 101_376),
                 "multiprocessor_count": 132, "max_num_regs": 65_536, "warpSize": 32}
 
@@ -81,7 +81,7 @@ class _FakeCudaDriver:
     def get_current_device(self) -> int:
         return 0
 
-    def get_current_stream(self, device=None) -> int:  # noqa: ARG002
+    def get_current_stream(self, device=None) -> int:
         return 0
 
     def get_current_target(self):
@@ -115,7 +115,7 @@ def compile_instead_of_launch(arch: int, log: list[Compiled],
     from triton.runtime.jit import JITFunction, MockTensor
 
     seen: dict[tuple, Compiled] = {}
-    saved_driver, saved_getitem = driver._active, JITFunction.__getitem__  # noqa: SLF001
+    saved_driver, saved_getitem = driver._active, JITFunction.__getitem__
 
     def getitem(self, grid):
         def launch(*args, **kwargs):
@@ -161,7 +161,7 @@ def compile_instead_of_launch(arch: int, log: list[Compiled],
         yield
     finally:
         JITFunction.__getitem__ = saved_getitem
-        driver._active = saved_driver  # noqa: SLF001 - reset_active() would probe for a GPU
+        driver._active = saved_driver
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     log: list[Compiled] = []
     failures: list[str] = []
     t0 = time.perf_counter()
-    saved = _dispatch._impl  # noqa: SLF001
+    saved = _dispatch._impl
     _dispatch.set_impl("fused")
     try:
         with compile_instead_of_launch(args.arch, log, failures):
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, "ops"):
                 run_op_sweep(args.acts.split(","), args.quick)
     finally:
-        _dispatch._impl = saved  # noqa: SLF001
+        _dispatch._impl = saved
     wall = time.perf_counter() - t0
 
     print(f"triton {triton.__version__}, torch {torch.__version__}, target sm_{args.arch}: "
