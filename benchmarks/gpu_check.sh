@@ -8,6 +8,9 @@
 #   train      img/s, batch 64: fused and its ablations fused-prev (no scale_bias_act, toRGB
 #              as scale + conv), fused-noepilogue, fused-nomatmul (TRAIN_ARGS)  [2 modes took
 #              ~50 s; four not run yet]
+#   sweep      scale_bias_act's kernels under 7 tilings (TILE, warps, programs per launch) at
+#              the recipe's largest shapes, as ratios to the default  [never run yet; ~7 x 3
+#              compiles + timings, est. under 60 s]
 #   compile    torch.compile of G and D for Gmain/Dmain, without and with CUDA graphs, batch 64
 #              (COMPILE_ARGS)  [never run yet]
 #   train16    img/s, batch 16, fused  [30 s]
@@ -15,12 +18,12 @@
 #   profile    per-phase times and top kernels of a 16-step cycle, batch 64, fused  [~80 s]
 #   reference  img/s, batch 64, reference ops (the FIR is 10x slower there)  [not finished
 #              in 70 s of a shared slot; give it its own]
-# Limits: TESTS_LIMIT, TRAIN_LIMIT, COMPILE_LIMIT, PROFILE_LIMIT, REFERENCE_LIMIT (seconds);
+# Limits: TESTS_LIMIT, TRAIN_LIMIT, SWEEP_LIMIT, COMPILE_LIMIT, PROFILE_LIMIT, REFERENCE_LIMIT (s);
 # SKIP_CEILINGS=1 skips the matmul/copy measurement. The default steps may take ~10 minutes:
-# name the steps that fit the lease (e.g. `env tests train compile`).
+# name the steps that fit the lease (e.g. `env tests train sweep compile`).
 # Logs go to $OUT (or /tmp/gpu_check). Usage, from the repository root:
 #   bash benchmarks/gpu_check.sh [step ...]
-#   default: env tests train compile train16 ops profile reference
+#   default: env tests train sweep compile train16 ops profile reference
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -31,7 +34,7 @@ if [ -d .whl ] && ! python3 -c "import omegaconf" 2>/dev/null; then
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-STEPS=${*:-env tests train compile train16 ops profile reference}
+STEPS=${*:-env tests train sweep compile train16 ops profile reference}
 
 run_step() {  # name limit command...
     local name=$1 limit=$2 t0=$SECONDS rc
@@ -55,6 +58,8 @@ for s in $STEPS; do
             --junitxml "$OUT/tests.xml" ;;
     ops)
         run_step ops 60 python3 benchmarks/ops_parity.py --dtype bf16 ;;
+    sweep)
+        run_step sweep "${SWEEP_LIMIT:-90}" python3 benchmarks/ops_parity.py --dtype bf16 --sweep ;;
     profile)
         run_step profile "${PROFILE_LIMIT:-90}" python3 benchmarks/profile_step.py --batch 64 \
             --impl fused ;;
@@ -80,7 +85,7 @@ done
 echo "=== summary ==="
 for s in $STEPS; do
     case $s in
-    train | train16 | reference | compile) tail -n 6 "$OUT/$s.log" ;;
+    train | train16 | reference | compile | sweep) tail -n 9 "$OUT/$s.log" ;;
     tests) tail -n 3 "$OUT/tests.log" ;;
     esac
 done

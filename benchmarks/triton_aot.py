@@ -21,6 +21,7 @@ axes 1 and 2) is reported as a failure, and the exit status is 1.
 
     python benchmarks/triton_aot.py                    # sm_90, StyleGAN2-256 batch 64 + op sweep
     python benchmarks/triton_aot.py --arch 80 --only ops
+    python benchmarks/triton_aot.py --only model --set _scale_bias_act_triton.NUM_WARPS=8
     python benchmarks/triton_aot.py --tiny --batch 4 --quick   # what the test runs
 
 Not covered: what the kernels compute (the interpreter tests and the ``gpu`` tests do that)
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="the 32x32 model instead of 256x256")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--acts", default="linear,relu,lrelu,tanh,sigmoid,elu,selu,softplus,swish")
+    p.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                   help="override a tuning constant first, e.g. "
+                        "_scale_bias_act_triton.NUM_WARPS=8 (module under dgan.ops)")
     p.add_argument("--quick", action="store_true",
                    help="fewer op-sweep variants (one shape, three activations)")
     args = p.parse_args(argv)
@@ -257,6 +261,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         p.error("unset TRITON_INTERPRET: the interpreter never compiles")
+    import importlib
+
+    for item in args.set:
+        target, _, value = item.partition("=")
+        mod, _, name = target.rpartition(".")
+        module = importlib.import_module(f"dgan.ops.{mod}")
+        if not mod or not hasattr(module, name):
+            p.error(f"--set {item}: dgan.ops.{mod} has no constant {name!r}")
+        setattr(module, name, type(getattr(module, name))(value))
     log: list[Compiled] = []
     failures: list[str] = []
     t0 = time.perf_counter()

@@ -43,9 +43,11 @@ _INTERPRETER_PROGRAMS = 1
 # over a chunk of pixels, so fewer, longer programs mean fewer partial sums). Chosen without
 # a GPU to measure on: 2K-element tiles like the channels_last upfirdn2d kernel, and enough
 # programs for several waves on a 132-SM card.
+# NUM_WARPS: warps per program. ``benchmarks/ops_parity.py --sweep`` times the alternatives.
 TILE = 2048
 TARGET_PROGRAMS = 4096
 MAX_BLOCK_C = 64
+NUM_WARPS = 4
 
 
 def _interpreted() -> bool:
@@ -324,6 +326,7 @@ class _Plan:
         self.consts = {
             "CHANNELS_LAST": self.channels_last, "BLOCK_P": bp, "BLOCK_C": bc,
             "EVEN_P": self.p % bp == 0, "EVEN_C": c % bc == 0, "INDEX_64": self.index_64,
+            "num_warps": NUM_WARPS,
         }
 
     def dense(self, t: torch.Tensor) -> torch.Tensor:
