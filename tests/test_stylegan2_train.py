@@ -28,10 +28,15 @@ def sg2_config(run_dir, data, *extra):
 
 
 @pytest.mark.slow
-def test_stylegan2_trains_all_phases_and_resumes_exactly(tmp_path, stacked, monkeypatch):
+@pytest.mark.parametrize("compile_", [False, True], ids=["eager", "compiled"])
+def test_stylegan2_trains_all_phases_and_resumes_exactly(tmp_path, stacked, monkeypatch,
+                                                         compile_):
+    """A crash at step 3 and a resume end bitwise where the uninterrupted run ends; with
+    train.compile=true too (the resumed process compiles Gmain/Dmain afresh)."""
     from dgan.engine.trainer import Trainer
 
-    straight = fit(sg2_config(tmp_path / "a", stacked))
+    extra = ("train.compile=true",) if compile_ else ()
+    straight = fit(sg2_config(tmp_path / "a", stacked, *extra))
     state = checkpoint.load_latest(tmp_path / "a")[1]
     assert state["step"] == 4 and "pl_mean" in str(state["recipe"])
     for v in flat_state(straight).values():
@@ -45,7 +50,7 @@ def test_stylegan2_trains_all_phases_and_resumes_exactly(tmp_path, stacked, monk
             raise RuntimeError("simulated crash")
         return original(self, *args)
 
-    cfg = sg2_config(tmp_path / "b", stacked)
+    cfg = sg2_config(tmp_path / "b", stacked, *extra)
     monkeypatch.setattr(Trainer, "train_step", crash_at_3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(cfg)

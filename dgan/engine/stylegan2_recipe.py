@@ -19,6 +19,7 @@ modules' own. The loss object is the same one; only the G/D it calls per phase d
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_
 PHASES = {"Gmain": "g_main", "Greg": "g_reg", "Dmain": "d_main", "Dreg": "d_reg"}
 COMPILED_PHASES = ("Gmain", "Dmain")  # train.compile: the first-order phases
 ADA_INTERVAL = 4  # steps between augmentation-probability updates
+log = logging.getLogger(__name__)
 
 
 def build_optimizers(cfg: DictConfig, g: nn.Module, d: nn.Module
@@ -78,6 +80,10 @@ class StyleGAN2Recipe:
 
     def _compiled(self, module: nn.Module) -> nn.Module:
         if module not in self.compiled:
+            inner = getattr(module, "module", module)  # the network inside a DDP wrapper
+            log.info("train.compile: %s%s runs through torch.compile in %s (first call compiles)",
+                     type(inner).__name__, " (DDP)" if inner is not module else "",
+                     "/".join(COMPILED_PHASES))
             self.compiled[module] = torch.compile(module)
         return self.compiled[module]
 
