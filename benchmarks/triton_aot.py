@@ -15,7 +15,9 @@ happen on a machine without a GPU:
   StyleGAN2-256 recipe at batch 64 costs only the compiles.
 
 Each distinct compiled kernel is listed with its warps, registers per thread, spilled bytes
-(``cuobjdump -res-usage`` on the cubin) and shared memory. A compile error, shared memory
+(``cuobjdump -res-usage`` on the cubin), shared memory, and its global loads and stores as
+vector/scalar instruction counts in the PTX (a streaming kernel whose tile loads are not
+16-byte vectors leaves bandwidth unused). A compile error, shared memory
 over the card's limit or a grid over CUDA's limits (2^31 - 1 programs on axis 0, 65,535 on
 axes 1 and 2) is reported as a failure, and the exit status is 1.
 
@@ -57,6 +59,8 @@ class Compiled:
     shared: int
     regs: int | None
     spill_bytes: int | None
+    loads: str  # global load instructions in the PTX, "vector/scalar"
+    stores: str
     seconds: float
     grid: tuple[int, ...]
 
@@ -90,6 +94,14 @@ class _FakeCudaDriver:
 
     def get_active_torch_device(self):
         return torch.device("cpu")
+
+
+def _accesses(ptx: str, op: str) -> str:
+    """``"vector/scalar"`` counts of ``ld.global`` / ``st.global`` instructions: whether a
+    kernel's memory accesses vectorised (16-byte ``.v4.b32`` for a tile of bf16)."""
+    found = re.findall(rf"\b{op}\.global(?:\.\w+)*", ptx)
+    vec = sum(1 for f in found if ".v2" in f or ".v4" in f or ".v8" in f)
+    return f"{vec}/{len(found) - vec}"
 
 
 def _resources(cubin: bytes, name: str) -> tuple[int | None, int | None]:
@@ -151,7 +163,9 @@ def compile_instead_of_launch(arch: int, log: list[Compiled],
             if shared > limit:
                 failures.append(f"{name}: {shared} bytes of shared memory > {limit} on sm_{arch}")
             rec = Compiled(name, " ".join(f"{k}={v}" for k, v in consts.items()),
-                           ",".join(dtypes), md.num_warps, shared, regs, spill, dt, g)
+                           ",".join(dtypes), md.num_warps, shared, regs, spill,
+                           _accesses(kernel.asm["ptx"], "ld"), _accesses(kernel.asm["ptx"], "st"),
+                           dt, g)
             seen[key] = rec
             log.append(rec)
         return launch
@@ -289,11 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"triton {triton.__version__}, torch {torch.__version__}, target sm_{args.arch}: "
           f"{len(log)} distinct kernels compiled in {wall:.0f} s")
     print(f"{'kernel':<24}{'dtypes':<22}{'warps':>6}{'regs':>6}{'spill B':>8}{'smem B':>8}"
-          f"{'grid':>16}  constexprs")
+          f"{'ld v/s':>8}{'st v/s':>8}{'grid':>16}  constexprs")
     for r in sorted(log, key=lambda r: (r.name, r.dtypes, r.constants)):
         print(f"{r.name:<24}{r.dtypes:<22}{r.num_warps:>6}{r.regs if r.regs is not None else '?':>6}"
               f"{r.spill_bytes if r.spill_bytes is not None else '?':>8}{r.shared:>8}"
-              f"{'x'.join(map(str, r.grid)):>16}  {r.constants}")
+              f"{r.loads:>8}{r.stores:>8}{'x'.join(map(str, r.grid)):>16}  {r.constants}")
     by_name: dict[str, list[Compiled]] = {}
     for r in log:
         by_name.setdefault(r.name, []).append(r)
