@@ -127,7 +127,7 @@ def compile_instead_of_launch(arch: int, log: list[Compiled],
     from triton.runtime.driver import driver
     from triton.runtime.jit import JITFunction, MockTensor
 
-    seen: dict[tuple, Compiled] = {}
+    seen: set[tuple] = set()
     saved_driver, saved_getitem = driver._active, JITFunction.__getitem__
 
     def getitem(self, grid):
@@ -166,7 +166,7 @@ def compile_instead_of_launch(arch: int, log: list[Compiled],
                            ",".join(dtypes), md.num_warps, shared, regs, spill,
                            _accesses(kernel.asm["ptx"], "ld"), _accesses(kernel.asm["ptx"], "st"),
                            dt, g)
-            seen[key] = rec
+            seen.add(key)
             log.append(rec)
         return launch
 

@@ -103,9 +103,15 @@ def _channel_vec(ptr, n, c, cm, sn, sc, HAS: tl.constexpr):
 
 
 @triton.jit
-def _pre_activation(x_ptr, nz_ptr, off, m, n, p, pm, s, bb, snn,
-                    HAS_SCALE: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """``(x, v)`` of a tile in fp32: ``v = x * s + noise + b``."""
+def _load_tile(p0, p_hi, n, c, cm, C, P, x_ptr, nz_ptr, s, bb, snn,
+               HAS_SCALE: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr,
+               BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+               EVEN_P: tl.constexpr, EVEN_C: tl.constexpr):
+    """The tile of pixels ``[p0, p0 + BLOCK_P)``: ``(p, pixel mask, offsets, mask, x, v)``
+    with ``x`` and ``v = x * s + noise + b`` in fp32."""
+    p = p0 + tl.arange(0, BLOCK_P)
+    pm = p < p_hi
+    off, m = _tile_index(n, p, c, C, P, pm, cm, BLOCK_P, BLOCK_C, CHANNELS_LAST, EVEN_P, EVEN_C)
     x = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
     v = x
     if HAS_SCALE:
@@ -114,7 +120,7 @@ def _pre_activation(x_ptr, nz_ptr, off, m, n, p, pm, s, bb, snn,
         v += tl.load(nz_ptr + n * snn + p, mask=pm, other=0.0).to(tl.float32)[:, None]
     if HAS_BIAS:
         v += bb[None, :]
-    return x, v
+    return p, pm, off, m, x, v
 
 
 @triton.jit
@@ -148,12 +154,9 @@ def _sba_fwd_kernel(
     s = _channel_vec(s_ptr, n, c, cm, ssn, ssc, HAS_SCALE)
     bb = _channel_vec(b_ptr, 0, c, cm, 0, 1, HAS_BIAS)
     for p0 in range(p_lo, p_hi, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        pm = p < p_hi
-        off, m = _tile_index(n, p, c, C, P, pm, cm, BLOCK_P, BLOCK_C, CHANNELS_LAST,
-                             EVEN_P, EVEN_C)
-        _, v = _pre_activation(x_ptr, nz_ptr, off, m, n, p, pm, s, bb, snn,
-                               HAS_SCALE, HAS_NOISE, HAS_BIAS)
+        p, pm, off, m, x, v = _load_tile(p0, p_hi, n, c, cm, C, P, x_ptr, nz_ptr, s, bb, snn,
+                                         HAS_SCALE, HAS_NOISE, HAS_BIAS, BLOCK_P, BLOCK_C,
+                                         CHANNELS_LAST, EVEN_P, EVEN_C)
         y, _, _ = _slopes(v, ACT, alpha, gain, clamp, HAS_CLAMP)
         if HAS_RESIDUAL:  # same layout as x (the launcher sees to it): the same offsets
             y += tl.load(r_ptr + off, mask=m, other=0.0).to(tl.float32)
@@ -179,12 +182,9 @@ def _sba_bwd_kernel(
     acc_gb = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     gn_row = gn_ptr + (tl.program_id(1) * N + n) * P
     for p0 in range(p_lo, p_hi, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        pm = p < p_hi
-        off, m = _tile_index(n, p, c, C, P, pm, cm, BLOCK_P, BLOCK_C, CHANNELS_LAST,
-                             EVEN_P, EVEN_C)
-        x, v = _pre_activation(x_ptr, nz_ptr, off, m, n, p, pm, s, bb, snn,
-                               HAS_SCALE, HAS_NOISE, HAS_BIAS)
+        p, pm, off, m, x, v = _load_tile(p0, p_hi, n, c, cm, C, P, x_ptr, nz_ptr, s, bb, snn,
+                                         HAS_SCALE, HAS_NOISE, HAS_BIAS, BLOCK_P, BLOCK_C,
+                                         CHANNELS_LAST, EVEN_P, EVEN_C)
         _, a1, _ = _slopes(v, ACT, alpha, gain, clamp, HAS_CLAMP)
         dv = tl.load(dy_ptr + off, mask=m, other=0.0).to(tl.float32) * a1
         if NEED_DX:
@@ -231,12 +231,9 @@ def _sba_bwd2_kernel(
     acc_db = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     dn_row = dn_ptr + (tl.program_id(1) * N + n) * P
     for p0 in range(p_lo, p_hi, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        pm = p < p_hi
-        off, m = _tile_index(n, p, c, C, P, pm, cm, BLOCK_P, BLOCK_C, CHANNELS_LAST,
-                             EVEN_P, EVEN_C)
-        x, v = _pre_activation(x_ptr, nz_ptr, off, m, n, p, pm, s, bb, snn,
-                               HAS_SCALE, HAS_NOISE, HAS_BIAS)
+        p, pm, off, m, x, v = _load_tile(p0, p_hi, n, c, cm, C, P, x_ptr, nz_ptr, s, bb, snn,
+                                         HAS_SCALE, HAS_NOISE, HAS_BIAS, BLOCK_P, BLOCK_C,
+                                         CHANNELS_LAST, EVEN_P, EVEN_C)
         _, a1, a2 = _slopes(v, ACT, alpha, gain, clamp, HAS_CLAMP)
         w = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
         if HAS_GDX:
