@@ -11,6 +11,7 @@ warm-up, then
    other elementwise and reductions, copies).
 
     python benchmarks/profile_step.py --batch 64 --impl fused
+    python benchmarks/profile_step.py --batch 64 --mode compile  # Gmain/Dmain compiled
     python benchmarks/profile_step.py --tiny --batch 4          # CPU smoke test
 """
 
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--impl", choices=["reference", "fused"], default="fused")
+    p.add_argument("--mode", choices=["eager", "compile", "compile-graphs"], default="eager",
+                   help="compile: G and D compiled for Gmain/Dmain, as train.compile does "
+                        "(the warm-up cycle compiles); compile-graphs: with CUDA graphs")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--trace", default=None, help="write a Chrome trace here")
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     ops.set_impl(args.impl if gpu or args.impl == "reference" else "reference")
-    setup = tt.Setup(args, device, "fused")
+    setup = tt.Setup(args, device, "fused" if args.mode == "eager" else args.mode)
     real = tt._real(args, args.batch, device)
     timer = _Timer(device)
     nimg = 0
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     spans = timer.ms()
     total = sum(sum(v) for v in spans.values())
     name = torch.cuda.get_device_name(device) if gpu else "cpu"
-    print(f"device: {name}  impl {args.impl}  batch {args.batch}  res {args.resolution}  "
+    print(f"device: {name}  impl {args.impl}  mode {args.mode}  batch {args.batch}  res {args.resolution}  "
           f"one {CYCLE}-step cycle: {wall:.3f} s wall = {CYCLE * args.batch / wall:.1f} img/s")
     print(f"{'phase':<8}{'calls':>6}{'ms/call':>10}{'ms/cycle':>10}{'share':>8}")
     for k in (*PHASES, "ema"):

@@ -31,7 +31,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import sys
 import time
+import traceback
 
 import torch
 
@@ -284,14 +286,23 @@ def main(argv: list[str] | None = None) -> None:
         per_image = count_flops_per_image(Setup(args, device, "reference"),
                                           _real(args, small, device))
     flops = dict.fromkeys(args.batches, per_image)
+    failed = False
     for mode in args.modes:
         for batch in args.batches:
-            r = run(args, mode, batch, device, flops[batch])
+            try:
+                r = run(args, mode, batch, device, flops[batch])
+            except Exception:  # one failing mode must not cost the others (GPU time is scarce)
+                traceback.print_exc()
+                print(f"{mode:<16}{batch:>6}    FAILED (traceback above)", flush=True)
+                failed = True
+                continue
             print(f"{r['mode']:<16}{r['batch']:>6}{r['img_s']:>10.1f}{r['s_kimg']:>9.2f}"
                   f"{r['mem_gib']:>9.2f}{r['gflop_img']:>11.1f}{100 * r['frac']:>8.2f}",
                   flush=True)
             if gpu:
                 torch.cuda.empty_cache()
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""The GPU benchmark scripts run end to end on the CPU (`--tiny`), so a lent GPU's minutes are
+not spent finding that one of them broke; one failing mode does not cost the others."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    if str(_DIR) not in sys.path:  # as when run as a script: its siblings import
+        sys.path.insert(0, str(_DIR))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", _DIR / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_train_throughput_tiny_prints_a_row_per_mode(capsys) -> None:
+    tt = _load("train_throughput")
+    tt.main(["--tiny", "--modes", "fused", "fused-prev", "--batches", "2", "--steps", "1",
+             "--warmup", "1", "--no-flops"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [r[:2] for r in rows if r and r[0].startswith("fused")] == \
+        [["fused", "2"], ["fused-prev", "2"]]
+
+
+def test_train_throughput_one_failing_mode_keeps_the_others_and_exits_nonzero(
+        capsys, monkeypatch) -> None:
+    tt = _load("train_throughput")
+
+    def fake_run(args, mode, batch, device, flops):
+        if mode == "fused-prev":
+            raise RuntimeError("boom in fused-prev")
+        return {"mode": mode, "batch": batch, "img_s": 1.0, "s_kimg": 1000.0,
+                "mem_gib": float("nan"), "gflop_img": float("nan"), "frac": float("nan")}
+
+    monkeypatch.setattr(tt, "run", fake_run)
+    with pytest.raises(SystemExit) as exc:
+        tt.main(["--tiny", "--modes", "fused-prev", "fused", "--batches", "2", "--no-flops"])
+    assert exc.value.code == 1
+    captured = capsys.readouterr()
+    assert "boom in fused-prev" in captured.err
+    out = captured.out.splitlines()
+    assert any(line.split()[:3] == ["fused-prev", "2", "FAILED"] for line in out if line)
+    assert any(line.split()[:3] == ["fused", "2", "1.0"] for line in out if line)
+
+
+@pytest.mark.slow
+def test_ops_parity_sweep_tiny_times_every_tiling_and_row(capsys) -> None:
+    op = _load("ops_parity")
+    op.main(["--tiny", "--sweep", "--reps", "1"])
+    out = capsys.readouterr().out
+    assert "failed" not in out  # every row, the double backward included, ran
+    lines = [line for line in out.splitlines() if line[:1].isdigit()]
+    assert [line.split()[0] for line in lines] == ["/".join(map(str, c)) for c in op.SWEEP]
+    assert all(len(line.split()) >= 6 for line in lines)  # three rows of ms (ratio)
+
+
+@pytest.mark.slow
+def test_profile_step_tiny_reports_every_phase(capsys) -> None:
+    ps = _load("profile_step")
+    ps.main(["--tiny", "--batch", "2", "--top", "3"])
+    out = capsys.readouterr().out
+    phases = {line.split()[0] for line in out.splitlines() if line.split()[:1] and
+              line.split()[0] in ("Gmain", "Greg", "Dmain", "Dreg", "ema")}
+    assert phases == {"Gmain", "Greg", "Dmain", "Dreg", "ema"}
