@@ -3,24 +3,24 @@
 # time limit so that one hang costs only its own slot (times seen on an H200 in brackets):
 #   env        card, driver, versions, measured bf16 matmul and copy ceilings  [10 s]
 #   tests      pytest -m gpu: fused vs reference ops, derivatives, dtypes; StyleGAN2 on CUDA;
-#              the compiled StyleGAN2 with the dgan::upfirdn2d custom op  [over 50 s before
-#              scale_bias_act's 38 cases and the compile test were added; not run since]
-#   train      img/s, batch 64: fused and its ablations fused-prev (no scale_bias_act, toRGB
-#              as scale + conv), fused-noepilogue, fused-nomatmul (TRAIN_ARGS)  [2 modes took
-#              ~50 s; four not run yet]
-#   sweep      scale_bias_act's kernels under 7 tilings (TILE, warps, programs per launch) at
-#              the recipe's largest shapes, as ratios to the default  [never run yet; ~7 x 3
-#              compiles + timings, est. under 60 s]
-#   compile    torch.compile of G and D for Gmain/Dmain, without and with CUDA graphs, batch 64
-#              (COMPILE_ARGS)  [never run yet]
+#              the compiled StyleGAN2 with the dgan::upfirdn2d custom op  [118 cases, 95 s]
+#   train      img/s, batch 64: fused (eager) and compile (G, D compiled for Gmain/Dmain, the
+#              recipe's default on CUDA) in one process (TRAIN_ARGS; the ablations fused-prev,
+#              fused-noepilogue, fused-nomatmul are there to name)  [4 eager modes took 105 s;
+#              fused + compile est. ~120 s]
+#   sweep      scale_bias_act's kernels under 8 tilings (TILE, warps, programs per launch) at
+#              the recipe's largest shapes, as ratios to the default  [7 tilings, 14 s]
+#   compile    compile-graphs: the compiled G and D under CUDA graphs (COMPILE_ARGS)  [never
+#              finished: it was still compiling when a 190 s slot that first ran `compile` ended]
 #   train16    img/s, batch 16, fused  [30 s]
 #   ops        per-op speed and agreement at StyleGAN2-256 shapes (bf16)  [10 s]
-#   profile    per-phase times and top kernels of a 16-step cycle, batch 64, fused  [~80 s]
+#   profile    per-phase times and top kernels of a 16-step cycle, batch 64, fused, Gmain/Dmain
+#              compiled (PROFILE_ARGS; `--mode eager` took 70 s)  [compiled: not run yet]
 #   reference  img/s, batch 64, reference ops (the FIR is 10x slower there)  [not finished
 #              in 70 s of a shared slot; give it its own]
 # Limits: TESTS_LIMIT, TRAIN_LIMIT, SWEEP_LIMIT, COMPILE_LIMIT, PROFILE_LIMIT, REFERENCE_LIMIT (s);
 # SKIP_CEILINGS=1 skips the matmul/copy measurement. The default steps may take ~10 minutes:
-# name the steps that fit the lease (e.g. `env tests train sweep compile`).
+# name the steps that fit the lease (e.g. `env train profile tests`, then `compile`).
 # Logs go to $OUT (or /tmp/gpu_check). Usage, from the repository root:
 #   bash benchmarks/gpu_check.sh [step ...]
 #   default: env tests train sweep compile train16 ops profile reference
@@ -61,12 +61,13 @@ for s in $STEPS; do
     sweep)
         run_step sweep "${SWEEP_LIMIT:-90}" python3 benchmarks/ops_parity.py --dtype bf16 --sweep ;;
     profile)
-        run_step profile "${PROFILE_LIMIT:-90}" python3 benchmarks/profile_step.py --batch 64 \
-            --impl fused ;;
+        # shellcheck disable=SC2086
+        run_step profile "${PROFILE_LIMIT:-150}" python3 benchmarks/profile_step.py --batch 64 \
+            ${PROFILE_ARGS:---impl fused --mode compile} ;;
     train)
         # shellcheck disable=SC2086
         run_step train "${TRAIN_LIMIT:-240}" python3 benchmarks/train_throughput.py \
-            ${TRAIN_ARGS:---modes fused fused-prev fused-noepilogue fused-nomatmul --batches 64} \
+            ${TRAIN_ARGS:---modes fused compile --batches 64} \
             --steps 32 --warmup 8 --no-flops ;;
     reference)
         run_step reference "${REFERENCE_LIMIT:-150}" python3 benchmarks/train_throughput.py \
@@ -77,7 +78,7 @@ for s in $STEPS; do
     compile)
         # shellcheck disable=SC2086
         run_step compile "${COMPILE_LIMIT:-300}" python3 benchmarks/train_throughput.py \
-            ${COMPILE_ARGS:---modes compile compile-graphs --batches 64} \
+            ${COMPILE_ARGS:---modes compile-graphs --batches 64} \
             --steps 32 --warmup 8 --no-flops ;;
     *) echo "unknown step $s"; exit 2 ;;
     esac

@@ -56,8 +56,25 @@ def test_every_shipped_config_loads():
         load_config(str(path))
 
 
-def test_compile_is_off_by_default_and_only_for_stylegan2_on_ddp():
-    assert load_config().train.compile is False
+def test_compile_is_auto_by_default_and_only_for_stylegan2_on_ddp():
+    import torch
+
+    from dgan.config import resolve_compile
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert load_config().train.compile is None  # auto
+    assert not resolve_compile(load_config(), cuda)  # dcgan: never
+    sg2 = ["model.name=stylegan2", "data.resolution=32"]
+    assert resolve_compile(load_config(None, sg2), cuda)
+    assert not resolve_compile(load_config(None, sg2), cpu)
+    ds = load_config(None, [*sg2, "backend.name=deepspeed", "loss.r1_gamma=0"])
+    assert not resolve_compile(ds, cuda)  # auto with deepspeed: eager, no error
+    assert resolve_compile(load_config(None, [*sg2, "train.compile=true"]), cpu)
+    assert not resolve_compile(load_config(None, [*sg2, "train.compile=false"]), cuda)
+    from pathlib import Path
+
+    shipped = Path(__file__).parent.parent / "configs" / "stylegan2_256.yaml"
+    assert load_config(str(shipped)).train.compile is None
     cfg = load_config(None, ["model.name=stylegan2", "data.resolution=32", "train.compile=true"])
     assert cfg.train.compile is True
     with pytest.raises(ConfigError, match=r"train\.compile.*model\.name=dcgan"):

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dgan.augment import AdaptiveAugment
+from dgan.config import resolve_compile
 from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_ema
 
 PHASES = {"Gmain": "g_main", "Greg": "g_reg", "Dmain": "d_main", "Dreg": "d_reg"}
@@ -64,7 +65,10 @@ class StyleGAN2Recipe:
             backend.g, backend.d, augment=self.augment, r1_gamma=lc.r1_gamma,
             r1_interval=lc.r1_interval, pl_weight=lc.pl_weight, pl_interval=lc.pl_interval,
             style_mixing_prob=lc.style_mixing, z_dim=cfg.model.z_dim).to(backend.device)
-        self.compile = bool(cfg.train.compile)
+        self.compile = resolve_compile(cfg, backend.device)
+        if cfg.train.compile is None:
+            log.info("train.compile=null (auto): %s", "torch.compile for Gmain/Dmain on CUDA"
+                     if self.compile else "eager (auto compiles on CUDA with the ddp backend)")
         # module -> its torch.compile wrapper (made on first use; never part of any state)
         self.compiled: dict[nn.Module, nn.Module] = {}
 

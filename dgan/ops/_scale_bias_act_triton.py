@@ -40,11 +40,12 @@ INDEX_64_MIN_NUMEL = 2**31
 _INTERPRETER_BLOCK = 8192
 _INTERPRETER_PROGRAMS = 1
 # GPU: elements per tile and the number of programs a launch aims for (each program loops
-# over a chunk of pixels, so fewer, longer programs mean fewer partial sums). Chosen without
-# a GPU to measure on: 2K-element tiles like the channels_last upfirdn2d kernel, and enough
-# programs for several waves on a 132-SM card.
-# NUM_WARPS: warps per program. ``benchmarks/ops_parity.py --sweep`` times the alternatives.
-TILE = 2048
+# over a chunk of pixels, so fewer, longer programs mean fewer partial sums), and NUM_WARPS,
+# warps per program. ``benchmarks/ops_parity.py --sweep`` times the alternatives; on an
+# H200 (bf16, batch 64, benchmarks/RESULTS.md) 1K-element tiles at 4 warps took 0.89x the
+# time of 2K tiles on the 256x256 synthesis epilogue and 0.82x on D's activation + residual,
+# the only tiling faster than 2K on both.
+TILE = 1024
 TARGET_PROGRAMS = 4096
 MAX_BLOCK_C = 64
 NUM_WARPS = 4
