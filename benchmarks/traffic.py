@@ -114,6 +114,8 @@ class Traffic(TorchDispatchMode):
             category = "fir (depthwise conv)"  # the reference upfirdn2d
         inputs = [t for t in _tensors((args, kwargs))]
         outputs = list(_tensors(out))
+        if not inputs and not outputs:  # e.g. promote_types: dtype arithmetic, no kernel
+            return out
         if name.endswith("_") and outputs:  # in place: the written tensor is also an input
             inputs = inputs[1:] if inputs and inputs[0] is outputs[0] else inputs
         self.record(category, name, inputs, outputs)

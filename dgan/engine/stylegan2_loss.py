@@ -70,6 +70,19 @@ def update_ema(g_ema: nn.Module, g: nn.Module, cur_nimg: int, batch_size: int,
     return beta
 
 
+def _grad_of(output: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``autograd.grad(output, inputs, create_graph=True)`` with autocast off.
+
+    The regularisers take this gradient inside the phase's autocast region. A backward pass
+    run under autocast casts again: the fp32 layers' (mapping, style affines, D's head)
+    backward matmuls go to bf16 and their results back, a kernel each. With autocast off,
+    as PyTorch's AMP notes advise for backward passes, each backward op runs in the dtypes
+    its forward saved: bf16 where the forward was bf16, fp32 where it was fp32.
+    """
+    with torch.autocast(output.device.type, enabled=False):
+        return torch.autograd.grad(output, inputs, create_graph=True)
+
+
 class StyleGAN2Loss(nn.Module):
     """StyleGAN2 losses; its only state is the ``pl_mean`` buffer (checkpoint it).
 
@@ -158,7 +171,7 @@ class StyleGAN2Loss(nn.Module):
         # Only dimg/dws is wanted here: convolution weight gradients would be thrown away,
         # unless the weights depend on ws (fused_modconv).
         with no_weight_gradients(self._pl_skip_weight_grads):
-            (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+            (grad,) = _grad_of((img * noise).sum(), ws)
         lengths = grad.float().square().sum(dim=2).mean(dim=1).sqrt()
         pl_mean = self.pl_mean.lerp(lengths.mean().detach(), self.pl_decay)
         self.pl_mean.copy_(pl_mean)
@@ -193,7 +206,7 @@ class StyleGAN2Loss(nn.Module):
         logits = self._run_d(real, c)
         # D's convolution weights are parameters: their gradients are not wanted here.
         with no_weight_gradients():
-            (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+            (grad,) = _grad_of(logits.sum(), real)
         penalty = grad.float().square().sum(dim=[1, 2, 3]).mean()
         loss = penalty * (self.r1_gamma / 2 * self.r1_interval) + logits.mean() * 0
         return loss, {"D/r1_penalty": penalty.detach()}

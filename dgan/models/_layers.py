@@ -54,14 +54,21 @@ class FullyConnectedLayer(nn.Module):
         self.bias_gain = lr_multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight * self.weight_gain
-        b = self.bias * self.bias_gain if self.bias is not None else None
-        if not torch.is_autocast_enabled(x.device.type):
-            w = w.to(x.dtype)
-            b = b.to(x.dtype) if b is not None else None
-        if self.activation == "linear" and b is not None:
-            return torch.addmm(b.unsqueeze(0), x, w.t())
-        return bias_act(x.matmul(w.t()), b, act=self.activation)
+        """In the master weights' precision (float32), autocast off, whatever the input:
+        these matrices are tiny (``[N, 512] x [512, 512]`` for the mapping network and the
+        style affines), so bf16/fp16 would save nothing on the GPU, while autocast's casts of
+        the weight, bias and input, and of their gradients at every derivative order, are
+        kernel launches of their own in a step that is bound by launches (path length
+        differentiates through every affine twice). Higher precision also keeps the styles,
+        and so the demodulation, exact; NVlabs' StyleGAN2 runs these layers in fp32 too."""
+        dt = torch.promote_types(x.dtype, self.weight.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(dt)
+            w = self.weight.to(dt) * self.weight_gain
+            b = self.bias.to(dt) * self.bias_gain if self.bias is not None else None
+            if self.activation == "linear" and b is not None:
+                return torch.addmm(b.unsqueeze(0), x, w.t())
+            return bias_act(x.matmul(w.t()), b, act=self.activation)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, act={self.activation}"
