@@ -253,6 +253,8 @@ def run_phases(args: argparse.Namespace, wrap, dtype: torch.dtype | None = torch
         autocast = (torch.autocast("cpu", dtype=dtype) if dtype is not None
                     else contextlib.nullcontext())
         for name in ("Gmain", "Greg", "Dmain", "Dreg"):
+            for p in (*G.parameters(), *D.parameters()):
+                p.grad = None  # as the trainer's zero_grad(set_to_none=True) leaves them
             is_g = name.startswith("G")
             G.requires_grad_(is_g)
             D.requires_grad_(not is_g)
