@@ -370,3 +370,27 @@ def test_scale_bias_act_double_backward_formula(act: str, clamp: float) -> None:
 
     inputs = tuple(leaves) + tuple(t.requires_grad_() for t in gin)
     assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+
+
+def test_fused_filter_taps_are_built_once_per_buffer_and_rebuilt_when_it_changes() -> None:
+    """The fused upfirdn2d's taps (outer product, gain, flip) and the backward's flipped taps
+    are cached on the filter buffer: the same tensor on every call, new values after an
+    in-place change, and never for a filter that is being learned."""
+    from dgan.ops.upfirdn2d import _flipped, _fused_filter, _make_fused_filter
+
+    f = setup_filter([1, 3, 3, 1])
+    a = _fused_filter(f, False, 4.0, f.device)
+    assert _fused_filter(f, False, 4.0, f.device) is a
+    torch.testing.assert_close(a, _make_fused_filter(f, False, 4.0, f.device))
+    torch.testing.assert_close(a, (torch.outer(f, f) * 4).flip([0, 1]))
+    b = _fused_filter(f, True, 1.0, f.device)  # another variant of the same buffer
+    torch.testing.assert_close(b, torch.outer(f, f))
+    assert _flipped(a) is _flipped(a)
+    torch.testing.assert_close(_flipped(a), a.flip([0, 1]))
+    with torch.no_grad():
+        f.mul_(2)  # an in-place change: the cached taps are stale
+    c = _fused_filter(f, False, 4.0, f.device)
+    torch.testing.assert_close(c, (torch.outer(f, f) * 4).flip([0, 1]))
+    learned = f.clone().requires_grad_()
+    assert _fused_filter(learned, False, 1.0, f.device) is not _fused_filter(
+        learned, False, 1.0, f.device)

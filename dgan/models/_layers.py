@@ -63,11 +63,15 @@ class FullyConnectedLayer(nn.Module):
         and so the demodulation, exact; NVlabs' StyleGAN2 runs these layers in fp32 too."""
         dt = torch.promote_types(x.dtype, self.weight.dtype)
         with torch.autocast(x.device.type, enabled=False):
-            x = x.to(dt)
-            w = self.weight.to(dt) * self.weight_gain
-            b = self.bias.to(dt) * self.bias_gain if self.bias is not None else None
-            if self.activation == "linear" and b is not None:
-                return torch.addmm(b.unsqueeze(0), x, w.t())
+            x, weight = x.to(dt), self.weight.to(dt)
+            bias = self.bias.to(dt) if self.bias is not None else None
+            if self.activation == "linear" and bias is not None:
+                # The gains as addmm's alpha and beta: no separate multiplies of the
+                # parameters (the style affines have bias_gain 1: no multiply at all).
+                return torch.addmm(bias.unsqueeze(0), x, weight.t(), beta=self.bias_gain,
+                                   alpha=self.weight_gain)
+            w = weight * self.weight_gain
+            b = bias * self.bias_gain if bias is not None and self.bias_gain != 1 else bias
             return bias_act(x.matmul(w.t()), b, act=self.activation)
 
     def extra_repr(self) -> str:

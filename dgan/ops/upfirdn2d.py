@@ -127,7 +127,7 @@ class _UpFirDn2dFused(torch.autograd.Function):
         h, w = xshape[2], xshape[3]
         oh, ow = yshape[2], yshape[3]
         pad = _transposed_padding(fh, fw, h, w, oh, ow, upx, upy, downx, downy, px0, py0)
-        dx = _UpFirDn2dFused.apply(dy, f2d.flip([0, 1]), (downx, downy), (upx, upy), pad)
+        dx = _UpFirDn2dFused.apply(dy, _flipped(f2d), (downx, downy), (upx, upy), pad)
         return dx, None, None, None, None
 
 
@@ -220,9 +220,29 @@ def upfirdn2d(
     return _UpFirDn2dFused.apply(x, f2d, up, down, pad)
 
 
+# Filters are constant buffers: each call of the op (and each backward, which uses the
+# flipped filter) would otherwise launch the same small kernels again (outer product, gain,
+# flip) to rebuild the same taps, a few per call in a step that is bound by launches. Keyed
+# on the filter tensor itself (an attribute: it lives and dies with the buffer) and on its
+# in-place version, so that a changed buffer is rebuilt; not used while Dynamo traces.
+
+
 def _fused_filter(f: torch.Tensor | None, flip_filter: bool, gain: float,
                   device: torch.device) -> torch.Tensor:
     """The kernels' filter: fp32 ``[FH, FW]`` correlation taps with ``gain`` applied."""
+    if f is None or torch.compiler.is_compiling() or f.requires_grad:
+        return _make_fused_filter(f, flip_filter, gain, device)
+    key = (f._version, flip_filter, float(gain), str(device))
+    per_filter = f.__dict__.setdefault("_dgan_fused_filters", {})
+    f2d = per_filter.get(key)
+    if f2d is None:
+        per_filter.clear()  # at most the live version's variants
+        f2d = per_filter[key] = _make_fused_filter(f, flip_filter, gain, device)
+    return f2d
+
+
+def _make_fused_filter(f: torch.Tensor | None, flip_filter: bool, gain: float,
+                       device: torch.device) -> torch.Tensor:
     if f is None:
         f = torch.ones(1, 1, dtype=torch.float32, device=device)
     f = f.to(device=device, dtype=torch.float32)
@@ -231,6 +251,14 @@ def _fused_filter(f: torch.Tensor | None, flip_filter: bool, gain: float,
     if not flip_filter:
         f2d = f2d.flip([0, 1])
     return f2d.contiguous()
+
+
+def _flipped(f2d: torch.Tensor) -> torch.Tensor:
+    """``f2d.flip([0, 1])``, made once per filter tensor (the backward's taps)."""
+    out = f2d.__dict__.get("_dgan_flipped")
+    if out is None or out[0] != f2d._version:
+        out = f2d.__dict__["_dgan_flipped"] = (f2d._version, f2d.flip([0, 1]))
+    return out[1]
 
 
 def _fsize(f: torch.Tensor | None) -> tuple[int, int]:
