@@ -81,6 +81,7 @@ class Setup:
         self.graphs = mode == "compile-graphs"
         if mode in ("compile", "compile-graphs"):
             kw = {"mode": "reduce-overhead"} if self.graphs else {}
+            kw["dynamic"] = False  # as train.compile: one static graph per batch size
             g_main, d_main = torch.compile(self.G, **kw), torch.compile(self.D, **kw)
         self.loss_main = StyleGAN2Loss(g_main, d_main, **loss_kw).to(device)
         self.device = device

@@ -271,3 +271,49 @@ def test_regularisers_take_their_gradient_without_autocast_casts() -> None:
                               .square().sum())(x)
     torch.testing.assert_close(h1, ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(g1, g0.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_discriminator_splits_match_separate_calls_and_mbstd_formula() -> None:
+    """D on [fakes; reals] with splits=2 gives exactly the logits of one call per half (the
+    minibatch-stddev groups stay inside a half); splits=1 keeps the NVlabs grouping."""
+    from dgan.models._stylegan2_d import MinibatchStdLayer
+
+    torch.manual_seed(0)
+    d = Discriminator(img_resolution=32, channel_base=256, channel_max=32).double()
+    x = torch.randn(16, 3, 32, 32, dtype=torch.float64)
+    both = d(x, splits=2)
+    torch.testing.assert_close(both, torch.cat([d(x[:8]), d(x[8:])]), rtol=0, atol=1e-12)
+    assert (both - d(x)).abs().max() > 1e-6  # one call of 16 would mix the halves' groups
+    with pytest.raises(ValueError, match="does not split"):
+        d(x[:15], splits=2)
+
+    mb = MinibatchStdLayer(group_size=4, num_channels=2)
+    h = torch.randn(12, 6, 4, 4, dtype=torch.float64)
+    y = h.reshape(4, -1, 2, 3, 4, 4)  # NVlabs: group g holds samples g * 3 + j
+    y = ((y - y.mean(0)).square().mean(0) + 1e-8).sqrt().mean(dim=[2, 3, 4])
+    expect = torch.cat([h, y.reshape(-1, 2, 1, 1).repeat(4, 1, 4, 4)], dim=1)
+    torch.testing.assert_close(mb(h), expect, rtol=1e-6, atol=1e-6)  # statistics in fp32
+    torch.testing.assert_close(mb(torch.cat([h, h]), splits=2), torch.cat([expect, expect]),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_d_main_runs_fakes_and_reals_in_one_d_call_with_the_same_loss() -> None:
+    torch.manual_seed(0)
+    g = Generator(z_dim=16, w_dim=16, img_resolution=32, channel_base=256, channel_max=32)
+    d = Discriminator(img_resolution=32, channel_base=256, channel_max=32)
+    loss = StyleGAN2Loss(g, d, style_mixing_prob=0.0)
+    real = torch.randn(8, 3, 32, 32)
+    calls = []
+    d.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    torch.manual_seed(1)
+    value, stats = loss.d_main(real)
+    assert calls == [16]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        fake = g(loss._z(8), None, style_mixing_prob=0.0, update_emas=True)
+    f, r = d(fake), d(real)
+    expect = torch.nn.functional.softplus(f).mean() + torch.nn.functional.softplus(-r).mean()
+    torch.testing.assert_close(value, expect, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats["D/real_score"], r.mean(), rtol=1e-5, atol=1e-6)
+    value.backward()
+    assert all(p.grad is not None for p in d.parameters())

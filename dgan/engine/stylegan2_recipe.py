@@ -88,7 +88,9 @@ class StyleGAN2Recipe:
             log.info("train.compile: %s%s runs through torch.compile in %s (first call compiles)",
                      type(inner).__name__, " (DDP)" if inner is not module else "",
                      "/".join(COMPILED_PHASES))
-            self.compiled[module] = torch.compile(module)
+            # Static shapes: D sees two batch sizes (fakes alone in Gmain, fakes + reals in
+            # Dmain); each gets its own specialised graph instead of one dynamic one.
+            self.compiled[module] = torch.compile(module, dynamic=False)
         return self.compiled[module]
 
     def step(self, step: int, real: torch.Tensor, c: torch.Tensor | None

@@ -52,14 +52,20 @@ class MinibatchStdLayer(nn.Module):
         super().__init__()
         self.group_size, self.num_channels = group_size, num_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, splits: int = 1) -> torch.Tensor:
+        """``splits``: x is that many independent batches one after the other (D's fakes and
+        reals in one call); groups never mix samples of two of them."""
         n, c, h, w = x.shape
-        g = math.gcd(self.group_size, n)
+        if n % splits:
+            raise ValueError(f"batch of {n} does not split into {splits} equal parts")
+        ns = n // splits
+        g = math.gcd(self.group_size, ns)
         f = self.num_channels
-        y = x.float().reshape(g, -1, f, c // f, h, w)
-        y = (y - y.mean(dim=0)).square().mean(dim=0)
-        y = (y + 1e-8).sqrt().mean(dim=[2, 3, 4])
-        y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)
+        # Sample s * ns + i * (ns // g) + j is in group j of part s.
+        y = x.float().reshape(splits, g, -1, f, c // f, h, w)
+        y = (y - y.mean(dim=1, keepdim=True)).square().mean(dim=1)
+        y = (y + 1e-8).sqrt().mean(dim=[3, 4, 5])  # [splits, ns // g, f]
+        y = y[:, None, :, :, None, None].expand(splits, g, ns // g, f, h, w).reshape(n, f, h, w)
         return torch.cat([x, y.to(x.dtype)], dim=1)
 
 
@@ -76,8 +82,9 @@ class DiscriminatorEpilogue(nn.Module):
         self.fc = FullyConnectedLayer(in_channels * 16, in_channels, activation="lrelu")
         self.out = FullyConnectedLayer(in_channels, cmap_dim if cmap_dim > 0 else 1)
 
-    def forward(self, x: torch.Tensor, cmap: torch.Tensor | None) -> torch.Tensor:
-        x = self.conv(self.mbstd(x.contiguous()))
+    def forward(self, x: torch.Tensor, cmap: torch.Tensor | None, splits: int = 1
+                ) -> torch.Tensor:
+        x = self.conv(self.mbstd(x.contiguous(), splits))
         x = self.out(self.fc(x.flatten(1)))
         if self.cmap_dim > 0:
             x = (x * cmap).sum(dim=1, keepdim=True) / math.sqrt(self.cmap_dim)
@@ -116,10 +123,14 @@ class Discriminator(nn.Module):
         self.epilogue = DiscriminatorEpilogue(ch[4], cmap_dim, mbstd_group_size,
                                               mbstd_num_channels, conv_clamp)
 
-    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``[N, 1]`` in float32."""
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None, splits: int = 1
+                ) -> torch.Tensor:
+        """Logits ``[N, 1]`` in float32. ``splits``: ``img`` holds that many independent
+        batches of equal size (fakes and reals in one call): the same logits as one call
+        each, since only the minibatch-stddev groups look across samples, and they stay
+        inside a part."""
         x = None
         for block in self.blocks:
             x = block(x, img)
         cmap = self.mapping(None, c) if self.mapping is not None else None
-        return self.epilogue(x, cmap).float()
+        return self.epilogue(x, cmap, splits).float()
