@@ -260,7 +260,7 @@ def run_phases(args: argparse.Namespace, wrap, dtype: torch.dtype | None = torch
         for name in (("warm-up",) if warmup else ()) + ("Gmain", "Greg", "Dmain", "Dreg"):
             for p in (*G.parameters(), *D.parameters()):
                 p.grad = None  # as the trainer's zero_grad(set_to_none=True) leaves them
-            is_g = name.startswith("G")
+            is_g = name.startswith("G") or name == "warm-up"  # the warm-up is a Gmain
             G.requires_grad_(is_g)
             D.requires_grad_(not is_g)
             with wrap(name), autocast:

@@ -115,13 +115,15 @@ class _UpFirDn2dFused(torch.autograd.Function):
         downx, downy = down
         px0, px1, py0, py1 = pad
         y = k.launch(x, f2d, upx, upy, downx, downy, px0, px1, py0, py1)
-        ctx.save_for_backward(f2d)
+        # The filter is a constant (no grad): kept as is, not as a saved tensor, whose
+        # unpacking makes a new tensor object and would lose the flipped taps cached on it.
+        ctx.f2d = f2d
         ctx.cfg = (x.shape, up, down, pad, y.shape)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        (f2d,) = ctx.saved_tensors
+        f2d = ctx.f2d
         xshape, (upx, upy), (downx, downy), (px0, _, py0, _), yshape = ctx.cfg
         fh, fw = f2d.shape
         h, w = xshape[2], xshape[3]
@@ -236,7 +238,8 @@ def _fused_filter(f: torch.Tensor | None, flip_filter: bool, gain: float,
     per_filter = f.__dict__.setdefault("_dgan_fused_filters", {})
     f2d = per_filter.get(key)
     if f2d is None:
-        per_filter.clear()  # at most the live version's variants
+        for stale in [k for k in per_filter if k[0] != f._version]:  # changed in place since
+            del per_filter[stale]
         f2d = per_filter[key] = _make_fused_filter(f, flip_filter, gain, device)
     return f2d
 
