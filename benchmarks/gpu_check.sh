@@ -5,9 +5,10 @@
 #   tests      pytest -m gpu: fused vs reference ops, derivatives, dtypes; StyleGAN2 on CUDA;
 #              the compiled StyleGAN2 with the dgan::upfirdn2d custom op  [118 cases, 95 s]
 #   train      img/s, batch 64: fused (eager) and compile (G, D compiled for Gmain/Dmain, the
-#              recipe's default on CUDA) in one process (TRAIN_ARGS; the ablations fused-prev,
-#              fused-noepilogue, fused-nomatmul are there to name)  [4 eager modes took 105 s;
-#              fused + compile est. ~120 s]
+#              recipe's default on CUDA), each also with Dmain's D as two calls (-separate-d),
+#              in one process (TRAIN_ARGS; the ablations fused-prev, fused-noepilogue,
+#              fused-nomatmul are there to name)  [4 eager modes took 105 s; compile ~100 s
+#              each including its compile: est. ~250 s]
 #   sweep      scale_bias_act's kernels under 8 tilings (TILE, warps, programs per launch) at
 #              the recipe's largest shapes, as ratios to the default  [7 tilings, 14 s]
 #   compile    compile-graphs: the compiled G and D under CUDA graphs (COMPILE_ARGS)  [never
@@ -66,8 +67,8 @@ for s in $STEPS; do
             ${PROFILE_ARGS:---impl fused --mode compile} ;;
     train)
         # shellcheck disable=SC2086
-        run_step train "${TRAIN_LIMIT:-240}" python3 benchmarks/train_throughput.py \
-            ${TRAIN_ARGS:---modes fused compile --batches 64} \
+        run_step train "${TRAIN_LIMIT:-300}" python3 benchmarks/train_throughput.py \
+            ${TRAIN_ARGS:---modes fused fused-separate-d compile compile-separate-d --batches 64} \
             --steps 32 --warmup 8 --no-flops ;;
     reference)
         run_step reference "${REFERENCE_LIMIT:-150}" python3 benchmarks/train_throughput.py \

@@ -23,7 +23,9 @@ bias + lrelu, as separate multiply / addcmul / bias_act passes instead of
 batched matmul), ``fused-prev`` (both: the fused path as of the second H200 run),
 ``fused-nogradfix`` (convolutions through torch's own double backward instead of
 ``conv2d_gradfix``) and ``fused-old`` (all of these plus the first, 1D upfirdn2d kernel for
-channels_last tensors: the code of the first H200 run).
+channels_last tensors: the code of the first H200 run); ``fused-separate-d`` and
+``compile-separate-d`` run Dmain's D as two calls (fakes, then reals) instead of one call on
+both.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class Setup:
         g_main, d_main = self.G, self.D
         # Wrappers around the same modules: Greg/Dreg (loss_reg) train the same parameters.
         self.graphs = mode == "compile-graphs"
-        if mode in ("compile", "compile-graphs"):
+        if mode.startswith("compile"):
             kw = {"mode": "reduce-overhead"} if self.graphs else {}
             kw["dynamic"] = False  # as train.compile: one static graph per batch size
             g_main, d_main = torch.compile(self.G, **kw), torch.compile(self.D, **kw)
@@ -167,6 +169,8 @@ ABLATIONS = {
     "fused-nogradfix": {"gradfix"},
     "fused-prev": {"epilogue", "matmul"},
     "fused-old": {"epilogue", "matmul", "gradfix", "cl_fir"},
+    "fused-separate-d": {"merge_d"},
+    "compile-separate-d": {"merge_d"},
 }
 
 
@@ -182,13 +186,16 @@ def _ablation(mode: str):
     """
     import importlib
 
+    from dgan.engine import stylegan2_loss
     from dgan.models import _layers
     from dgan.ops import _upfirdn2d_triton, bias_act, conv2d_gradfix
 
     mc = importlib.import_module("dgan.ops.modulated_conv2d")
     off = ABLATIONS.get(mode, set())
     saved = (conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL, mc.FUSED_EPILOGUE,
-             mc.MATMUL_1X1, _layers.scale_bias_act)
+             mc.MATMUL_1X1, _layers.scale_bias_act, stylegan2_loss.MERGE_D_CALLS)
+    if "merge_d" in off:
+        stylegan2_loss.MERGE_D_CALLS = False
     if "gradfix" in off:
         conv2d_gradfix._custom = lambda op, x, impl: False
     if "cl_fir" in off:
@@ -206,7 +213,7 @@ def _ablation(mode: str):
         yield
     finally:
         (conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL, mc.FUSED_EPILOGUE,
-         mc.MATMUL_1X1, _layers.scale_bias_act) = saved
+         mc.MATMUL_1X1, _layers.scale_bias_act, stylegan2_loss.MERGE_D_CALLS) = saved
 
 
 def run(args: argparse.Namespace, mode: str, batch: int, device: torch.device,

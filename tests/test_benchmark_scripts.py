@@ -23,12 +23,28 @@ def _load(name: str):
 
 @pytest.mark.slow
 def test_train_throughput_tiny_prints_a_row_per_mode(capsys) -> None:
+    from dgan.engine import stylegan2_loss
+
     tt = _load("train_throughput")
-    tt.main(["--tiny", "--modes", "fused", "fused-prev", "--batches", "2", "--steps", "1",
-             "--warmup", "1", "--no-flops"])
+    calls = []
+    real_run_d = stylegan2_loss.StyleGAN2Loss._run_d
+
+    def counting_run_d(self, img, c, splits=1):
+        calls.append(img.shape[0])
+        return real_run_d(self, img, c, splits)
+
+    stylegan2_loss.StyleGAN2Loss._run_d = counting_run_d
+    try:
+        tt.main(["--tiny", "--modes", "fused-separate-d", "fused-prev", "--batches", "2",
+                 "--steps", "1", "--warmup", "1", "--no-flops"])
+    finally:
+        stylegan2_loss.StyleGAN2Loss._run_d = real_run_d
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert [r[:2] for r in rows if r and r[0].startswith("fused")] == \
-        [["fused", "2"], ["fused-prev", "2"]]
+        [["fused-separate-d", "2"], ["fused-prev", "2"]]
+    assert 4 in calls  # fused-prev's Dmain: fakes and reals (2 + 2) in one D call
+    assert stylegan2_loss.MERGE_D_CALLS  # the ablation restored it
+    assert tt.ABLATIONS["compile-separate-d"] == {"merge_d"}
 
 
 def test_train_throughput_one_failing_mode_keeps_the_others_and_exits_nonzero(

@@ -70,6 +70,11 @@ def update_ema(g_ema: nn.Module, g: nn.Module, cur_nimg: int, batch_size: int,
     return beta
 
 
+# Dmain runs D once on [fakes; reals] (see d_main); False: one call each (the benchmark's
+# ablation modes measure the difference).
+MERGE_D_CALLS = True
+
+
 def _grad_of(output: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``autograd.grad(output, inputs, create_graph=True)`` with autocast off.
 
@@ -190,10 +195,13 @@ class StyleGAN2Loss(nn.Module):
         # Fakes and reals through D in one call (one forward and one backward of twice the
         # batch instead of two: half the kernel launches and fuller ones); the
         # minibatch-stddev groups stay within each half, so the logits are those of two calls.
-        n = fake.shape[0]
-        both = torch.cat([fake, real])  # one dtype (promoted) and, both NHWC, NHWC
-        logits = self._run_d(both, torch.cat([c, c]) if c is not None else None, splits=2)
-        logits_fake, logits_real = logits[:n], logits[n:]
+        if MERGE_D_CALLS:
+            n = fake.shape[0]
+            both = torch.cat([fake, real])  # one dtype (promoted) and, both NHWC, NHWC
+            logits = self._run_d(both, torch.cat([c, c]) if c is not None else None, splits=2)
+            logits_fake, logits_real = logits[:n], logits[n:]
+        else:
+            logits_fake, logits_real = self._run_d(fake, c), self._run_d(real, c)
         if self.augment is not None and hasattr(self.augment, "observe"):
             self.augment.observe(logits_real)
         loss = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
