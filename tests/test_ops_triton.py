@@ -59,9 +59,13 @@ def check_bias_act() -> None:
     for act in ACTIVATIONS:
         for clamp in (None, 0.7):
             _compare(partial(bias_act, act=act, clamp=clamp), partial(_inputs, 0, (3, 5, 7), (5,)))
-    x = torch.randn(2, 3, 5, 4).to(memory_format=torch.channels_last)
-    b = torch.randn(3)
-    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1e-3)):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 5, 4, generator=g).to(memory_format=torch.channels_last)
+    b = torch.randn(3, generator=g)
+    # The fused op reads x in `dtype`: rounding x (up to ~3.5 here) costs up to
+    # |x| * eps / 2 * gain (sqrt 2) before the clamp, plus the output's own rounding; for
+    # bf16 (eps 2^-7) that reaches ~0.011 on some draws, so 1e-2 was too tight.
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 2.5e-2), (torch.float16, 4e-3)):
         y = bias_act(x.to(dtype), b, act="lrelu", clamp=1.0, impl="fused")
         assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
         _close(y, bias_act(x, b, act="lrelu", clamp=1.0, impl="reference"), tol)
