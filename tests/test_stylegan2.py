@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dgan.augment import AdaptiveAugment
 from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_ema
@@ -205,28 +206,29 @@ def test_linear_conv_layer_folds_its_gain_into_the_weight(down: int, monkeypatch
     torch.testing.assert_close(biased(x, gain=0.7), (want / 0.7 + 1.0) * 0.7)
 
 
+class _Casts(TorchDispatchMode):
+    """Counts dtype casts (``_to_copy``): each is a kernel launch of its own on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func.overloadpacket.__name__ == "_to_copy"
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fully_connected_layers_stay_float32_under_autocast(dtype: torch.dtype) -> None:
     """The mapping network, the style affines and D's head run in fp32 with no casts of
     their weights (each cast, and its gradient's cast back, is a kernel launch of its own)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from dgan.models._layers import FullyConnectedLayer
-
-    class Casts(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.n += func.overloadpacket.__name__ == "_to_copy"
-            return func(*args, **(kwargs or {}))
 
     torch.manual_seed(0)
     fc = FullyConnectedLayer(16, 8, activation="lrelu", lr_multiplier=0.01)
     lin = FullyConnectedLayer(16, 8)
     x = torch.randn(4, 16, requires_grad=True)
-    with Casts() as casts:
+    with _Casts() as casts:
         with torch.autocast("cpu", dtype=dtype):
             y, z = fc(x), lin(x)
         (y.sum() + z.sum()).backward()  # outside autocast, as the recipe's backward runs
@@ -242,26 +244,15 @@ def test_fully_connected_layers_stay_float32_under_autocast(dtype: torch.dtype) 
 def test_regularisers_take_their_gradient_without_autocast_casts() -> None:
     """R1's and path length's inner gradient runs with autocast off: an fp32 layer's backward
     stays fp32 instead of being cast to bf16 and back."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from dgan.engine.stylegan2_loss import _grad_of
     from dgan.models._layers import FullyConnectedLayer
-
-    class Casts(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.n += func.overloadpacket.__name__ == "_to_copy"
-            return func(*args, **(kwargs or {}))
 
     fc = FullyConnectedLayer(16, 8, activation="lrelu")
     x = torch.randn(4, 16, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        with Casts() as plain:
+        with _Casts() as plain:
             (g0,) = torch.autograd.grad(fc(x).square().sum(), x, create_graph=True)
-        with Casts() as ours:
+        with _Casts() as ours:
             (g1,) = _grad_of(fc(x).square().sum(), x)
     assert plain.n > 0 and ours.n == 0
     assert g1.dtype == torch.float32 and g1.requires_grad
