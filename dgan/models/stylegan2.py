@@ -11,6 +11,7 @@ NHWC, which is what tensor-core convolutions want.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -102,18 +103,22 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 1 if in_channels == 0 else 2
         self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]), persistent=False)
 
-    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
-                noise_mode: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
-        """``ws: [N, num_conv + 1, w_dim]``; returns features and the float32 image so far."""
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None,
+                ws: torch.Tensor | Sequence[torch.Tensor], noise_mode: str = "random"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ws: [N, num_conv + 1, w_dim]``, or that many ``[N, w_dim]`` tensors; returns
+        features and the float32 image so far."""
+        if isinstance(ws, torch.Tensor):
+            ws = ws.unbind(1)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.in_channels == 0:
-            x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+            x = self.const.unsqueeze(0).repeat(ws[0].shape[0], 1, 1, 1)
             x = x.to(memory_format=fmt)
-            x = self.conv1(x, ws[:, 0], noise_mode)
+            x = self.conv1(x, ws[0], noise_mode)
         else:
-            x = self.conv0(x.to(memory_format=fmt), ws[:, 0], noise_mode)
-            x = self.conv1(x, ws[:, 1], noise_mode)
-        y = self.torgb(x, ws[:, self.num_conv]).float()
+            x = self.conv0(x.to(memory_format=fmt), ws[0], noise_mode)
+            x = self.conv1(x, ws[1], noise_mode)
+        y = self.torgb(x, ws[self.num_conv]).float()
         # The image skip path stays float32: it sums small residuals over every resolution.
         img = y if img is None else upsample2d(img, self.resample_filter) + y
         return x, img
@@ -144,9 +149,13 @@ class SynthesisNetwork(nn.Module):
     def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
         x = img = None
         idx = 0
+        # One unbind, not a slice per block and a select per layer: the gradient then comes
+        # back as one stack instead of a zero-filled tensor and a copy per select and slice
+        # and the adds between them, in every backward pass (path length runs two).
+        w_list = ws.unbind(1)
         for block in self.blocks:
             # Consecutive blocks share one w: a block's toRGB w is the next block's up-conv w.
-            x, img = block(x, img, ws[:, idx: idx + block.num_conv + 1], noise_mode)
+            x, img = block(x, img, w_list[idx: idx + block.num_conv + 1], noise_mode)
             idx += block.num_conv
         return img
 
