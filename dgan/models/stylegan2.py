@@ -104,12 +104,10 @@ class SynthesisBlock(nn.Module):
         self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]), persistent=False)
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None,
-                ws: torch.Tensor | Sequence[torch.Tensor], noise_mode: str = "random"
+                ws: Sequence[torch.Tensor], noise_mode: str = "random"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``ws: [N, num_conv + 1, w_dim]``, or that many ``[N, w_dim]`` tensors; returns
-        features and the float32 image so far."""
-        if isinstance(ws, torch.Tensor):
-            ws = ws.unbind(1)
+        """``ws``: ``num_conv + 1`` tensors ``[N, w_dim]``; returns features and the float32
+        image so far."""
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).repeat(ws[0].shape[0], 1, 1, 1)

@@ -222,16 +222,16 @@ def upfirdn2d(
     return _UpFirDn2dFused.apply(x, f2d, up, down, pad)
 
 
-# Filters are constant buffers: each call of the op (and each backward, which uses the
-# flipped filter) would otherwise launch the same small kernels again (outer product, gain,
-# flip) to rebuild the same taps, a few per call in a step that is bound by launches. Keyed
-# on the filter tensor itself (an attribute: it lives and dies with the buffer) and on its
-# in-place version, so that a changed buffer is rebuilt; not used while Dynamo traces.
-
-
 def _fused_filter(f: torch.Tensor | None, flip_filter: bool, gain: float,
                   device: torch.device) -> torch.Tensor:
-    """The kernels' filter: fp32 ``[FH, FW]`` correlation taps with ``gain`` applied."""
+    """The kernels' filter: fp32 ``[FH, FW]`` correlation taps with ``gain`` applied.
+
+    Filters are constant buffers: rebuilding the taps (outer product, gain, flip) at every
+    call would launch the same small kernels again in a step that is bound by launches. So
+    they are kept on the filter tensor itself (an attribute: it lives and dies with the
+    buffer), keyed on its in-place version, so that a changed buffer is rebuilt; not while
+    Dynamo traces, nor for a filter that requires grad.
+    """
     if f is None or torch.compiler.is_compiling() or f.requires_grad:
         return _make_fused_filter(f, flip_filter, gain, device)
     key = (f._version, flip_filter, float(gain), str(device))
