@@ -9,13 +9,14 @@ weighted by how often it runs) and the achieved fraction of the card's dense bf1
     python benchmarks/train_throughput.py                       # GPU: batches 16 and 64
     python benchmarks/train_throughput.py --tiny --steps 4      # CPU smoke test (32x32)
 
-Modes: ``reference`` (plain PyTorch ops), ``fused`` (Triton ops), ``compile`` (Triton ops
-for the double-backward phases; ``torch.compile`` of G and D for Gmain/Dmain, as the
-trainer's ``train.compile`` does: there bias_act and the modulation lower to the reference
-so Inductor can fuse them, while upfirdn2d stays the Triton kernel as the custom op
-``dgan::upfirdn2d``), ``compile-graphs`` (the same with ``mode="reduce-overhead"``: CUDA
-graphs for the compiled G and D only; Greg and Dreg, which run G at half the batch, stay
-eager; on a CPU it is plain ``compile``), and ablations of the fused path, each switching
+Modes: ``reference`` (plain PyTorch ops), ``fused`` (Triton ops), ``compile`` (``torch.compile``
+of G and D for Gmain/Dmain and of G for Greg, as the trainer's ``train.compile`` does: there
+bias_act and the modulation lower to the reference so Inductor can fuse them, while
+upfirdn2d stays the Triton kernel as the custom op ``dgan::upfirdn2d``; Greg's inner
+gradient is written out as forward ops; Dreg runs eager on the Triton ops),
+``compile-graphs`` (the same with ``mode="reduce-overhead"``: CUDA graphs for the compiled
+phases; on a CPU it is plain ``compile``), ``compile-eager-greg`` (``compile`` with Greg
+eager, as before Greg compiled), and ablations of the fused path, each switching
 parts of it off inside the same process (see ``ABLATIONS``): ``fused-noepilogue`` (the
 synthesis layer's styles multiply and demodulation + noise + bias + lrelu epilogue, and D's
 bias + lrelu, as separate multiply / addcmul / bias_act passes instead of
@@ -25,7 +26,8 @@ batched matmul), ``fused-prev`` (both: the fused path as of the second H200 run)
 ``conv2d_gradfix``) and ``fused-old`` (all of these plus the first, 1D upfirdn2d kernel for
 channels_last tensors: the code of the first H200 run); ``fused-separate-d`` and
 ``compile-separate-d`` run Dmain's D as two calls (fakes, then reals) instead of one call on
-both.
+both; ``fused-plvjp`` takes Greg's inner gradient eagerly as written-out forward ops (the
+compiled path's form) instead of through autograd.
 """
 
 from __future__ import annotations
@@ -86,6 +88,14 @@ class Setup:
             kw["dynamic"] = False  # as train.compile: one static graph per batch size
             g_main, d_main = torch.compile(self.G, **kw), torch.compile(self.D, **kw)
         self.loss_main = StyleGAN2Loss(g_main, d_main, **loss_kw).to(device)
+        # Greg through the compiled G (its inner gradient written out as forward ops, see
+        # Generator._path_length_grad), as train.compile does; compile-eager-greg keeps the
+        # eager Greg of the runs before (Dreg always runs eager).
+        self.compiled_phases = set()
+        if mode.startswith("compile"):
+            self.compiled_phases = {"Gmain", "Dmain"}
+            if "eager_greg" not in ABLATIONS.get(mode, set()):
+                self.compiled_phases.add("Greg")
         self.device = device
         self.dtype = {"bf16": torch.bfloat16, "fp32": None}[args.precision]
 
@@ -100,7 +110,7 @@ class Setup:
         net.requires_grad_(True)
         amp = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
                else contextlib.nullcontext())
-        if self.graphs and name in ("Gmain", "Dmain"):
+        if self.graphs and name in self.compiled_phases:
             # A new CUDA-graph generation: no output of an earlier replay is used after this
             # (the losses and stats are eager tensors computed from the graphs' outputs).
             torch.compiler.cudagraph_mark_step_begin()
@@ -109,7 +119,8 @@ class Setup:
             if name == "Gmain":
                 loss, _ = self.loss_main.g_main(n)
             elif name == "Greg":
-                loss, _ = self.loss_reg.g_reg(n)
+                greg = self.loss_main if name in self.compiled_phases else self.loss_reg
+                loss, _ = greg.g_reg(n)
             elif name == "Dmain":
                 loss, _ = self.loss_main.d_main(real)
             else:
@@ -171,6 +182,8 @@ ABLATIONS = {
     "fused-old": {"epilogue", "matmul", "gradfix", "cl_fir"},
     "fused-separate-d": {"merge_d"},
     "compile-separate-d": {"merge_d"},
+    "fused-plvjp": {"pl_vjp"},
+    "compile-eager-greg": {"eager_greg"},
 }
 
 
@@ -187,13 +200,16 @@ def _ablation(mode: str):
     import importlib
 
     from dgan.engine import stylegan2_loss
-    from dgan.models import _layers
+    from dgan.models import _layers, stylegan2
     from dgan.ops import _upfirdn2d_triton, bias_act, conv2d_gradfix
 
     mc = importlib.import_module("dgan.ops.modulated_conv2d")
     off = ABLATIONS.get(mode, set())
     saved = (conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL, mc.FUSED_EPILOGUE,
-             mc.MATMUL_1X1, _layers.scale_bias_act, stylegan2_loss.MERGE_D_CALLS)
+             mc.MATMUL_1X1, _layers.scale_bias_act, stylegan2_loss.MERGE_D_CALLS,
+             stylegan2.EAGER_PL_VJP)
+    if "pl_vjp" in off:
+        stylegan2.EAGER_PL_VJP = True
     if "merge_d" in off:
         stylegan2_loss.MERGE_D_CALLS = False
     if "gradfix" in off:
@@ -213,7 +229,8 @@ def _ablation(mode: str):
         yield
     finally:
         (conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL, mc.FUSED_EPILOGUE,
-         mc.MATMUL_1X1, _layers.scale_bias_act, stylegan2_loss.MERGE_D_CALLS) = saved
+         mc.MATMUL_1X1, _layers.scale_bias_act, stylegan2_loss.MERGE_D_CALLS,
+         stylegan2.EAGER_PL_VJP) = saved
 
 
 def run(args: argparse.Namespace, mode: str, batch: int, device: torch.device,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 _DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -35,16 +36,33 @@ def test_train_throughput_tiny_prints_a_row_per_mode(capsys) -> None:
 
     stylegan2_loss.StyleGAN2Loss._run_d = counting_run_d
     try:
-        tt.main(["--tiny", "--modes", "fused-separate-d", "fused-prev", "--batches", "2",
-                 "--steps", "1", "--warmup", "1", "--no-flops"])
+        tt.main(["--tiny", "--modes", "fused-separate-d", "fused-prev", "fused-plvjp",
+                 "--batches", "2", "--steps", "1", "--warmup", "1", "--no-flops"])
     finally:
         stylegan2_loss.StyleGAN2Loss._run_d = real_run_d
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert [r[:2] for r in rows if r and r[0].startswith("fused")] == \
-        [["fused-separate-d", "2"], ["fused-prev", "2"]]
+        [["fused-separate-d", "2"], ["fused-prev", "2"], ["fused-plvjp", "2"]]
     assert 4 in calls  # fused-prev's Dmain: fakes and reals (2 + 2) in one D call
     assert stylegan2_loss.MERGE_D_CALLS  # the ablation restored it
+    from dgan.models import stylegan2
+
+    assert not stylegan2.EAGER_PL_VJP  # restored after fused-plvjp
     assert tt.ABLATIONS["compile-separate-d"] == {"merge_d"}
+
+
+def test_train_throughput_compile_modes_compile_greg_unless_told_not_to() -> None:
+    import argparse
+
+    tt = _load("train_throughput")
+    args = argparse.Namespace(resolution=32, channel_base=256, channel_max=32, z_dim=32,
+                              map_depth=2, augment=False, precision="fp32")
+    cpu = torch.device("cpu")
+    phases = {mode: tt.Setup(args, cpu, mode).compiled_phases
+              for mode in ("fused", "compile", "compile-eager-greg", "compile-separate-d")}
+    assert phases == {"fused": set(), "compile": {"Gmain", "Dmain", "Greg"},
+                      "compile-eager-greg": {"Gmain", "Dmain"},
+                      "compile-separate-d": {"Gmain", "Dmain", "Greg"}}
 
 
 def test_train_throughput_one_failing_mode_keeps_the_others_and_exits_nonzero(

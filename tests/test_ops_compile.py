@@ -229,7 +229,60 @@ def check_compiled_stylegan2(device: str = "cpu") -> None:
         _close(a, b, 1e-4)
 
 
-CHECKS = {"custom_op": check_custom_op, "compiled_stylegan2": check_compiled_stylegan2}
+def check_compiled_path_length(device: str = "cpu", backend: str = "aot_eager") -> None:
+    """The path-length phase of a tiny G compiled on the fused path (its inner gradient
+    written out as forward ops, ``Generator._path_length_grad``): one graph, no break, the
+    custom op for every FIR pass of the forward and of the written-out gradient, and the
+    loss and parameter gradients of the eager phase (fused kernels, autograd's double
+    backward). ``fallback_random`` makes Inductor draw the eager random numbers."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    from dgan.models.stylegan2 import Generator
+    from dgan.ops import double_backward
+
+    ops.set_impl("fused")
+    torch.manual_seed(0)
+    G = Generator(z_dim=32, w_dim=32, mapping_layers=2, img_resolution=32, channel_base=256,
+                  channel_max=32, channels_last=True).to(device)
+    with torch.no_grad():
+        for p in G.parameters():
+            if p.ndim <= 1:
+                p.add_(torch.randn_like(p) * 0.2)
+    z = torch.randn(4, 32, device=device)
+    kw = {"style_mixing_prob": 0.9, "path_length": True, "noise_mode": "const"}
+
+    def greg(g):
+        G.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        with double_backward():
+            img, grad = g(z, **kw)
+        loss = grad.square().sum(2).mean(1).sqrt().mean() + img[:, 0, 0, 0].mean() * 0
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in G.parameters()]
+
+    try:
+        with double_backward():
+            ex = torch._dynamo.explain(G)(z, **kw)
+        torch._dynamo.reset()
+        assert ex.graph_break_count == 0 and ex.graph_count == 1, ex.break_reasons
+        fir = sum(str(n.target).startswith("dgan.upfirdn2d")
+                  for gr in ex.graphs for n in gr.graph.nodes)
+        # 3 up-conv FIRs and 3 image upsamples, forward and written-out gradient.
+        assert fir == 12, fir
+        eager = greg(G)
+        with torch._inductor.config.patch(fallback_random=True):
+            compiled = greg(torch.compile(G, backend=backend, fullgraph=True, dynamic=False))
+    finally:
+        ops.set_impl(None)
+        torch._dynamo.reset()
+    _close(compiled[0], eager[0], 1e-4)
+    for a, b in zip(compiled[1], eager[1]):
+        _close(a, b, 1e-3)
+
+
+CHECKS = {"custom_op": check_custom_op, "compiled_stylegan2": check_compiled_stylegan2,
+          "compiled_path_length": check_compiled_path_length}
 
 
 def _run_check(name: str, timeout: int) -> None:
@@ -252,6 +305,22 @@ def test_compiled_stylegan2_keeps_the_fused_fir_on_cuda() -> None:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
         torch._dynamo.reset()
         ops.set_impl(None)
+
+
+@pytest.mark.gpu
+def test_compiled_path_length_keeps_the_fused_fir_on_cuda() -> None:
+    """The compiled path-length phase with Inductor's CUDA code generation."""
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        check_compiled_path_length("cuda", "inductor")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+@pytest.mark.slow
+def test_compiled_path_length_keeps_the_fused_fir_under_interpreter() -> None:
+    _run_check("compiled_path_length", 600)
 
 
 def test_custom_op_matches_the_reference_under_interpreter() -> None:

@@ -25,8 +25,6 @@ Losses (logits are raw D outputs, float32):
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -122,11 +120,6 @@ class StyleGAN2Loss(nn.Module):
         self.style_mixing_prob = style_mixing_prob
         self.z_dim = z_dim if z_dim is not None else getattr(G, "module", G).z_dim
         self.register_buffer("pl_mean", torch.zeros([]))
-        # Path length differentiates w.r.t. ws. With fused_modconv the per-sample conv
-        # weights are functions of ws, so their gradients are needed; otherwise every
-        # convolution weight is a parameter and its gradient can be skipped (see g_reg).
-        self._pl_skip_weight_grads = not any(getattr(m, "fused_modconv", False)
-                                             for m in G.modules())
 
     def phases(self, step: int) -> list[str]:
         """Phases to run at 0-based ``step``, in order (``Gmain``, ``Greg``, ``Dmain``, ``Dreg``)."""
@@ -169,15 +162,11 @@ class StyleGAN2Loss(nn.Module):
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n = max(batch_size // self.pl_batch_shrink, 1)
         c = c[:n] if c is not None else None
-        img, ws = self.G(self._z(n), c, style_mixing_prob=self.style_mixing_prob,
-                         return_ws=True)
-        # randn(shape), not randn_like: the same noise whatever memory layout img has.
-        noise = torch.randn(img.shape, device=img.device, dtype=img.dtype) / math.sqrt(
-            img.shape[2] * img.shape[3])
-        # Only dimg/dws is wanted here: convolution weight gradients would be thrown away,
-        # unless the weights depend on ws (fused_modconv).
-        with no_weight_gradients(self._pl_skip_weight_grads):
-            (grad,) = _grad_of((img * noise).sum(), ws)
+        # G returns the image and d sum(img * y) / d ws for fresh noise y, the gradient still
+        # differentiable (Generator._path_length_grad: autograd.grad when eager; written out
+        # as forward ops when G is compiled, which makes this whole phase one graph).
+        img, grad = self.G(self._z(n), c, style_mixing_prob=self.style_mixing_prob,
+                           path_length=True)
         lengths = grad.float().square().sum(dim=2).mean(dim=1).sqrt()
         pl_mean = self.pl_mean.lerp(lengths.mean().detach(), self.pl_decay)
         self.pl_mean.copy_(pl_mean)

@@ -10,11 +10,14 @@ The global torch RNG (latents, style mixing, noise inputs, augmentation) is rese
 from (run.seed, rank, step) at the start of every step: a resumed run draws exactly
 what the uninterrupted one would have, with no RNG state to carry.
 
-`train.compile`: Gmain and Dmain (first-order, most of the step) call `torch.compile`
-wrappers of the same networks the other phases call; Greg and Dreg stay eager, since
-they differentiate twice, which compiled graphs do not support. A wrapper holds the
-module, not a copy, so parameters, buffers, optimizers and checkpoints are the eager
-modules' own. The loss object is the same one; only the G/D it calls per phase differ.
+`train.compile`: Gmain, Dmain and Greg call `torch.compile` wrappers of the same
+networks the other phases call. Greg differentiates twice: compiled graphs cannot take
+`autograd.grad(create_graph=True)`, so the compiled generator takes its inner gradient with
+`torch.func.grad` (`Generator._path_length_grad`), and its convolutions go through the
+`dgan::conv2d` custom ops (`dgan.ops.conv2d_gradfix`). Dreg (R1, every 16 steps) stays
+eager. A wrapper holds the module, not a copy, so parameters, buffers, optimizers and
+checkpoints are the eager modules' own. The loss object is the same one; only the G/D it
+calls per phase differ.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from dgan.config import resolve_compile
 from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_ema
 
 PHASES = {"Gmain": "g_main", "Greg": "g_reg", "Dmain": "d_main", "Dreg": "d_reg"}
-COMPILED_PHASES = ("Gmain", "Dmain")  # train.compile: the first-order phases
+# The phases train.compile compiles; Greg not with fp16 (see compiled_phases).
+COMPILED_PHASES = ("Gmain", "Dmain", "Greg")
 ADA_INTERVAL = 4  # steps between augmentation-probability updates
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,16 @@ def build_optimizers(cfg: DictConfig, g: nn.Module, d: nn.Module
     lr_d, betas_d = lazy_adam_hparams(o.lr_d, (o.beta1, o.beta2), d_interval)
     return (torch.optim.Adam(g.parameters(), lr=lr_g, betas=betas_g, eps=1e-8, **fused),
             torch.optim.Adam(d.parameters(), lr=lr_d, betas=betas_d, eps=1e-8, **fused))
+
+
+def compiled_phases(cfg: DictConfig) -> tuple[str, ...]:
+    """The phases `train.compile` runs through torch.compile: Gmain, Dmain and Greg, whose
+    compiled form writes the inner gradient out as forward ops
+    (`SynthesisNetwork.forward_and_vjp`); not Greg under fp16, whose modulation rescales the
+    weights and styles first (that form leaves it out). Dreg stays eager."""
+    if cfg.train.precision == "fp16":
+        return tuple(p for p in COMPILED_PHASES if p != "Greg")
+    return COMPILED_PHASES
 
 
 class StyleGAN2Recipe:
@@ -67,27 +81,28 @@ class StyleGAN2Recipe:
             style_mixing_prob=lc.style_mixing, z_dim=cfg.model.z_dim).to(backend.device)
         self.compile = resolve_compile(cfg, backend.device)
         if cfg.train.compile is None:
-            log.info("train.compile=null (auto): %s", "torch.compile for Gmain/Dmain on CUDA"
+            log.info("train.compile=null (auto): %s", "torch.compile for Gmain/Dmain/Greg on CUDA"
                      if self.compile else "eager (auto compiles on CUDA with the ddp backend)")
         # module -> its torch.compile wrapper (made on first use; never part of any state)
         self.compiled: dict[nn.Module, nn.Module] = {}
+        self.compiled_phases = compiled_phases(cfg) if self.compile else ()
 
     def networks(self, phase: str) -> tuple[nn.Module, nn.Module]:
         """(G, D) that `phase` calls: the trained network wrapped by the backend (gradient
-        sync), the other one plain; compiled wrappers of those in Gmain/Dmain under
+        sync), the other one plain; compiled wrappers of those in the compiled phases under
         `train.compile`."""
         b = self.backend
         g, d = (b.g, b.d_module) if phase[0] == "G" else (b.g_module, b.d)
-        if self.compile and phase in COMPILED_PHASES:
+        if phase in self.compiled_phases:
             g, d = self._compiled(g), self._compiled(d)
         return g, d
 
     def _compiled(self, module: nn.Module) -> nn.Module:
         if module not in self.compiled:
             inner = getattr(module, "module", module)  # the network inside a DDP wrapper
-            log.info("train.compile: %s%s runs through torch.compile in %s (first call compiles)",
+            log.info("train.compile: %s%s runs through torch.compile in %s (first calls compile)",
                      type(inner).__name__, " (DDP)" if inner is not module else "",
-                     "/".join(COMPILED_PHASES))
+                     "/".join(self.compiled_phases))
             # Static shapes: D sees two batch sizes (fakes alone in Gmain, fakes + reals in
             # Dmain); each gets its own specialised graph instead of one dynamic one.
             self.compiled[module] = torch.compile(module, dynamic=False)

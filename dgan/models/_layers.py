@@ -74,6 +74,15 @@ class FullyConnectedLayer(nn.Module):
             b = bias * self.bias_gain if bias is not None and self.bias_gain != 1 else bias
             return bias_act(x.matmul(w.t()), b, act=self.activation)
 
+    def input_grad(self, g: torch.Tensor) -> torch.Tensor:
+        """The gradient with respect to the input given the output gradient ``g``, as a
+        differentiable forward computation (linear layers only): ``g @ W * weight_gain``."""
+        if self.activation != "linear":
+            raise NotImplementedError(f"input_grad of a {self.activation!r} layer")
+        dt = torch.promote_types(g.dtype, self.weight.dtype)
+        with torch.autocast(g.device.type, enabled=False):
+            return g.to(dt).matmul(self.weight.to(dt)) * self.weight_gain
+
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, act={self.activation}"
 

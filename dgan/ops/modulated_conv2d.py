@@ -119,10 +119,17 @@ def _modulated_matmul(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tenso
     the backward. A channels_last ``x`` is already ``[N, H, W, I]`` in memory and an NCHW one
     ``[N, I, HW]``: both are views, and the result has ``x``'s layout.
     """
-    n, i, h, w_ = x.shape
     wn = weight[None, :, :, 0, 0] * styles[:, None, :]  # [N, O, I]
     if demodulate:
         wn = wn * _demod_coefs(weight, styles)[:, :, None]
+    return channel_bmm(x, wn)
+
+
+def channel_bmm(x: torch.Tensor, wn: torch.Tensor) -> torch.Tensor:
+    """``y[n, o] = sum_i wn[n, o, i] * x[n, i]`` over ``x: [N, I, H, W]``: one batched matmul
+    on a view of ``x`` in either memory layout; the result has ``x``'s layout (and dtype,
+    outside autocast)."""
+    n, i, h, w_ = x.shape
     wn = wn.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else wn
     o = wn.shape[1]
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():

@@ -222,6 +222,27 @@ def upfirdn2d(
     return _UpFirDn2dFused.apply(x, f2d, up, down, pad)
 
 
+def upfirdn2d_input_grad(
+    dy: torch.Tensor, f: torch.Tensor | None, x_hw: tuple[int, int],
+    up: int | tuple[int, int] = 1, down: int | tuple[int, int] = 1,
+    padding: int | tuple[int, ...] = 0, flip_filter: bool = False, gain: float = 1.0,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """The gradient of :func:`upfirdn2d` with respect to its input of spatial size ``x_hw``,
+    given the output gradient ``dy``: the adjoint op, which is again one ``upfirdn2d`` (the
+    flipped filter, ``up`` and ``down`` swapped, the padding transposed). For code that
+    writes a gradient out as a forward computation (``Generator`` path length, compiled).
+    """
+    upx, upy = _pair(up)
+    downx, downy = _pair(down)
+    px0, _, py0, _ = _padding(padding)
+    fw, fh = _fsize(f)
+    pad = _transposed_padding(fh, fw, x_hw[0], x_hw[1], dy.shape[2], dy.shape[3], upx, upy,
+                              downx, downy, px0, py0)
+    return upfirdn2d(dy, f, up=(downx, downy), down=(upx, upy), padding=pad,
+                     flip_filter=not flip_filter, gain=gain, impl=impl)
+
+
 def _fused_filter(f: torch.Tensor | None, flip_filter: bool, gain: float,
                   device: torch.device) -> torch.Tensor:
     """The kernels' filter: fp32 ``[FH, FW]`` correlation taps with ``gain`` applied.
@@ -292,6 +313,20 @@ def upsample2d(
          py1 + (fh - up) // 2)
     return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * up * up,
                      impl=impl)
+
+
+def upsample2d_input_grad(
+    dy: torch.Tensor, f: torch.Tensor | None, x_hw: tuple[int, int], up: int = 2,
+    padding: int | tuple[int, ...] = 0, flip_filter: bool = False, gain: float = 1.0,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """The gradient of :func:`upsample2d` (same arguments) with respect to its input."""
+    px0, px1, py0, py1 = _padding(padding)
+    fw, fh = _fsize(f)
+    p = (px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2, py0 + (fh + up - 1) // 2,
+         py1 + (fh - up) // 2)
+    return upfirdn2d_input_grad(dy, f, x_hw, up=up, padding=p, flip_filter=flip_filter,
+                                gain=gain * up * up, impl=impl)
 
 
 def downsample2d(
