@@ -3,21 +3,22 @@
 # time limit so that one hang costs only its own slot (times seen on an H200 in brackets):
 #   env        card, driver, versions, measured bf16 matmul and copy ceilings  [10 s]
 #   tests      pytest -m gpu: fused vs reference ops, derivatives, dtypes; StyleGAN2 on CUDA;
-#              the compiled StyleGAN2 and the compiled path-length phase with the
-#              dgan::upfirdn2d custom op  [118 cases, 95 s, before the path-length case]
-#   train      img/s, batch 64, in one process (TRAIN_ARGS): compile (G, D compiled for
-#              Gmain/Dmain and G for Greg, the recipe's default on CUDA), compile-eager-greg
-#              (Greg eager, as measured before) and fused (eager); the ablations
-#              fused-separate-d, compile-separate-d, fused-prev, ... are there to name
-#              [compile ~100 s each including its compile before Greg compiled; est. ~300 s]
+#              the compiled StyleGAN2 and the compiled path-length and R1 phases with the
+#              dgan::upfirdn2d custom op  [118 cases, 95 s, before the regulariser case]
+#   train      img/s, batch 64, in one process (TRAIN_ARGS): compile (G, D compiled in every
+#              phase, the recipe's default on CUDA), compile-eager-reg (Greg and Dreg eager,
+#              as measured before) and fused (eager); compile-eager-greg/-dreg and the
+#              ablations fused-separate-d, compile-separate-d, fused-prev, ... are there to
+#              name  [compile ~100 s each including its compile before the regularisers
+#              compiled; est. ~300 s]
 #   sweep      scale_bias_act's kernels under 8 tilings (TILE, warps, programs per launch) at
 #              the recipe's largest shapes, as ratios to the default  [7 tilings, 14 s]
 #   compile    compile-graphs: the compiled G and D under CUDA graphs (COMPILE_ARGS)  [never
 #              finished: it was still compiling when a 190 s slot that first ran `compile` ended]
 #   train16    img/s, batch 16, fused  [30 s]
 #   ops        per-op speed and agreement at StyleGAN2-256 shapes (bf16)  [10 s]
-#   profile    per-phase times and top kernels of a 16-step cycle, batch 64, fused, Gmain/Dmain/
-#              Greg compiled (PROFILE_ARGS; `--mode eager` took 70 s)  [compiled: not run yet]
+#   profile    per-phase times and top kernels of a 16-step cycle, batch 64, fused, every phase
+#              compiled (PROFILE_ARGS; `--mode eager` took 70 s)  [compiled: not run yet]
 #   reference  img/s, batch 64, reference ops (the FIR is 10x slower there)  [not finished
 #              in 70 s of a shared slot; give it its own]
 # Limits: TESTS_LIMIT, TRAIN_LIMIT, SWEEP_LIMIT, COMPILE_LIMIT, PROFILE_LIMIT, REFERENCE_LIMIT (s);
@@ -69,7 +70,7 @@ for s in $STEPS; do
     train)
         # shellcheck disable=SC2086
         run_step train "${TRAIN_LIMIT:-360}" python3 benchmarks/train_throughput.py \
-            ${TRAIN_ARGS:---modes compile compile-eager-greg fused --batches 64} \
+            ${TRAIN_ARGS:---modes compile compile-eager-reg fused --batches 64} \
             --steps 32 --warmup 8 --no-flops ;;
     reference)
         run_step reference "${REFERENCE_LIMIT:-150}" python3 benchmarks/train_throughput.py \

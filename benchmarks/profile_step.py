@@ -11,7 +11,7 @@ warm-up, then
    other elementwise and reductions, copies).
 
     python benchmarks/profile_step.py --batch 64 --impl fused
-    python benchmarks/profile_step.py --batch 64 --mode compile  # Gmain/Dmain/Greg compiled
+    python benchmarks/profile_step.py --batch 64 --mode compile  # every phase compiled
     python benchmarks/profile_step.py --tiny --batch 4          # CPU smoke test
 """
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--impl", choices=["reference", "fused"], default="fused")
     p.add_argument("--mode", choices=["eager", "compile", "compile-graphs"], default="eager",
-                   help="compile: G and D compiled for Gmain/Dmain/Greg, as train.compile does "
+                   help="compile: G and D compiled in every phase, as train.compile does "
                         "(the warm-up cycle compiles); compile-graphs: with CUDA graphs")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--top", type=int, default=25)

@@ -10,13 +10,14 @@ weighted by how often it runs) and the achieved fraction of the card's dense bf1
     python benchmarks/train_throughput.py --tiny --steps 4      # CPU smoke test (32x32)
 
 Modes: ``reference`` (plain PyTorch ops), ``fused`` (Triton ops), ``compile`` (``torch.compile``
-of G and D for Gmain/Dmain and of G for Greg, as the trainer's ``train.compile`` does: there
-bias_act and the modulation lower to the reference so Inductor can fuse them, while
-upfirdn2d stays the Triton kernel as the custom op ``dgan::upfirdn2d``; Greg's inner
-gradient is written out as forward ops; Dreg runs eager on the Triton ops),
-``compile-graphs`` (the same with ``mode="reduce-overhead"``: CUDA graphs for the compiled
-phases; on a CPU it is plain ``compile``), ``compile-eager-greg`` (``compile`` with Greg
-eager, as before Greg compiled), and ablations of the fused path, each switching
+of G and D in every phase, as the trainer's ``train.compile`` does: there bias_act and the
+modulation lower to the reference so Inductor can fuse them, while upfirdn2d stays the
+Triton kernel as the custom op ``dgan::upfirdn2d``; Greg's and Dreg's inner gradients are
+written out as forward ops), ``compile-graphs`` (the same with ``mode="reduce-overhead"``:
+CUDA graphs for the compiled phases; on a CPU it is plain ``compile``),
+``compile-eager-greg``, ``compile-eager-dreg`` and ``compile-eager-reg`` (``compile`` with
+Greg, Dreg or both eager on the Triton ops: the last is ``compile`` as measured before
+either compiled), and ablations of the fused path, each switching
 parts of it off inside the same process (see ``ABLATIONS``): ``fused-noepilogue`` (the
 synthesis layer's styles multiply and demodulation + noise + bias + lrelu epilogue, and D's
 bias + lrelu, as separate multiply / addcmul / bias_act passes instead of
@@ -26,8 +27,8 @@ batched matmul), ``fused-prev`` (both: the fused path as of the second H200 run)
 ``conv2d_gradfix``) and ``fused-old`` (all of these plus the first, 1D upfirdn2d kernel for
 channels_last tensors: the code of the first H200 run); ``fused-separate-d`` and
 ``compile-separate-d`` run Dmain's D as two calls (fakes, then reals) instead of one call on
-both; ``fused-plvjp`` takes Greg's inner gradient eagerly as written-out forward ops (the
-compiled path's form) instead of through autograd.
+both; ``fused-plvjp`` and ``fused-r1vjp`` take Greg's or Dreg's inner gradient eagerly as
+written-out forward ops (the compiled path's form) instead of through autograd.
 """
 
 from __future__ import annotations
@@ -88,14 +89,17 @@ class Setup:
             kw["dynamic"] = False  # as train.compile: one static graph per batch size
             g_main, d_main = torch.compile(self.G, **kw), torch.compile(self.D, **kw)
         self.loss_main = StyleGAN2Loss(g_main, d_main, **loss_kw).to(device)
-        # Greg through the compiled G (its inner gradient written out as forward ops, see
-        # Generator._path_length_grad), as train.compile does; compile-eager-greg keeps the
-        # eager Greg of the runs before (Dreg always runs eager).
+        # Greg and Dreg through the compiled G and D (their inner gradients written out as
+        # forward ops), as train.compile does (Dreg not with augmentation);
+        # compile-eager-reg keeps both eager, as in the runs before.
         self.compiled_phases = set()
         if mode.startswith("compile"):
+            off = ABLATIONS.get(mode, set())
             self.compiled_phases = {"Gmain", "Dmain"}
-            if "eager_greg" not in ABLATIONS.get(mode, set()):
+            if "eager_greg" not in off:
                 self.compiled_phases.add("Greg")
+            if "eager_dreg" not in off and augment is None:
+                self.compiled_phases.add("Dreg")
         self.device = device
         self.dtype = {"bf16": torch.bfloat16, "fp32": None}[args.precision]
 
@@ -124,7 +128,8 @@ class Setup:
             elif name == "Dmain":
                 loss, _ = self.loss_main.d_main(real)
             else:
-                loss, _ = self.loss_reg.d_reg(real)
+                dreg = self.loss_main if name in self.compiled_phases else self.loss_reg
+                loss, _ = dreg.d_reg(real)
         loss.backward()
         opt.step()
         return loss.detach()
@@ -183,7 +188,10 @@ ABLATIONS = {
     "fused-separate-d": {"merge_d"},
     "compile-separate-d": {"merge_d"},
     "fused-plvjp": {"pl_vjp"},
+    "fused-r1vjp": {"r1_vjp"},
     "compile-eager-greg": {"eager_greg"},
+    "compile-eager-dreg": {"eager_dreg"},
+    "compile-eager-reg": {"eager_greg", "eager_dreg"},
 }
 
 
@@ -200,16 +208,18 @@ def _ablation(mode: str):
     import importlib
 
     from dgan.engine import stylegan2_loss
-    from dgan.models import _layers, stylegan2
+    from dgan.models import _layers, _stylegan2_d, stylegan2
     from dgan.ops import _upfirdn2d_triton, bias_act, conv2d_gradfix
 
     mc = importlib.import_module("dgan.ops.modulated_conv2d")
     off = ABLATIONS.get(mode, set())
     saved = (conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL, mc.FUSED_EPILOGUE,
              mc.MATMUL_1X1, _layers.scale_bias_act, stylegan2_loss.MERGE_D_CALLS,
-             stylegan2.EAGER_PL_VJP)
+             stylegan2.EAGER_PL_VJP, _stylegan2_d.EAGER_R1_VJP)
     if "pl_vjp" in off:
         stylegan2.EAGER_PL_VJP = True
+    if "r1_vjp" in off:
+        _stylegan2_d.EAGER_R1_VJP = True
     if "merge_d" in off:
         stylegan2_loss.MERGE_D_CALLS = False
     if "gradfix" in off:
@@ -230,7 +240,7 @@ def _ablation(mode: str):
     finally:
         (conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL, mc.FUSED_EPILOGUE,
          mc.MATMUL_1X1, _layers.scale_bias_act, stylegan2_loss.MERGE_D_CALLS,
-         stylegan2.EAGER_PL_VJP) = saved
+         stylegan2.EAGER_PL_VJP, _stylegan2_d.EAGER_R1_VJP) = saved
 
 
 def run(args: argparse.Namespace, mode: str, batch: int, device: torch.device,

@@ -91,8 +91,8 @@ class TrainConfig:
     ema_kimg: float = 10.0  # stylegan2: G_ema half-life in thousands of images
     ema_rampup: float = 0.05  # stylegan2: half-life at most this fraction of images seen
     tf32: bool = True  # on CUDA: TF32 for fp32 matmuls/convolutions (cudnn.benchmark is on)
-    # stylegan2, ddp: torch.compile G and D for Gmain/Dmain/Greg (not Greg with fp16); null
-    # (auto): on CUDA
+    # stylegan2, ddp: torch.compile G and D in every phase (not Greg with fp16, not Dreg
+    # with augmentation); null (auto): on CUDA
     # with the stylegan2 model and the ddp backend, else eager (see resolve_compile)
     compile: Optional[bool] = None
 
@@ -251,8 +251,8 @@ def validate(cfg: DictConfig) -> None:
                           f"{cfg.model.name}: it compiles the StyleGAN2 recipe's training "
                           "phases; use train.compile=false")
     if cfg.train.compile and cfg.backend.name == "deepspeed":
-        # A compiled wrapper would have to sit inside the engine (engine.module), which the
-        # eager Dreg phase also calls, or around the engine and its ZeRO hooks.
+        # A compiled wrapper would have to sit inside the engine (engine.module), which
+        # eager phases may also call, or around the engine and its ZeRO hooks.
         raise ConfigError("train.compile=true is not supported with backend.name=deepspeed "
                           "(the engine owns the module that the eager phases call too); use "
                           "backend.name=ddp or train.compile=false")
@@ -266,7 +266,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def resolve_compile(cfg: DictConfig, device: Any) -> bool:
-    """Whether the StyleGAN2 recipe compiles (Gmain, Dmain, Greg; see
+    """Whether the StyleGAN2 recipe compiles (its phases, see
     `stylegan2_recipe.compiled_phases`): `train.compile` when set, else
     (null, auto) on a CUDA device with the stylegan2 model and the ddp backend, where it
     was measured faster (about 1.7x the eager fused path at batch 64 on an H200, see

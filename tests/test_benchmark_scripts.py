@@ -51,18 +51,23 @@ def test_train_throughput_tiny_prints_a_row_per_mode(capsys) -> None:
     assert tt.ABLATIONS["compile-separate-d"] == {"merge_d"}
 
 
-def test_train_throughput_compile_modes_compile_greg_unless_told_not_to() -> None:
+def test_train_throughput_compile_modes_compile_the_regularisers_unless_told_not_to() -> None:
     import argparse
 
     tt = _load("train_throughput")
     args = argparse.Namespace(resolution=32, channel_base=256, channel_max=32, z_dim=32,
                               map_depth=2, augment=False, precision="fp32")
     cpu = torch.device("cpu")
-    phases = {mode: tt.Setup(args, cpu, mode).compiled_phases
-              for mode in ("fused", "compile", "compile-eager-greg", "compile-separate-d")}
-    assert phases == {"fused": set(), "compile": {"Gmain", "Dmain", "Greg"},
-                      "compile-eager-greg": {"Gmain", "Dmain"},
-                      "compile-separate-d": {"Gmain", "Dmain", "Greg"}}
+    modes = ("fused", "compile", "compile-eager-greg", "compile-eager-dreg",
+             "compile-eager-reg", "compile-separate-d")
+    phases = {mode: tt.Setup(args, cpu, mode).compiled_phases for mode in modes}
+    every = {"Gmain", "Dmain", "Greg", "Dreg"}
+    assert phases == {"fused": set(), "compile": every,
+                      "compile-eager-greg": every - {"Greg"},
+                      "compile-eager-dreg": every - {"Dreg"},
+                      "compile-eager-reg": {"Gmain", "Dmain"}, "compile-separate-d": every}
+    args.augment = True  # R1 through the augmentation: Dreg stays eager
+    assert tt.Setup(args, cpu, "compile").compiled_phases == every - {"Dreg"}
 
 
 def test_train_throughput_one_failing_mode_keeps_the_others_and_exits_nonzero(

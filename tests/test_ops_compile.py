@@ -229,60 +229,80 @@ def check_compiled_stylegan2(device: str = "cpu") -> None:
         _close(a, b, 1e-4)
 
 
-def check_compiled_path_length(device: str = "cpu", backend: str = "aot_eager") -> None:
-    """The path-length phase of a tiny G compiled on the fused path (its inner gradient
-    written out as forward ops, ``Generator._path_length_grad``): one graph, no break, the
+def check_compiled_regularisers(device: str = "cpu", backend: str = "aot_eager") -> None:
+    """The path-length (G) and R1 (D) phases of a tiny G and D compiled on the fused path
+    (their inner gradients written out as forward ops): one graph each, no break, the
     custom op for every FIR pass of the forward and of the written-out gradient, and the
-    loss and parameter gradients of the eager phase (fused kernels, autograd's double
+    loss and parameter gradients of the eager phases (fused kernels, autograd's double
     backward). ``fallback_random`` makes Inductor draw the eager random numbers."""
     import torch._dynamo
     import torch._inductor.config
 
-    from dgan.models.stylegan2 import Generator
+    from dgan.models.stylegan2 import Discriminator, Generator
     from dgan.ops import double_backward
 
     ops.set_impl("fused")
     torch.manual_seed(0)
-    G = Generator(z_dim=32, w_dim=32, mapping_layers=2, img_resolution=32, channel_base=256,
-                  channel_max=32, channels_last=True).to(device)
+    kw = {"img_resolution": 32, "channel_base": 256, "channel_max": 32, "channels_last": True}
+    G = Generator(z_dim=32, w_dim=32, mapping_layers=2, **kw).to(device)
+    D = Discriminator(**kw).to(device)
     with torch.no_grad():
-        for p in G.parameters():
+        for p in (*G.parameters(), *D.parameters()):
             if p.ndim <= 1:
                 p.add_(torch.randn_like(p) * 0.2)
     z = torch.randn(4, 32, device=device)
-    kw = {"style_mixing_prob": 0.9, "path_length": True, "noise_mode": "const"}
+    real = torch.randn(8, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+    g_kw = {"style_mixing_prob": 0.9, "path_length": True, "noise_mode": "const"}
 
     def greg(g):
         G.zero_grad(set_to_none=True)
         torch.manual_seed(1)
         with double_backward():
-            img, grad = g(z, **kw)
+            img, grad = g(z, **g_kw)
         loss = grad.square().sum(2).mean(1).sqrt().mean() + img[:, 0, 0, 0].mean() * 0
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in G.parameters()]
 
-    try:
+    def dreg(d):
+        D.zero_grad(set_to_none=True)
         with double_backward():
-            ex = torch._dynamo.explain(G)(z, **kw)
-        torch._dynamo.reset()
-        assert ex.graph_break_count == 0 and ex.graph_count == 1, ex.break_reasons
-        fir = sum(str(n.target).startswith("dgan.upfirdn2d")
-                  for gr in ex.graphs for n in gr.graph.nodes)
-        # 3 up-conv FIRs and 3 image upsamples, forward and written-out gradient.
-        assert fir == 12, fir
-        eager = greg(G)
-        with torch._inductor.config.patch(fallback_random=True):
-            compiled = greg(torch.compile(G, backend=backend, fullgraph=True, dynamic=False))
+            logits, grad = d(real.detach().requires_grad_(True), input_grad=True)
+        loss = grad.square().sum(dim=[1, 2, 3]).mean() + logits.mean() * 0
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in D.parameters()]
+
+    def fir_nodes(ex) -> int:
+        return sum(str(n.target).startswith("dgan.upfirdn2d")
+                   for gr in ex.graphs for n in gr.graph.nodes)
+
+    results = {}
+    try:
+        for name, net, args, kwargs, phase in (
+                ("G", G, (z,), g_kw, greg),
+                ("D", D, (real.detach().requires_grad_(True),), {"input_grad": True}, dreg)):
+            with double_backward():
+                ex = torch._dynamo.explain(net)(*args, **kwargs)
+            torch._dynamo.reset()
+            assert ex.graph_break_count == 0 and ex.graph_count == 1, (name, ex.break_reasons)
+            # G: 3 up-conv FIRs and 3 image upsamples; D: 3 conv and 3 skip downsamples;
+            # each in the forward and in the written-out gradient.
+            assert fir_nodes(ex) == 12, (name, fir_nodes(ex))
+            eager = phase(net)
+            with torch._inductor.config.patch(fallback_random=True):
+                compiled = phase(torch.compile(net, backend=backend, fullgraph=True,
+                                               dynamic=False))
+            results[name] = (compiled, eager)
     finally:
         ops.set_impl(None)
         torch._dynamo.reset()
-    _close(compiled[0], eager[0], 1e-4)
-    for a, b in zip(compiled[1], eager[1]):
-        _close(a, b, 1e-3)
+    for compiled, eager in results.values():
+        _close(compiled[0], eager[0], 1e-4)
+        for a, b in zip(compiled[1], eager[1]):
+            _close(a, b, 1e-3)
 
 
 CHECKS = {"custom_op": check_custom_op, "compiled_stylegan2": check_compiled_stylegan2,
-          "compiled_path_length": check_compiled_path_length}
+          "compiled_regularisers": check_compiled_regularisers}
 
 
 def _run_check(name: str, timeout: int) -> None:
@@ -308,19 +328,19 @@ def test_compiled_stylegan2_keeps_the_fused_fir_on_cuda() -> None:
 
 
 @pytest.mark.gpu
-def test_compiled_path_length_keeps_the_fused_fir_on_cuda() -> None:
-    """The compiled path-length phase with Inductor's CUDA code generation."""
+def test_compiled_regularisers_keep_the_fused_fir_on_cuda() -> None:
+    """The compiled path-length and R1 phases with Inductor's CUDA code generation."""
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        check_compiled_path_length("cuda", "inductor")
+        check_compiled_regularisers("cuda", "inductor")
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 @pytest.mark.slow
-def test_compiled_path_length_keeps_the_fused_fir_under_interpreter() -> None:
-    _run_check("compiled_path_length", 600)
+def test_compiled_regularisers_keep_the_fused_fir_under_interpreter() -> None:
+    _run_check("compiled_regularisers", 600)
 
 
 def test_custom_op_matches_the_reference_under_interpreter() -> None:

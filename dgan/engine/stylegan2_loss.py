@@ -206,10 +206,17 @@ class StyleGAN2Loss(nn.Module):
     def _d_reg(self, real: torch.Tensor, c: torch.Tensor | None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         real = real.detach().requires_grad_(True)
-        logits = self._run_d(real, c)
-        # D's convolution weights are parameters: their gradients are not wanted here.
-        with no_weight_gradients():
-            (grad,) = _grad_of(logits.sum(), real)
+        if self.augment is None:
+            # D returns the logits and d logits.sum() / d real, still differentiable
+            # (Discriminator._input_grad: autograd.grad when eager; written out as forward
+            # ops when D is compiled, which makes this whole phase one graph).
+            logits, grad = self.D(real, c, input_grad=True)
+        else:
+            # Through the augmentation too: eager autograd (the recipe does not compile
+            # Dreg with augmentation). D's convolution weight gradients are not wanted.
+            logits = self._run_d(real, c)
+            with no_weight_gradients():
+                (grad,) = _grad_of(logits.sum(), real)
         penalty = grad.float().square().sum(dim=[1, 2, 3]).mean()
         loss = penalty * (self.r1_gamma / 2 * self.r1_interval) + logits.mean() * 0
         return loss, {"D/r1_penalty": penalty.detach()}

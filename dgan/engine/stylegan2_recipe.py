@@ -10,14 +10,14 @@ The global torch RNG (latents, style mixing, noise inputs, augmentation) is rese
 from (run.seed, rank, step) at the start of every step: a resumed run draws exactly
 what the uninterrupted one would have, with no RNG state to carry.
 
-`train.compile`: Gmain, Dmain and Greg call `torch.compile` wrappers of the same
-networks the other phases call. Greg differentiates twice: compiled graphs cannot take
-`autograd.grad(create_graph=True)`, so the compiled generator takes its inner gradient with
-`torch.func.grad` (`Generator._path_length_grad`), and its convolutions go through the
-`dgan::conv2d` custom ops (`dgan.ops.conv2d_gradfix`). Dreg (R1, every 16 steps) stays
-eager. A wrapper holds the module, not a copy, so parameters, buffers, optimizers and
-checkpoints are the eager modules' own. The loss object is the same one; only the G/D it
-calls per phase differ.
+`train.compile`: every phase calls `torch.compile` wrappers of the same networks. Greg and
+Dreg differentiate a gradient, which a compiled graph cannot do with autograd, so there the
+compiled networks write their inner gradient out as forward ops
+(`SynthesisNetwork.forward_and_vjp`, `Discriminator.forward_and_input_grad`) and each phase
+is one graph differentiated once. Greg stays eager under fp16 and Dreg with augmentation
+(see `compiled_phases`). A wrapper holds the module, not a copy, so parameters, buffers,
+optimizers and checkpoints are the eager modules' own. The loss object is the same one; only
+the G/D it calls per phase differ.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from dgan.config import resolve_compile
 from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_ema
 
 PHASES = {"Gmain": "g_main", "Greg": "g_reg", "Dmain": "d_main", "Dreg": "d_reg"}
-# The phases train.compile compiles; Greg not with fp16 (see compiled_phases).
-COMPILED_PHASES = ("Gmain", "Dmain", "Greg")
+# The phases train.compile compiles (all of them; see compiled_phases for the exceptions).
+COMPILED_PHASES = ("Gmain", "Dmain", "Greg", "Dreg")
 ADA_INTERVAL = 4  # steps between augmentation-probability updates
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,16 @@ def build_optimizers(cfg: DictConfig, g: nn.Module, d: nn.Module
 
 
 def compiled_phases(cfg: DictConfig) -> tuple[str, ...]:
-    """The phases `train.compile` runs through torch.compile: Gmain, Dmain and Greg, whose
-    compiled form writes the inner gradient out as forward ops
-    (`SynthesisNetwork.forward_and_vjp`); not Greg under fp16, whose modulation rescales the
-    weights and styles first (that form leaves it out). Dreg stays eager."""
+    """The phases `train.compile` runs through torch.compile. Greg and Dreg compile as
+    written-out gradients; not Greg under fp16, whose modulation rescales the weights and
+    styles first (that form leaves it out), and not Dreg with augmentation, whose R1
+    gradient also runs through the augmentation pipeline (eager autograd)."""
+    eager = set()
     if cfg.train.precision == "fp16":
-        return tuple(p for p in COMPILED_PHASES if p != "Greg")
-    return COMPILED_PHASES
+        eager.add("Greg")
+    if cfg.loss.augment != "none":
+        eager.add("Dreg")
+    return tuple(p for p in COMPILED_PHASES if p not in eager)
 
 
 class StyleGAN2Recipe:
@@ -81,7 +84,7 @@ class StyleGAN2Recipe:
             style_mixing_prob=lc.style_mixing, z_dim=cfg.model.z_dim).to(backend.device)
         self.compile = resolve_compile(cfg, backend.device)
         if cfg.train.compile is None:
-            log.info("train.compile=null (auto): %s", "torch.compile for Gmain/Dmain/Greg on CUDA"
+            log.info("train.compile=null (auto): %s", "torch.compile for all phases on CUDA"
                      if self.compile else "eager (auto compiles on CUDA with the ddp backend)")
         # module -> its torch.compile wrapper (made on first use; never part of any state)
         self.compiled: dict[nn.Module, nn.Module] = {}

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dgan.ops import ACTIVATIONS, bias_act, conv2d_resample, scale_bias_act, setup_filter
+from dgan.ops.conv2d_resample import conv2d_resample_input_grad
 
 
 def channels_at(res: int, channel_base: int, channel_max: int) -> int:
@@ -74,17 +75,34 @@ class FullyConnectedLayer(nn.Module):
             b = bias * self.bias_gain if bias is not None and self.bias_gain != 1 else bias
             return bias_act(x.matmul(w.t()), b, act=self.activation)
 
-    def input_grad(self, g: torch.Tensor) -> torch.Tensor:
+    def input_grad(self, g: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The gradient with respect to the input given the output gradient ``g``, as a
-        differentiable forward computation (linear layers only): ``g @ W * weight_gain``."""
-        if self.activation != "linear":
-            raise NotImplementedError(f"input_grad of a {self.activation!r} layer")
+        differentiable forward computation: ``g @ W * weight_gain`` after the activation's
+        slope, read from this layer's output ``y`` (linear and lrelu layers)."""
         dt = torch.promote_types(g.dtype, self.weight.dtype)
         with torch.autocast(g.device.type, enabled=False):
-            return g.to(dt).matmul(self.weight.to(dt)) * self.weight_gain
+            g = g.to(dt)
+            if self.activation != "linear":
+                g = _act_input_grad(g, y, self.activation, ACTIVATIONS[self.activation][1], None)
+            return g.matmul(self.weight.to(dt)) * self.weight_gain
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, act={self.activation}"
+
+
+def _act_input_grad(g: torch.Tensor, y: torch.Tensor | None, act: str, gain: float,
+                    clamp: float | None) -> torch.Tensor:
+    """``g`` through ``clamp(act(v) * gain)`` back to ``v``, from the output ``y``: linear
+    and lrelu (gain > 0 keeps the sign of ``v``); an output at the clamp bound counts as
+    clamped. For the written-out gradients of R1 and path length."""
+    if act == "lrelu":
+        g = torch.where(y > 0, g, g * ACTIVATIONS["lrelu"][0])
+    elif act != "linear":
+        raise NotImplementedError(f"written-out gradient of activation {act!r}")
+    g = g * gain if gain != 1 else g
+    if clamp is not None and clamp >= 0:
+        g = torch.where(y.abs() < clamp, g, 0.0)
+    return g
 
 
 class Conv2dLayer(nn.Module):
@@ -129,6 +147,37 @@ class Conv2dLayer(nn.Module):
         # same pass as dx instead of reading dx again.
         return scale_bias_act(x, b=self.bias, act=self.activation, gain=self.act_gain * gain,
                               clamp=clamp, residual=residual)
+
+    def forward_saving(self, x: torch.Tensor, gain: float = 1.0,
+                       residual: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
+        """:meth:`forward` plus what :meth:`vjp` needs (the residual added separately, so
+        that the activation's output is at hand)."""
+        w = self.weight * self.weight_gain
+        linear = self.bias is None and self.activation == "linear" and self.conv_clamp is None
+        if linear:
+            w = w * (self.act_gain * gain)
+        if not torch.is_autocast_enabled(x.device.type):
+            w = w.to(x.dtype)
+        h = conv2d_resample(x, w, self.resample_filter, self.up, self.down, self.padding)
+        y = None
+        if not linear:
+            clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+            h = y = scale_bias_act(h, b=self.bias, act=self.activation,
+                                   gain=self.act_gain * gain, clamp=clamp)
+        out = h + residual.to(h.dtype) if residual is not None else h
+        return out, (tuple(x.shape[2:]), w, y, gain)
+
+    def vjp(self, saved: tuple, g_out: torch.Tensor) -> torch.Tensor:
+        """``d sum(g_out * forward(x)) / d x`` as differentiable ops (the residual's gradient
+        is ``g_out`` itself)."""
+        hw, w, y, gain = saved
+        g = g_out
+        if y is not None:
+            clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+            g = _act_input_grad(g_out.to(y.dtype), y, self.activation, self.act_gain * gain,
+                                clamp)
+        return conv2d_resample_input_grad(g, w, hw, self.resample_filter, self.up, self.down,
+                                          self.padding)
 
 
 class MappingNetwork(nn.Module):

@@ -19,6 +19,7 @@ from torch import nn
 from dgan.models._layers import (
     FullyConnectedLayer,
     MappingNetwork,
+    _act_input_grad,
     channels_at,
     check_resolution,
 )
@@ -101,15 +102,9 @@ class SynthesisLayer(nn.Module):
         """``(d/dx, d/dw)`` of ``sum(g_y * forward(x, w))`` from :meth:`forward_saving`'s
         ``saved``, as differentiable ops (first derivatives of these are ordinary kernels)."""
         x, styles, x2, d, y = saved
-        alpha, gain = ACTIVATIONS["lrelu"]
         dt = y.dtype
         acc = torch.promote_types(dt, torch.float32)  # reductions in at least fp32
-        # The lrelu slope and the clamp mask from the output (gain > 0 keeps the sign of the
-        # pre-activation; an output at the clamp bound counts as clamped).
-        g = g_y.to(dt)
-        g_v = torch.where(y > 0, g, g * alpha) * gain
-        if self.conv_clamp is not None:
-            g_v = torch.where(y.abs() < self.conv_clamp, g_v, 0.0)
+        g_v = _act_input_grad(g_y.to(dt), y, "lrelu", ACTIVATIONS["lrelu"][1], self.conv_clamp)
         g_d = (g_v * x2).sum(dim=(2, 3), dtype=acc)
         g_x2 = g_v * d.to(dt)[:, :, None, None]
         g_x1 = conv2d_resample_input_grad(g_x2, self.weight.to(dt), x.shape[2:],
@@ -152,9 +147,7 @@ class ToRGBLayer(nn.Module):
     def vjp(self, saved: tuple, g_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(d/dx, d/dw)`` of ``sum(g_y * forward(x, w))``, as differentiable ops."""
         x, styles, y = saved
-        g = g_y.to(y.dtype)
-        if self.conv_clamp is not None:
-            g = torch.where(y.abs() < self.conv_clamp, g, 0.0)
+        g = _act_input_grad(g_y.to(y.dtype), y, "linear", 1.0, self.conv_clamp)
         acc = torch.promote_types(y.dtype, torch.float32)
         wt = self.weight[:, :, 0, 0].to(acc)  # [O, I]
         wn = wt[None] * styles.to(acc)[:, None, :]  # [N, O, I], as the forward's
