@@ -117,8 +117,9 @@ def test_accelerate_ddp_compiled_stylegan2_two_ranks_stay_identical(tmp_path):
                "data.workers=0", "model.z_dim=32", "model.w_dim=32", "model.channel_base=256",
                "model.channel_max=32", "model.mapping_layers=2", "train.batch_size=4",
                "train.steps=4", "checkpoint.every=4", "log.every=2", "log.grid=4",
-               "log.progress=false", "loss.r1_interval=2", "loss.pl_interval=2",
-               "train.compile=true", "backend.expect_world_size=2"],
+               "log.progress=false", "loss.r1_gamma=0.1", "loss.r1_interval=2",
+               "loss.pl_weight=2", "loss.pl_interval=2", "train.compile=true",
+               "backend.expect_world_size=2"],
               cwd=tmp_path, timeout=600)
     assert len(digests(out, 2)) == 1
     assert "global batch 8 = 4 per process x 2 x 1" in out
@@ -129,6 +130,10 @@ def test_accelerate_ddp_compiled_stylegan2_two_ranks_stay_identical(tmp_path):
     inspect = subprocess.run([sys.executable, "-m", "dgan", "ckpt", "inspect", str(run_dir)],
                              env=env(), capture_output=True, text=True, check=True).stdout
     assert re.search(r"world size\s+2", inspect) and re.search(r"step\s+4", inspect), inspect
+    # Path length ran (only Greg moves its running mean), compiled like the other phases.
+    from dgan import checkpoint
+
+    assert float(checkpoint.load_latest(run_dir)[1]["recipe"]["loss"]["pl_mean"]) > 0
 
 
 @pytest.mark.slow
