@@ -128,42 +128,43 @@ class Conv2dLayer(nn.Module):
                                                kernel_size).to(memory_format=fmt))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def forward(self, x: torch.Tensor, gain: float = 1.0,
-                residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``residual`` (the output's shape) is added to the result in the activation pass."""
-        w = self.weight * self.weight_gain
+    def _linear(self) -> bool:
         # Without bias, activation or clamp the layer is linear: its gain goes into the small
         # weight instead of costing a pass over the activations (D's residual skip convs).
-        linear = self.bias is None and self.activation == "linear" and self.conv_clamp is None
-        if linear:
+        return self.bias is None and self.activation == "linear" and self.conv_clamp is None
+
+    def _conv(self, x: torch.Tensor, gain: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scaled weight and the convolution's output (before bias and activation)."""
+        w = self.weight * self.weight_gain
+        if self._linear():
             w = w * (self.act_gain * gain)
         if not torch.is_autocast_enabled(x.device.type):
             w = w.to(x.dtype)
-        x = conv2d_resample(x, w, self.resample_filter, self.up, self.down, self.padding)
-        if linear:
+        return w, conv2d_resample(x, w, self.resample_filter, self.up, self.down, self.padding)
+
+    def _clamp(self, gain: float) -> float | None:
+        return self.conv_clamp * gain if self.conv_clamp is not None else None
+
+    def forward(self, x: torch.Tensor, gain: float = 1.0,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual`` (the output's shape) is added to the result in the activation pass."""
+        _, x = self._conv(x, gain)
+        if self._linear():
             return x + residual if residual is not None else x
-        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         # scale_bias_act rather than bias_act: its backward reduces the bias gradient in the
         # same pass as dx instead of reading dx again.
         return scale_bias_act(x, b=self.bias, act=self.activation, gain=self.act_gain * gain,
-                              clamp=clamp, residual=residual)
+                              clamp=self._clamp(gain), residual=residual)
 
     def forward_saving(self, x: torch.Tensor, gain: float = 1.0,
                        residual: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
         """:meth:`forward` plus what :meth:`vjp` needs (the residual added separately, so
         that the activation's output is at hand)."""
-        w = self.weight * self.weight_gain
-        linear = self.bias is None and self.activation == "linear" and self.conv_clamp is None
-        if linear:
-            w = w * (self.act_gain * gain)
-        if not torch.is_autocast_enabled(x.device.type):
-            w = w.to(x.dtype)
-        h = conv2d_resample(x, w, self.resample_filter, self.up, self.down, self.padding)
+        w, h = self._conv(x, gain)
         y = None
-        if not linear:
-            clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        if not self._linear():
             h = y = scale_bias_act(h, b=self.bias, act=self.activation,
-                                   gain=self.act_gain * gain, clamp=clamp)
+                                   gain=self.act_gain * gain, clamp=self._clamp(gain))
         out = h + residual.to(h.dtype) if residual is not None else h
         return out, (tuple(x.shape[2:]), w, y, gain)
 
@@ -173,9 +174,8 @@ class Conv2dLayer(nn.Module):
         hw, w, y, gain = saved
         g = g_out
         if y is not None:
-            clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
             g = _act_input_grad(g_out.to(y.dtype), y, self.activation, self.act_gain * gain,
-                                clamp)
+                                self._clamp(gain))
         return conv2d_resample_input_grad(g, w, hw, self.resample_filter, self.up, self.down,
                                           self.padding)
 
