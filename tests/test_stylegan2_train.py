@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from test_train import fit, flat_state, small_config
 
 from dgan import checkpoint
 from dgan.data.builtin import make_builtin
-
-from test_train import fit, flat_state, small_config
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +99,42 @@ def flatten_keys(tree, prefix=""):
     if not isinstance(tree, dict):
         return [prefix]
     return [k for key, v in tree.items() for k in flatten_keys(v, f"{prefix}{key}.")]
+
+
+def test_checkpoint_from_0dim_noise_strengths_resumes() -> None:
+    """Weights and Adam state saved while the noise strengths were 0-dim load into the
+    [1]-shaped parameters, and training goes on."""
+    from types import SimpleNamespace
+
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from dgan.checkpoint.hooks import load_network_state
+    from dgan.models.stylegan2 import Generator
+
+    def make():
+        torch.manual_seed(0)
+        g = Generator(z_dim=8, w_dim=8, img_resolution=32, channel_base=64, channel_max=8,
+                      mapping_layers=1)
+        return g, torch.optim.Adam(g.parameters(), lr=0.1)
+
+    def train_step(g, opt):
+        opt.zero_grad()
+        g(torch.randn(2, 8)).square().mean().backward()
+        opt.step()
+
+    g, opt = make()
+    train_step(g, opt)
+    model_state, optim_state = get_state_dict(g, opt)
+    noise = [k for k in model_state if k.endswith("noise_strength")]
+    assert noise and all(model_state[k].shape == (1,) for k in noise)
+    for k in noise:  # as a checkpoint of the 0-dim parameters held them
+        model_state[k] = model_state[k].reshape(())
+        for key in ("exp_avg", "exp_avg_sq"):
+            optim_state["state"][k][key] = optim_state["state"][k][key].reshape(())
+    g2, opt2 = make()
+    load_network_state(SimpleNamespace(name="ddp", g_module=g2, opt={"G": opt2}), "G",
+                       model_state, optim_state)
+    for (name, a), b in zip(g.named_parameters(), g2.parameters()):
+        assert torch.equal(a, b), name
+    train_step(g2, opt2)  # Adam's state has the parameters' shapes
+    assert all(opt2.state[p]["exp_avg"].shape == p.shape for p in g2.parameters())

@@ -29,6 +29,7 @@ import functools
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import torch
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 
@@ -59,8 +60,23 @@ def load_network_state(backend: Any, name: str, model_state: dict[str, Any],
         hook(name, model_state, optim_state)
         return
     net = backend.g_module if name == "G" else backend.d_module
+    _upgrade_scalar_params(net, optim_state)
     set_state_dict(net, backend.opt[name], model_state_dict=model_state,
                    optim_state_dict=optim_state)
+
+
+def _upgrade_scalar_params(net: Any, optim_state: dict[str, Any]) -> None:
+    """Optimizer state saved while a one-element parameter was 0-dim (StyleGAN2's noise
+    strengths; the module's own load hook reshapes the weight) gets the parameter's shape,
+    so that a run checkpointed before that change resumes."""
+    state = optim_state.get("state", {})
+    for fqn, p in net.named_parameters():
+        per_param = state.get(fqn)
+        if p.shape != (1,) or not isinstance(per_param, dict):
+            continue
+        for key, v in per_param.items():
+            if key != "step" and isinstance(v, torch.Tensor) and v.ndim == 0:
+                per_param[key] = v.reshape(1)
 
 
 def check_resume(backend: Any, meta: dict[str, Any]) -> None:

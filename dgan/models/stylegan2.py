@@ -59,16 +59,24 @@ class SynthesisLayer(nn.Module):
         self.weight = nn.Parameter(
             torch.randn(out_channels, in_channels, 3, 3).to(memory_format=fmt))
         self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.noise_strength = nn.Parameter(torch.zeros([]))
+        # [1], not 0-dim: DeepSpeed broadcasts every parameter as a byte view, which a
+        # 0-dim tensor cannot give (used as a 0-dim view, so bf16 noise stays bf16).
+        self.noise_strength = nn.Parameter(torch.zeros([1]))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
         self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]), persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = prefix + "noise_strength"
+        if key in state_dict and state_dict[key].ndim == 0:  # saved while it was 0-dim
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _noise(self, x: torch.Tensor, noise_mode: str) -> torch.Tensor | None:
         if noise_mode == "random":
             return torch.randn(x.shape[0], 1, self.resolution, self.resolution,
-                               device=x.device, dtype=x.dtype) * self.noise_strength
+                               device=x.device, dtype=x.dtype) * self.noise_strength.view(())
         if noise_mode == "const":
-            return self.noise_const * self.noise_strength
+            return self.noise_const * self.noise_strength.view(())
         if noise_mode != "none":
             raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
         return None
