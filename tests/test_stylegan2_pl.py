@@ -58,6 +58,15 @@ def _generator(res: int = 32, channels_last: bool = False, dtype=torch.float32) 
     return g
 
 
+def _second_derivatives(want: torch.Tensor, got: torch.Tensor, params: list[torch.Tensor]):
+    """Pairs ``(from autograd's gradient, from the written-out one)`` of the gradients of
+    ``||gradient||^2`` with respect to each of ``params`` (an unused one: zeros)."""
+    a = torch.autograd.grad(want.square().sum(), params, allow_unused=True)
+    b = torch.autograd.grad(got.square().sum(), params, allow_unused=True)
+    for p, x, y in zip(params, a, b):
+        yield (torch.zeros_like(p) if x is None else x, torch.zeros_like(p) if y is None else y)
+
+
 @pytest.mark.parametrize(("res", "channels_last"), [(32, False), (32, True), (64, True)])
 def test_forward_and_vjp_is_autograd_to_second_order(res, channels_last) -> None:
     g = _generator(res, channels_last, F64)
@@ -69,12 +78,7 @@ def test_forward_and_vjp_is_autograd_to_second_order(res, channels_last) -> None
     assert torch.equal(img2, img)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
     # The penalty differentiates the gradient again, w.r.t. every parameter and ws.
-    params = [ws, *g.parameters()]
-    a = torch.autograd.grad(want.square().sum(), params, allow_unused=True)
-    b = torch.autograd.grad(got.square().sum(), params, allow_unused=True)
-    for p, x, y in zip(params, a, b):
-        x = torch.zeros_like(p) if x is None else x  # unused: a zero gradient
-        y = torch.zeros_like(p) if y is None else y
+    for x, y in _second_derivatives(want, got, [ws, *g.parameters()]):
         torch.testing.assert_close(y, x, rtol=1e-9, atol=1e-9 * max(1.0, x.abs().max()))
 
 
@@ -180,12 +184,7 @@ def test_forward_and_input_grad_is_autograd_to_second_order(channels_last, c_dim
     logits2, got = d.forward_and_input_grad(img, c, splits)
     assert torch.equal(logits2, logits)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
-    params = [img, *d.parameters()]
-    a = torch.autograd.grad(want.square().sum(), params, allow_unused=True)
-    b = torch.autograd.grad(got.square().sum(), params, allow_unused=True)
-    for p, x, y in zip(params, a, b):
-        x = torch.zeros_like(p) if x is None else x
-        y = torch.zeros_like(p) if y is None else y
+    for x, y in _second_derivatives(want, got, [img, *d.parameters()]):
         torch.testing.assert_close(y, x, rtol=1e-9, atol=1e-14)
 
 
