@@ -256,10 +256,12 @@ def _run(args: argparse.Namespace, mode: str, batch: int, device: torch.device,
     setup = Setup(args, device, mode)
     real = _real(args, batch, device)
     nimg = 0
+    t_warm = time.perf_counter()
     for s in range(args.warmup):
         nimg += batch
         setup.step(s, real, nimg)
     sync(device)
+    warm_s = time.perf_counter() - t_warm
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
@@ -273,7 +275,7 @@ def _run(args: argparse.Namespace, mode: str, batch: int, device: torch.device,
     peak = args.peak_tflops or default_peak(device)
     frac = flops * img_s / (peak * 1e12) if peak else float("nan")
     return {"mode": mode, "batch": batch, "img_s": img_s, "s_kimg": 1000 / img_s, "mem_gib": mem,
-                "gflop_img": flops / 1e9, "frac": frac}
+                "gflop_img": flops / 1e9, "frac": frac, "warm_s": warm_s}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -309,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {name}  torch {torch.__version__}  res {args.resolution}  "
           f"precision {args.precision}  steps {args.steps} (+{args.warmup} warm-up)")
     header = f"{'mode':<16}{'batch':>6}{'img/s':>10}{'s/kimg':>9}{'mem GiB':>9}" \
-             f"{'GFLOP/img':>11}{'% peak':>8}"
+             f"{'GFLOP/img':>11}{'% peak':>8}{'warm-up s':>11}"
     print(header)
     print("-" * len(header))
     # FLOPs per image depend on the architecture and recipe only (401.3 GFLOP at both
@@ -332,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
                 failed = True
                 continue
             print(f"{r['mode']:<16}{r['batch']:>6}{r['img_s']:>10.1f}{r['s_kimg']:>9.2f}"
-                  f"{r['mem_gib']:>9.2f}{r['gflop_img']:>11.1f}{100 * r['frac']:>8.2f}",
+                  f"{r['mem_gib']:>9.2f}{r['gflop_img']:>11.1f}{100 * r['frac']:>8.2f}"
+                  f"{r['warm_s']:>11.1f}",
                   flush=True)
             if gpu:
                 torch.cuda.empty_cache()
