@@ -4,18 +4,20 @@
 #   env        card, driver, versions, measured bf16 matmul and copy ceilings  [10 s]
 #   tests      pytest -m gpu: fused vs reference ops, derivatives, dtypes; StyleGAN2 on CUDA;
 #              the compiled StyleGAN2 and the compiled path-length and R1 phases with the
-#              dgan::upfirdn2d custom op  [118 cases, 95 s, before the regulariser case]
+#              dgan::upfirdn2d custom op  [119 cases, 92 s]
 #   train      img/s, batch 64, in one process (TRAIN_ARGS): compile (G, D compiled in every
 #              phase, the recipe's default on CUDA), compile-eager-reg (Greg and Dreg eager,
 #              as measured before) and fused (eager); compile-eager-greg/-dreg and the
 #              ablations fused-separate-d, compile-separate-d, fused-prev, ... are there to
-#              name  [compile ~100 s each including its compile before the regularisers
-#              compiled; est. ~300 s]
+#              name  [270 s for the three: compile's 8 warm-up steps 224 s (compiling all
+#              four phases), compile-eager-reg 14 s warm-up after it (cached graphs)]
 #   sweep      scale_bias_act's kernels under 8 tilings (TILE, warps, programs per launch) at
 #              the recipe's largest shapes, as ratios to the default  [7 tilings, 14 s]
 #   compile    compile-graphs: the compiled G and D under CUDA graphs (COMPILE_ARGS)  [never
 #              finished: it was still compiling when a 190 s slot that first ran `compile` ended]
 #   train16    img/s, batch 16, fused  [30 s]
+#   accuracy   the compiled and eager R1 / path-length phases of a tiny G and D against
+#              fp64 (compile_accuracy.py, ACCURACY_ARGS)  [128 s]
 #   ops        per-op speed and agreement at StyleGAN2-256 shapes (bf16)  [10 s]
 #   profile    per-phase times and top kernels of a 16-step cycle, batch 64, fused, every phase
 #              compiled (PROFILE_ARGS; `--mode eager` took 70 s)  [compiled: not run yet]
@@ -59,6 +61,9 @@ for s in $STEPS; do
         run_step tests "${TESTS_LIMIT:-180}" python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider \
             tests/test_ops_gpu.py tests/test_stylegan2_gpu.py tests/test_ops_compile.py \
             --junitxml "$OUT/tests.xml" ;;
+    accuracy)
+        # shellcheck disable=SC2086
+        run_step accuracy "${ACCURACY_LIMIT:-240}" python3 benchmarks/compile_accuracy.py ${ACCURACY_ARGS:-} ;;
     ops)
         run_step ops 60 python3 benchmarks/ops_parity.py --dtype bf16 ;;
     sweep)
@@ -91,5 +96,6 @@ for s in $STEPS; do
     case $s in
     train | train16 | reference | compile | sweep) tail -n 9 "$OUT/$s.log" ;;
     tests) tail -n 3 "$OUT/tests.log" ;;
+    accuracy) tail -n 12 "$OUT/accuracy.log" ;;
     esac
 done
