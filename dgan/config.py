@@ -95,6 +95,10 @@ class TrainConfig:
     # with augmentation); null (auto): on CUDA
     # with the stylegan2 model and the ddp backend, else eager (see resolve_compile)
     compile: Optional[bool] = None
+    # where compiled graphs and kernels are cached when compiling, so that a restarted or
+    # requeued run (on any node that sees the directory) skips most of the compile time;
+    # null: <run.dir>/compile_cache. A TORCHINDUCTOR_CACHE_DIR set in the environment wins.
+    compile_cache: Optional[str] = None
 
 
 @dataclass
@@ -256,6 +260,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.compile=true is not supported with backend.name=deepspeed "
                           "(the engine owns the module that the eager phases call too); use "
                           "backend.name=ddp or train.compile=false")
+    cache = cfg.train.compile_cache
+    if cache is not None and (not str(cache).strip() or os.path.isfile(cache)):
+        raise ConfigError(f"bad value for 'train.compile_cache': {cache!r}; expected a "
+                          "directory (it is created if missing), or null for "
+                          "<run.dir>/compile_cache")
     for metric in cfg.eval.metrics:
         if metric not in METRICS:
             raise ConfigError(f"bad value in 'eval.metrics': {metric!r}; expected any of {list(METRICS)}")

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from dgan.config import ConfigError, load_config
@@ -54,6 +56,38 @@ def test_every_shipped_config_loads():
     assert configs
     for path in configs:
         load_config(str(path))
+
+
+def test_compile_cache_must_be_a_directory(tmp_path):
+    assert load_config().train.compile_cache is None  # <run.dir>/compile_cache
+    (tmp_path / "f").write_text("x")
+    for bad in (str(tmp_path / "f"), "''"):
+        with pytest.raises(ConfigError, match=r"train\.compile_cache.*expected a directory"):
+            load_config(None, [f"train.compile_cache={bad}"])
+    assert load_config(None, [f"train.compile_cache={tmp_path}/new"]).train.compile_cache
+
+
+def test_compile_cache_goes_to_the_run_dir_unless_the_user_chose_one(tmp_path, monkeypatch):
+    from dgan.engine import stylegan2_recipe
+    from dgan.engine.stylegan2_recipe import use_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setattr(stylegan2_recipe, "_CACHE_SET_HERE", None)
+    run_a = load_config(None, [f"run.dir={tmp_path}/a"])
+    assert use_compile_cache(run_a) == str(tmp_path / "a" / "compile_cache")
+    assert (tmp_path / "a" / "compile_cache").is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "a" / "compile_cache")
+    # a second run in the same process moves it (the variable was set here, not by the user)
+    chosen = load_config(None, [f"run.dir={tmp_path}/b", f"train.compile_cache={tmp_path}/c"])
+    assert use_compile_cache(chosen) == str(tmp_path / "c")
+    # torch's own default, which it writes into the variable on first use, is not a choice
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert use_compile_cache(run_a) == str(tmp_path / "a" / "compile_cache")
+    # one the user exported is kept
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert use_compile_cache(chosen) == str(tmp_path / "mine")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
 def test_compile_is_auto_by_default_and_only_for_stylegan2_on_ddp():

@@ -1,5 +1,7 @@
 """StyleGAN2 through the trainer on the CPU: a few steps of every phase, and exact resume."""
 
+import os
+
 import pytest
 import torch
 from test_train import fit, flat_state, small_config
@@ -31,11 +33,18 @@ def sg2_config(run_dir, data, *extra):
 def test_stylegan2_trains_all_phases_and_resumes_exactly(tmp_path, stacked, monkeypatch,
                                                          compile_):
     """A crash at step 3 and a resume end bitwise where the uninterrupted run ends; with
-    train.compile=true too (the resumed process compiles every phase afresh)."""
+    train.compile=true too (the resumed run compiles every phase again, from the compile
+    cache in its run directory)."""
+    from torch._dynamo.utils import counters
+
     from dgan.engine.trainer import Trainer
 
     extra = ("train.compile=true",) if compile_ else ()
-    straight = fit(sg2_config(tmp_path / "a", stacked, *extra))
+    # Run a fills the compile cache run b finds by default in its run directory (one cold
+    # compile in this test instead of two).
+    cache = tmp_path / "b" / "compile_cache"
+    a_cache = (f"train.compile_cache={cache}",) if compile_ else ()
+    straight = fit(sg2_config(tmp_path / "a", stacked, *extra, *a_cache))
     state = checkpoint.load_latest(tmp_path / "a")[1]
     assert state["step"] == 4 and "pl_mean" in str(state["recipe"])
     for v in flat_state(straight).values():
@@ -50,11 +59,23 @@ def test_stylegan2_trains_all_phases_and_resumes_exactly(tmp_path, stacked, monk
         return original(self, *args)
 
     cfg = sg2_config(tmp_path / "b", stacked, *extra)
+    # As in a new process: compiled code made for run a (same graphs) is not reused from
+    # memory; run b compiles again, from its cache.
+    torch._dynamo.reset()
+    hits = counters["inductor"]["fxgraph_cache_hit"]
     monkeypatch.setattr(Trainer, "train_step", crash_at_3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(cfg)
     monkeypatch.setattr(Trainer, "train_step", original)
+    assert (cache / "fxgraph").is_dir() == compile_, list(cache.glob("*"))
+    if compile_:
+        assert counters["inductor"]["fxgraph_cache_hit"] > hits
+    hits = counters["inductor"]["fxgraph_cache_hit"]
+    torch._dynamo.reset()
     resumed = fit(cfg)
+    if compile_:  # the resumed run found its graphs in the cache
+        assert counters["inductor"]["fxgraph_cache_hit"] > hits
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache)
     a, b = flat_state(straight), flat_state(resumed)
     for k in a:
         assert torch.equal(a[k], b[k]), k
