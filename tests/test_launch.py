@@ -130,6 +130,10 @@ def test_accelerate_ddp_stylegan2_two_ranks_stay_identical(tmp_path, compile_):
     for net in ("Generator", "Discriminator"):
         assert out.count(f"train.compile: {net} (DDP) runs through torch.compile in "
                          "Gmain/Dmain/Greg/Dreg") == (2 if compile_ else 0), out
+    # ... into the compile cache both ranks share in the run directory
+    assert (run_dir / "compile_cache" / "fxgraph").is_dir() == compile_
+    assert out.count(f"compiled graphs and kernels cached in {run_dir / 'compile_cache'}") == (
+        2 if compile_ else 0), out
     inspect = subprocess.run([sys.executable, "-m", "dgan", "ckpt", "inspect", str(run_dir)],
                              env=env(), capture_output=True, text=True, check=True).stdout
     assert re.search(r"world size\s+2", inspect) and re.search(r"step\s+4", inspect), inspect
