@@ -23,12 +23,11 @@ import torch._inductor.config
 
 from dgan import ops
 from dgan.models import _stylegan2_d, stylegan2
-from dgan.models.stylegan2 import Discriminator, Generator
 from dgan.ops import double_backward
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "tests"))
-from test_ops_compile import fixed_style_mixing  # the GPU test's fixed draws
+from test_ops_compile import fixed_style_mixing, tiny_stylegan2  # the GPU test's
 
 
 @contextlib.contextmanager
@@ -47,21 +46,6 @@ def _fp32_draws() -> Iterator[None]:
         yield
     finally:
         torch.randn, torch.randn_like = randn, randn_like
-
-
-def _nets(device: str, mixing: float):
-    torch.manual_seed(0)
-    kw = {"img_resolution": 32, "channel_base": 256, "channel_max": 32, "channels_last": True}
-    G = Generator(z_dim=32, w_dim=32, mapping_layers=2, **kw).to(device)
-    D = Discriminator(**kw).to(device)
-    with torch.no_grad():
-        for p in (*G.parameters(), *D.parameters()):
-            if p.ndim <= 1:
-                p.add_(torch.randn_like(p) * 0.2)
-    z = torch.randn(4, 32, device=device)
-    real = torch.randn(8, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
-    return G, D, z, real, {"style_mixing_prob": mixing, "path_length": True,
-                           "noise_mode": "const"}
 
 
 def _greg(G, z, g_kw, fixed: bool) -> Callable:
@@ -109,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device {args.device}  backend {backend}  torch {torch.__version__}  fp32, TF32 off")
     print(f"{'phase':<16}{'variant':<22}{'loss err':>12}{'grad err':>12}   (vs fp64 reference)")
     for mixing in args.mixing:
-        G, D, z, real, g_kw = _nets(args.device, mixing)
+        G, D, z, real = tiny_stylegan2(args.device)
+        g_kw = {"style_mixing_prob": mixing, "path_length": True, "noise_mode": "const"}
         for name, net, phase in ((f"Greg mix {mixing}", G, _greg(G, z, g_kw, args.fixed_mixing)),
                                  ("Dreg", D, _dreg(D, real))):
             if name == "Dreg" and (mixing != args.mixing[0] or args.no_dreg):

@@ -262,6 +262,24 @@ def fixed_style_mixing() -> Iterator[None]:
         torch.randint, torch.rand, torch.randn_like = randint, rand, randn_like
 
 
+def tiny_stylegan2(device: str):
+    """(G, D, z, real): a 32x32 G and D with perturbed biases and noise strengths (so that no
+    derivative is trivially zero), 4 latents and 8 channels_last images."""
+    from dgan.models.stylegan2 import Discriminator, Generator
+
+    torch.manual_seed(0)
+    kw = {"img_resolution": 32, "channel_base": 256, "channel_max": 32, "channels_last": True}
+    G = Generator(z_dim=32, w_dim=32, mapping_layers=2, **kw).to(device)
+    D = Discriminator(**kw).to(device)
+    with torch.no_grad():
+        for p in (*G.parameters(), *D.parameters()):
+            if p.ndim <= 1:
+                p.add_(torch.randn_like(p) * 0.2)
+    z = torch.randn(4, 32, device=device)
+    real = torch.randn(8, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+    return G, D, z, real
+
+
 def check_compiled_regularisers(device: str = "cpu", backend: str = "aot_eager",
                                 fixed_mixing: bool = False) -> None:
     """The path-length (G) and R1 (D) phases of a tiny G and D compiled on the fused path
@@ -273,20 +291,10 @@ def check_compiled_regularisers(device: str = "cpu", backend: str = "aot_eager",
     import torch._dynamo
     import torch._inductor.config
 
-    from dgan.models.stylegan2 import Discriminator, Generator
     from dgan.ops import double_backward
 
     ops.set_impl("fused")
-    torch.manual_seed(0)
-    kw = {"img_resolution": 32, "channel_base": 256, "channel_max": 32, "channels_last": True}
-    G = Generator(z_dim=32, w_dim=32, mapping_layers=2, **kw).to(device)
-    D = Discriminator(**kw).to(device)
-    with torch.no_grad():
-        for p in (*G.parameters(), *D.parameters()):
-            if p.ndim <= 1:
-                p.add_(torch.randn_like(p) * 0.2)
-    z = torch.randn(4, 32, device=device)
-    real = torch.randn(8, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+    G, D, z, real = tiny_stylegan2(device)
     g_kw = {"style_mixing_prob": 0.9, "path_length": True, "noise_mode": "const"}
 
     def greg(g):
