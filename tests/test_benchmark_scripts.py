@@ -78,7 +78,8 @@ def test_train_throughput_one_failing_mode_keeps_the_others_and_exits_nonzero(
         if mode == "fused-prev":
             raise RuntimeError("boom in fused-prev")
         return {"mode": mode, "batch": batch, "img_s": 1.0, "s_kimg": 1000.0,
-                "mem_gib": float("nan"), "gflop_img": float("nan"), "frac": float("nan")}
+                "mem_gib": float("nan"), "gflop_img": float("nan"), "frac": float("nan"),
+                "warm_s": 0.5}
 
     monkeypatch.setattr(tt, "run", fake_run)
     with pytest.raises(SystemExit) as exc:
@@ -88,7 +89,9 @@ def test_train_throughput_one_failing_mode_keeps_the_others_and_exits_nonzero(
     assert "boom in fused-prev" in captured.err
     out = captured.out.splitlines()
     assert any(line.split()[:3] == ["fused-prev", "2", "FAILED"] for line in out if line)
-    assert any(line.split()[:3] == ["fused", "2", "1.0"] for line in out if line)
+    # the row, warm-up seconds last
+    assert any(line.split()[:3] == ["fused", "2", "1.0"] and line.split()[-1] == "0.5"
+               for line in out if line)
 
 
 @pytest.mark.slow
