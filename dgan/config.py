@@ -8,6 +8,7 @@ names the key, the value and what was expected.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -99,6 +100,9 @@ class TrainConfig:
     # requeued run (on any node that sees the directory) skips most of the compile time;
     # null: <run.dir>/compile_cache. A TORCHINDUCTOR_CACHE_DIR set in the environment wins.
     compile_cache: Optional[str] = None
+    # stop the run (without saving) after this many steps in a row whose loss or gradient
+    # was not finite on some rank; such steps are skipped (no update). 0: never stop
+    max_bad_steps: int = 10
 
 
 @dataclass
@@ -164,7 +168,8 @@ POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.k
             "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum")
 NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma", "eval.every",
                 "loss.pl_weight", "loss.style_mixing", "loss.augment_p", "train.ema_kimg",
-                "backend.expect_world_size", "checkpoint.milestone")
+                "backend.expect_world_size", "checkpoint.milestone",
+                "train.max_bad_steps")
 METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes")
 
 
@@ -213,6 +218,10 @@ def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
 
 def validate(cfg: DictConfig) -> None:
     """Range and choice checks that types alone cannot express."""
+    for key in all_keys():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"bad value for '{key}': {value}; expected a finite number")
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
@@ -270,6 +279,13 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"bad value in 'eval.metrics': {metric!r}; expected any of {list(METRICS)}")
     if cfg.eval.n < 2:
         raise ConfigError(f"bad value for 'eval.n': {cfg.eval.n}; expected >= 2")
+    for key in ("optim.beta1", "optim.beta2"):
+        if not 0.0 <= OmegaConf.select(cfg, key) < 1.0:
+            raise ConfigError(f"bad value for '{key}': {OmegaConf.select(cfg, key)}; "
+                              "expected [0, 1)")
+    if os.path.exists(str(cfg.run.dir)) and not os.path.isdir(str(cfg.run.dir)):
+        raise ConfigError(f"bad value for 'run.dir': {cfg.run.dir} exists and is not a "
+                          "directory; expected a directory (it is created if missing)")
     if not 0.0 <= cfg.train.ema_beta < 1.0:
         raise ConfigError(f"bad value for 'train.ema_beta': {cfg.train.ema_beta}; expected [0, 1)")
 

@@ -28,6 +28,20 @@ def test_bad_config_fails_before_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("override", ["optim.lr_d=nan", "optim.lr_g=inf", "optim.beta1=5",
+                                      "run.dir={tmp}/file"])
+def test_bad_numbers_and_a_file_as_run_dir_fail_before_work(tmp_path, override):
+    (tmp_path / "file").write_text("x")
+    override = override.format(tmp=tmp_path)
+    args = [override] if override.startswith("run.dir") else [override, f"run.dir={tmp_path}/r"]
+    out = run("train", *args)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dgan: error: bad value for '"), out.stderr
+    assert override.split("=")[0] in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("verb", [[], ["train"], ["sample"], ["data", "make"], ["ckpt", "inspect"]])
 def test_help(verb):
     out = run(*verb, "--help")

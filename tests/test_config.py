@@ -38,10 +38,26 @@ def test_unknown_key_in_yaml_names_file(tmp_path):
     ("train.precision=fp8", r"train\.precision.*fp8.*fp32.*bf16.*fp16"),
     ("train.steps=0", r"train\.steps.*expected > 0"),
     ("data.resolution=48", r"data\.resolution.*48"),
+    ("optim.lr_d=nan", r"'optim\.lr_d': nan; expected a finite number"),
+    ("optim.lr_d=inf", r"'optim\.lr_d': inf; expected a finite number"),
+    ("optim.lr_g=-inf", r"'optim\.lr_g': -inf; expected a finite number"),
+    ("optim.lr_g=-0.1", r"'optim\.lr_g': -0\.1; expected > 0"),
+    ("loss.r1_gamma=nan", r"'loss\.r1_gamma': nan; expected a finite number"),
+    ("optim.beta1=5", r"'optim\.beta1': 5\.0; expected \[0, 1\)"),
+    ("optim.beta2=1", r"'optim\.beta2': 1\.0; expected \[0, 1\)"),
+    ("optim.beta1=-0.5", r"'optim\.beta1': -0\.5; expected \[0, 1\)"),
+    ("train.max_bad_steps=-1", r"train\.max_bad_steps.*expected >= 0"),
 ])
 def test_bad_values_name_key_value_and_expectation(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(None, [override])
+
+
+def test_run_dir_must_not_be_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match=r"'run\.dir': .*/f exists and is not a directory"):
+        load_config(None, [f"run.dir={tmp_path / 'f'}"])
+    assert load_config(None, [f"run.dir={tmp_path / 'new'}"]).run.dir
 
 
 def test_override_without_equals():
