@@ -51,3 +51,17 @@ def test_help(verb):
 def test_print_config():
     out = run("train", "--print-config", "train.steps=3")
     assert out.returncode == 0 and "steps: 3" in out.stdout
+
+
+def test_resume_with_another_model_is_one_line_naming_the_keys(tmp_path):
+    tiny = [f"run.dir={tmp_path}/r", "train.steps=1", "train.batch_size=4", "data.workers=0",
+            "log.progress=false", "log.grid=4", "model.g_width=8", "model.d_width=8"]
+    first = run("train", *tiny)
+    assert first.returncode == 0, first.stderr
+    out = run("train", *tiny, "train.steps=2", "model.g_width=16", "model.conditional=false")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dgan: error: run.dir "), out.stderr
+    for part in ("model.g_width: checkpoint 8 vs now 16", "model.conditional: checkpoint True",
+                 "classes (c_dim): checkpoint 10 vs now 0", "resume=never and a new run.dir"):
+        assert part in lines[0], lines[0]
