@@ -86,7 +86,9 @@ class OptimConfig:
 class TrainConfig:
     batch_size: int = 32  # per process
     steps: int = 3000  # one D step + one G step each
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    # fp32 | bf16 | fp16; null: what `accelerate launch --mixed_precision` asked for (bf16,
+    # fp16), else fp32 (see resolve_precision)
+    precision: Optional[str] = None
     ema_beta: float = 0.999  # dcgan: G_ema decay, ramped up from 0.9 during the first steps
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step, per process
     ema_kimg: float = 10.0  # stylegan2: G_ema half-life in thousands of images
@@ -303,6 +305,25 @@ def resolve_compile(cfg: DictConfig, device: Any) -> bool:
             and cfg.backend.name == "ddp")
 
 
+def resolve_precision(cfg: DictConfig) -> None:
+    """Fill in `train.precision` when it was not given: accelerate's `--mixed_precision`
+    (or its config file's `mixed_precision`), which `accelerate launch` exports as
+    ACCELERATE_MIXED_PRECISION, else fp32. Given both ways, they must agree; accelerate's
+    "no" is its default, so it counts as not given."""
+    asked = (os.environ.get("ACCELERATE_MIXED_PRECISION") or "no").strip().lower()
+    if asked not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"accelerate launch asked for --mixed_precision {asked} "
+                          "(ACCELERATE_MIXED_PRECISION), which dgan does not support; use no, "
+                          "bf16 or fp16, or set train.precision")
+    given = cfg.train.precision
+    if given is None:
+        cfg.train.precision = "fp32" if asked == "no" else asked
+    elif asked != "no" and asked != given:
+        raise ConfigError(f"train.precision={given} but accelerate launch asked for "
+                          f"--mixed_precision {asked} (ACCELERATE_MIXED_PRECISION); make them "
+                          "agree, or give only one of them")
+
+
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
     """Defaults <- YAML file <- dotlist overrides, validated. Raises ConfigError."""
     cfg: DictConfig = OmegaConf.structured(Config)
@@ -329,6 +350,7 @@ def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[st
         cfg.run.name = name
     if cfg.run.dir is None:
         cfg.run.dir = os.path.join("runs", cfg.run.name)
+    resolve_precision(cfg)
     validate(cfg)
     return cfg
 

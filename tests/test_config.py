@@ -132,3 +132,30 @@ def test_compile_is_auto_by_default_and_only_for_stylegan2_on_ddp():
     with pytest.raises(ConfigError, match=r"train\.compile.*backend\.name=deepspeed"):
         load_config(None, ["model.name=stylegan2", "data.resolution=32", "train.compile=true",
                            "backend.name=deepspeed"])
+
+
+@pytest.mark.parametrize("asked, given, expected", [
+    (None, None, "fp32"), ("no", None, "fp32"), ("bf16", None, "bf16"), ("fp16", None, "fp16"),
+    ("no", "bf16", "bf16"), ("bf16", "bf16", "bf16"), (None, "fp16", "fp16")])
+def test_precision_follows_accelerate_launch_unless_given(monkeypatch, asked, given, expected):
+    """`accelerate launch --mixed_precision bf16` exports ACCELERATE_MIXED_PRECISION=bf16."""
+    if asked is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", asked)
+    overrides = [f"train.precision={given}"] if given else []
+    assert load_config(None, overrides).train.precision == expected
+
+
+def test_precision_given_both_ways_must_agree(monkeypatch, tmp_path):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(ConfigError, match=r"train\.precision=fp32 but accelerate launch asked "
+                       r"for --mixed_precision bf16"):
+        load_config(None, ["train.precision=fp32"])
+    path = tmp_path / "x.yaml"
+    path.write_text("train:\n  precision: fp16\n")
+    with pytest.raises(ConfigError, match=r"train\.precision=fp16 but"):
+        load_config(str(path))
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(ConfigError, match="--mixed_precision fp8"):
+        load_config(None, [])
