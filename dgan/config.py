@@ -135,7 +135,8 @@ class BackendConfig:
     zero_stage: int = 0  # deepspeed only: ZeRO stage 0, 1 or 2 (3 is refused)
     deepspeed_config_g: Optional[str] = None  # deepspeed only: JSON for G's engine
     deepspeed_config_d: Optional[str] = None  # deepspeed only: JSON for D's engine
-    expect_world_size: int = 0  # warn loudly if the run finds another world size; 0: off
+    # refuse to start when the launch gave another number of processes; 0: no check
+    expect_world_size: int = 0
 
 
 @dataclass

@@ -65,3 +65,13 @@ def test_resume_with_another_model_is_one_line_naming_the_keys(tmp_path):
     for part in ("model.g_width: checkpoint 8 vs now 16", "model.conditional: checkpoint True",
                  "classes (c_dim): checkpoint 10 vs now 0", "resume=never and a new run.dir"):
         assert part in lines[0], lines[0]
+
+
+def test_expect_world_size_stops_a_lonely_process_before_work(tmp_path):
+    out = run("train", f"run.dir={tmp_path}/r", "backend.expect_world_size=2",
+              "data.workers=0", "log.progress=false")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines == ["dgan: error: backend.expect_world_size=2 but this launch started 1 "
+                     "process(es); fix the launch command (see docs/launching.md) or the key"]
+    assert not (tmp_path / "r" / "checkpoints").exists()

@@ -176,23 +176,22 @@ def parameter_digest(module: nn.Module) -> str:
 
 
 def check_world_size(world_size: int, expected: int) -> None:
-    """Warn loudly when the launcher asked for several processes but this one is alone.
+    """Refuse a world size other than `backend.expect_world_size` (`expected`; 0: not
+    given) with ConfigError, and warn loudly when the launcher asked for several
+    processes but this one is alone: a launcher that sets MASTER_ADDR but no WORLD_SIZE
+    (e.g. `accelerate launch --cpu --num_processes 2`, which starts one process)."""
+    from dgan.config import ConfigError
 
-    `expected` is `backend.expect_world_size` (0: not given). A launcher that sets
-    MASTER_ADDR but no WORLD_SIZE (e.g. `accelerate launch --cpu --num_processes 2`, which
-    starts one process) is also reported.
-    """
-    problems = []
     if expected and expected != world_size:
-        problems.append(f"backend.expect_world_size={expected} but the world size is "
-                        f"{world_size}")
+        raise ConfigError(f"backend.expect_world_size={expected} but this launch started "
+                          f"{world_size} process(es); fix the launch command (see "
+                          "docs/launching.md) or the key")
     if world_size == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
-        problems.append("MASTER_ADDR is set, so a multi-process launch was intended, but only "
-                        "this one process was started (`accelerate launch --cpu "
-                        "--num_processes N` does that: use --config_file launch/cpu-ddp.yaml)")
-    if not problems:
-        return
-    text = "dgan: WARNING: " + "; ".join(problems) + ". Training continues on this world size."
-    banner = "!" * 78
-    print(f"{banner}\n{text}\n{banner}", file=sys.stderr, flush=True)
-    log.warning(text)
+        text = ("dgan: WARNING: MASTER_ADDR is set, so a multi-process launch was intended, "
+                "but only this one process was started (`accelerate launch --cpu "
+                "--num_processes N` does that: use --config_file launch/cpu-ddp.yaml). "
+                "Training continues on this world size; set backend.expect_world_size=N to "
+                "stop instead.")
+        banner = "!" * 78
+        print(f"{banner}\n{text}\n{banner}", file=sys.stderr, flush=True)
+        log.warning(text)
