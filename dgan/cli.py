@@ -69,8 +69,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     source = _resolve_data(cfg)
     from dgan.checkpoint import InvalidCheckpoint
+    from dgan.engine.guard import NonFiniteError
     from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag
-    from dgan.engine.trainer import Trainer
+    from dgan.engine.trainer import ResumeMismatch, Trainer
 
     # Installed before the trainer exists, so a signal during start-up or resume counts too.
     preemption = PreemptionFlag().install()
@@ -80,6 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except InvalidCheckpoint as e:  # resume=PATH naming a checkpoint that must not load
         trainer.close(wait=False)
         raise UserError(f"resume={cfg.resume}: {e}") from None
+    except (ResumeMismatch, NonFiniteError) as e:
+        trainer.close(wait=False)
+        raise UserError(f"run.dir {cfg.run.dir}: {e}") from None
     except BaseException:
         trainer.close(wait=False)  # a peer may be gone: no barrier
         raise

@@ -8,6 +8,7 @@ names the key, the value and what was expected.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -85,7 +86,9 @@ class OptimConfig:
 class TrainConfig:
     batch_size: int = 32  # per process
     steps: int = 3000  # one D step + one G step each
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    # fp32 | bf16 | fp16; null: what `accelerate launch --mixed_precision` asked for (bf16,
+    # fp16), else fp32 (see resolve_precision)
+    precision: Optional[str] = None
     ema_beta: float = 0.999  # dcgan: G_ema decay, ramped up from 0.9 during the first steps
     grad_accum: int = 1  # micro-batches of batch_size per optimizer step, per process
     ema_kimg: float = 10.0  # stylegan2: G_ema half-life in thousands of images
@@ -99,6 +102,9 @@ class TrainConfig:
     # requeued run (on any node that sees the directory) skips most of the compile time;
     # null: <run.dir>/compile_cache. A TORCHINDUCTOR_CACHE_DIR set in the environment wins.
     compile_cache: Optional[str] = None
+    # stop the run (without saving) after this many steps in a row whose loss or gradient
+    # was not finite on some rank; such steps are skipped (no update). 0: never stop
+    max_bad_steps: int = 10
 
 
 @dataclass
@@ -129,7 +135,8 @@ class BackendConfig:
     zero_stage: int = 0  # deepspeed only: ZeRO stage 0, 1 or 2 (3 is refused)
     deepspeed_config_g: Optional[str] = None  # deepspeed only: JSON for G's engine
     deepspeed_config_d: Optional[str] = None  # deepspeed only: JSON for D's engine
-    expect_world_size: int = 0  # warn loudly if the run finds another world size; 0: off
+    # refuse to start when the launch gave another number of processes; 0: no check
+    expect_world_size: int = 0
 
 
 @dataclass
@@ -164,7 +171,8 @@ POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.k
             "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum")
 NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma", "eval.every",
                 "loss.pl_weight", "loss.style_mixing", "loss.augment_p", "train.ema_kimg",
-                "backend.expect_world_size", "checkpoint.milestone")
+                "backend.expect_world_size", "checkpoint.milestone",
+                "train.max_bad_steps")
 METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes")
 
 
@@ -213,6 +221,10 @@ def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
 
 def validate(cfg: DictConfig) -> None:
     """Range and choice checks that types alone cannot express."""
+    for key in all_keys():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"bad value for '{key}': {value}; expected a finite number")
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
@@ -270,6 +282,13 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"bad value in 'eval.metrics': {metric!r}; expected any of {list(METRICS)}")
     if cfg.eval.n < 2:
         raise ConfigError(f"bad value for 'eval.n': {cfg.eval.n}; expected >= 2")
+    for key in ("optim.beta1", "optim.beta2"):
+        if not 0.0 <= OmegaConf.select(cfg, key) < 1.0:
+            raise ConfigError(f"bad value for '{key}': {OmegaConf.select(cfg, key)}; "
+                              "expected [0, 1)")
+    if os.path.exists(str(cfg.run.dir)) and not os.path.isdir(str(cfg.run.dir)):
+        raise ConfigError(f"bad value for 'run.dir': {cfg.run.dir} exists and is not a "
+                          "directory; expected a directory (it is created if missing)")
     if not 0.0 <= cfg.train.ema_beta < 1.0:
         raise ConfigError(f"bad value for 'train.ema_beta': {cfg.train.ema_beta}; expected [0, 1)")
 
@@ -285,6 +304,25 @@ def resolve_compile(cfg: DictConfig, device: Any) -> bool:
         return bool(cfg.train.compile)
     return (getattr(device, "type", str(device)) == "cuda" and cfg.model.name == "stylegan2"
             and cfg.backend.name == "ddp")
+
+
+def resolve_precision(cfg: DictConfig) -> None:
+    """Fill in `train.precision` when it was not given: accelerate's `--mixed_precision`
+    (or its config file's `mixed_precision`), which `accelerate launch` exports as
+    ACCELERATE_MIXED_PRECISION, else fp32. Given both ways, they must agree; accelerate's
+    "no" is its default, so it counts as not given."""
+    asked = (os.environ.get("ACCELERATE_MIXED_PRECISION") or "no").strip().lower()
+    if asked not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"accelerate launch asked for --mixed_precision {asked} "
+                          "(ACCELERATE_MIXED_PRECISION), which dgan does not support; use no, "
+                          "bf16 or fp16, or set train.precision")
+    given = cfg.train.precision
+    if given is None:
+        cfg.train.precision = "fp32" if asked == "no" else asked
+    elif asked != "no" and asked != given:
+        raise ConfigError(f"train.precision={given} but accelerate launch asked for "
+                          f"--mixed_precision {asked} (ACCELERATE_MIXED_PRECISION); make them "
+                          "agree, or give only one of them")
 
 
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
@@ -313,6 +351,7 @@ def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[st
         cfg.run.name = name
     if cfg.run.dir is None:
         cfg.run.dir = os.path.join("runs", cfg.run.name)
+    resolve_precision(cfg)
     validate(cfg)
     return cfg
 

@@ -189,11 +189,18 @@ def test_lonely_process_warns_loudly(monkeypatch, capsys):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     check_world_size(1, 0)
     assert capsys.readouterr().err == ""
-    check_world_size(1, 2)
-    assert "expect_world_size=2 but the world size is 1" in capsys.readouterr().err
+    check_world_size(2, 2)
+    assert capsys.readouterr().err == ""
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     check_world_size(1, 0)
     assert "only this one process was started" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("actual", [1, 3])
+def test_expect_world_size_refuses_another_world_size(actual):
+    with pytest.raises(ConfigError, match=rf"backend\.expect_world_size=2 but this launch "
+                       rf"started {actual} process\(es\)"):
+        check_world_size(actual, 2)
 
 
 @pytest.mark.parametrize("current,saved", [(1, 0), (0, 2), (2, 2)])

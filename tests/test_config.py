@@ -38,10 +38,26 @@ def test_unknown_key_in_yaml_names_file(tmp_path):
     ("train.precision=fp8", r"train\.precision.*fp8.*fp32.*bf16.*fp16"),
     ("train.steps=0", r"train\.steps.*expected > 0"),
     ("data.resolution=48", r"data\.resolution.*48"),
+    ("optim.lr_d=nan", r"'optim\.lr_d': nan; expected a finite number"),
+    ("optim.lr_d=inf", r"'optim\.lr_d': inf; expected a finite number"),
+    ("optim.lr_g=-inf", r"'optim\.lr_g': -inf; expected a finite number"),
+    ("optim.lr_g=-0.1", r"'optim\.lr_g': -0\.1; expected > 0"),
+    ("loss.r1_gamma=nan", r"'loss\.r1_gamma': nan; expected a finite number"),
+    ("optim.beta1=5", r"'optim\.beta1': 5\.0; expected \[0, 1\)"),
+    ("optim.beta2=1", r"'optim\.beta2': 1\.0; expected \[0, 1\)"),
+    ("optim.beta1=-0.5", r"'optim\.beta1': -0\.5; expected \[0, 1\)"),
+    ("train.max_bad_steps=-1", r"train\.max_bad_steps.*expected >= 0"),
 ])
 def test_bad_values_name_key_value_and_expectation(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(None, [override])
+
+
+def test_run_dir_must_not_be_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match=r"'run\.dir': .*/f exists and is not a directory"):
+        load_config(None, [f"run.dir={tmp_path / 'f'}"])
+    assert load_config(None, [f"run.dir={tmp_path / 'new'}"]).run.dir
 
 
 def test_override_without_equals():
@@ -116,3 +132,30 @@ def test_compile_is_auto_by_default_and_only_for_stylegan2_on_ddp():
     with pytest.raises(ConfigError, match=r"train\.compile.*backend\.name=deepspeed"):
         load_config(None, ["model.name=stylegan2", "data.resolution=32", "train.compile=true",
                            "backend.name=deepspeed"])
+
+
+@pytest.mark.parametrize("asked, given, expected", [
+    (None, None, "fp32"), ("no", None, "fp32"), ("bf16", None, "bf16"), ("fp16", None, "fp16"),
+    ("no", "bf16", "bf16"), ("bf16", "bf16", "bf16"), (None, "fp16", "fp16")])
+def test_precision_follows_accelerate_launch_unless_given(monkeypatch, asked, given, expected):
+    """`accelerate launch --mixed_precision bf16` exports ACCELERATE_MIXED_PRECISION=bf16."""
+    if asked is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", asked)
+    overrides = [f"train.precision={given}"] if given else []
+    assert load_config(None, overrides).train.precision == expected
+
+
+def test_precision_given_both_ways_must_agree(monkeypatch, tmp_path):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(ConfigError, match=r"train\.precision=fp32 but accelerate launch asked "
+                       r"for --mixed_precision bf16"):
+        load_config(None, ["train.precision=fp32"])
+    path = tmp_path / "x.yaml"
+    path.write_text("train:\n  precision: fp16\n")
+    with pytest.raises(ConfigError, match=r"train\.precision=fp16 but"):
+        load_config(str(path))
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(ConfigError, match="--mixed_precision fp8"):
+        load_config(None, [])

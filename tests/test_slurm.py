@@ -104,7 +104,7 @@ def test_single_node_builds_torchrun_and_requeues_after_usr2(fake):
     assert submit(fake, "slurm/train.sbatch", signal_after_start=True) == 0
     cmd = log(fake, "torchrun").splitlines()
     assert cmd[0] == ("--standalone --nnodes 1 --nproc_per_node 2 --master_port 24242 -m dgan "
-                      "train configs/mnist.yaml run.dir=/shared/run")
+                      "train configs/mnist.yaml run.dir=/shared/run backend.expect_world_size=2")
     assert cmd[1] == "OMP_NUM_THREADS=4"
     assert log(fake, "scontrol") == "requeue 4242\n"
 
@@ -114,7 +114,8 @@ def test_multi_node_rendezvous_on_first_host_and_requeues_after_usr2(fake):
     assert log(fake, "srun").startswith("--kill-on-bad-exit=0 --ntasks-per-node=1 bash ")
     assert log(fake, "torchrun").splitlines()[0] == (
         "--nnodes 2 --nproc_per_node 2 --rdzv_backend c10d --rdzv_endpoint node-a:29500 "
-        "--rdzv_id 4242 -m dgan train configs/mnist.yaml run.dir=/shared/run")
+        "--rdzv_id 4242 -m dgan train configs/mnist.yaml run.dir=/shared/run "
+        "backend.expect_world_size=4")
     assert log(fake, "scontrol") == "show hostnames node-[a,b]\nrequeue 4242\n"
 
 

@@ -171,9 +171,13 @@ class StyleGAN2Recipe:
                 b.step(net)
             stats.update(phase_stats)
         global_batch = n * b.world_size
-        update_ema(self.g_ema, b.g_module, (step + 1) * global_batch, global_batch,
-                   cfg.train.ema_kimg, cfg.train.ema_rampup)
-        if self.augment is not None and self.augment.target is not None and step % ADA_INTERVAL == 0:
+        if not b.skipped:  # a phase with a non-finite gradient skips G_ema's update too
+            update_ema(self.g_ema, b.g_module, (step + 1) * global_batch, global_batch,
+                       cfg.train.ema_kimg, cfg.train.ema_rampup)
+        # ADA waits for a step without skipped phases: the trainer puts back the statistics
+        # of a skipped one
+        if (self.augment is not None and self.augment.target is not None
+                and step % ADA_INTERVAL == 0 and not b.skipped):
             self.augment.update(all_reduce=lambda t: b.all_reduce(t) * b.world_size)
             stats["augment/p"] = torch.tensor(float(self.augment.p))
         out = {"loss/G": stats.pop("G/loss"), "loss/D": stats.pop("D/loss"),

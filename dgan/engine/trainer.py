@@ -5,6 +5,9 @@ One iteration (`train.steps` of them):
           (+ r1_gamma / 2 * ||grad_x D(x)||^2); G is frozen and runs without grad.
   G step: fresh z; minimise softplus(-D(G(z))); D is frozen (no gradient reaches it).
   G_ema <- EMA of G.
+A step whose loss or gradient is not finite on any rank is skipped by every rank: no
+optimizer update, no EMA update, buffers put back (dgan.engine.guard); the run stops after
+train.max_bad_steps of them in a row, and weights that are not finite are never saved.
 Latents are drawn from generators seeded by (run.seed, rank, step, phase), so the random
 stream needs no saved state and a resumed run draws what the uninterrupted one would.
 Each step consumes train.grad_accum micro-batches of train.batch_size per process; the
@@ -30,7 +33,7 @@ from dgan import __version__, checkpoint
 from dgan.checkpoint import hooks, rng
 from dgan.config import to_yaml
 from dgan.data.stream import DataStream
-from dgan.engine import losses
+from dgan.engine import guard, losses
 from dgan.engine.backend import build_backend, parameter_digest
 from dgan.engine.ema import make_ema, update_ema
 from dgan.engine.stylegan2_recipe import StyleGAN2Recipe, build_optimizers
@@ -40,6 +43,10 @@ from dgan.models import build_models
 
 log = logging.getLogger(__name__)
 GRID_SEED = 1234  # fixed latents of the sample grid, the same for every run
+
+
+class ResumeMismatch(ValueError):
+    """The checkpoint to resume holds another model than the config describes."""
 
 
 def class_count(cfg: DictConfig, source: Any) -> int:
@@ -92,6 +99,12 @@ class Trainer:
         # the plain D step + G step below.
         self.recipe = (StyleGAN2Recipe(cfg, b, self.g_ema, self.c_dim)
                        if cfg.model.name == "stylegan2" else None)
+        self.guard = guard.NonFiniteGuard(cfg.train.max_bad_steps)
+        stateful = [b.g_module, b.d_module]
+        if self.recipe is not None:
+            stateful += [self.recipe.loss] + ([self.recipe.augment] if self.recipe.augment
+                                              is not None else [])
+        self.buffers = guard.BufferSnapshot(stateful)  # what a skipped step puts back
         self.stream = DataStream(
             source, batch_size=cfg.train.batch_size, resolution=cfg.data.resolution,
             channels=cfg.data.channels, seed=cfg.run.seed, rank=b.rank, world_size=b.world_size,
@@ -120,6 +133,7 @@ class Trainer:
             "lr_schedules": {k: s.state_dict() for k, s in self.lr_schedules.items()},
             "backend": self.backend.state_dict(),
             "augment": dict(self.augment),
+            "guard": self.guard.state_dict(),
             "recipe": self.recipe.state_dict() if self.recipe is not None else {},
             "step": self.step,
             "images_seen": self.images_seen,
@@ -145,10 +159,14 @@ class Trainer:
         then the data stream follows its layout-change rule from `rank0_state`)."""
         diff = checkpoint.model_key_differences(state["config"],
                                                 OmegaConf.to_container(self.cfg, resolve=True))
+        saved_c_dim = int(state.get("c_dim", 0))
+        if saved_c_dim != self.c_dim:  # from data.path's label names, not a config key
+            diff.append(f"classes (c_dim): checkpoint {saved_c_dim} vs now {self.c_dim}")
         if diff:
-            raise ValueError("the checkpoint was trained with a different model; refusing to "
-                             "load it. Differences: " + "; ".join(diff) +
-                             ". Use another run.dir for a new model.")
+            raise ResumeMismatch(
+                "the checkpoint to resume holds another model than the config: " +
+                "; ".join(diff) + ". Set these back to the checkpoint's values to continue "
+                "it, or train the new model with resume=never and a new run.dir")
         hooks.load_backend_state(self.backend, state["backend"])  # first: it may refuse
         hooks.load_network_state(self.backend, "G", state["G"], state["opt_G"])
         hooks.load_network_state(self.backend, "D", state["D"], state["opt_D"])
@@ -156,6 +174,7 @@ class Trainer:
         for k, s in self.lr_schedules.items():
             s.load_state_dict(state["lr_schedules"][k])
         self.augment = dict(state.get("augment", {}))
+        self.guard.load_state_dict(state.get("guard", {}))
         if self.recipe is not None:
             self.recipe.load_state_dict(state["recipe"])
         self.step = int(state["step"])
@@ -256,9 +275,10 @@ class Trainer:
         of a class-conditional model. Returns metrics averaged over micro-batches.
         StyleGAN2 runs its recipe's phases instead (its latents come from the step's seed).
         """
+        b = self.backend
+        b.skipped.clear()
         if self.recipe is not None:
             return self.recipe.step(self.step, real, c_real)
-        b = self.backend
         accum = self.cfg.train.grad_accum
         metrics: dict[str, torch.Tensor] = {}
         c_real_parts = c_real.chunk(accum) if c_real is not None else [None] * accum
@@ -279,7 +299,8 @@ class Trainer:
                     b.backward(loss_g, "G")
                 metrics["loss/G"] = metrics.get("loss/G", 0) + loss_g.detach() / accum
             b.step("G")
-        update_ema(self.g_ema, b.g_module, self.step, self.cfg.train.ema_beta)
+        if not b.skipped:
+            update_ema(self.g_ema, b.g_module, self.step, self.cfg.train.ema_beta)
         return metrics
 
     def evaluate(self) -> dict[str, float]:
@@ -295,8 +316,15 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------
     def save(self, blocking: bool = True) -> None:
-        """Checkpoint the current step on every rank (async when not `blocking` and enabled)."""
-        cfg = self.cfg
+        """Checkpoint the current step on every rank (async when not `blocking` and enabled);
+        NonFiniteError instead when any weight or buffer is not finite (on any rank)."""
+        cfg, b = self.cfg, self.backend
+        nets = self._buffer_owners().values()
+        tensors = [t for net in nets for t in (*net.parameters(), *net.buffers())]
+        if not guard.all_finite(tensors, b.all_reduce, b.device):
+            raise guard.NonFiniteError(f"refusing to save step {self.step}: G, D or G_ema holds "
+                                 "non-finite values; the newest checkpoint in "
+                                 f"{checkpoint.checkpoint_dir(self.run_dir)} stays the latest")
         meta = {"backend": self.backend.name, "precision": cfg.train.precision,
                 "images_seen": self.images_seen, "config_hash": checkpoint.config_hash(
                     OmegaConf.to_container(cfg, resolve=True)),
@@ -344,12 +372,21 @@ class Trainer:
             while self.step < cfg.train.steps:
                 kill_at_step_hook(self.step, b.rank, self.checkpointer.wait)
                 real, c_real = self.next_batch()
+                b.inject_nonfinite = guard.nonfinite_hook(self.step, b.rank)
+                self.buffers.take()
                 if self.recipe is None:
                     metrics = self.train_step(real, self._latents(0), self._latents(1), c_real,
                                               self._fake_labels())
                 else:  # the recipe draws its own latents and labels from the step's seed
                     metrics = self.train_step(real, None, None, c_real)
                 self.step += 1
+                if b.skipped:  # the same on every rank: see dgan.engine.guard
+                    self.buffers.restore()
+                    if self.guard.in_a_row == 0:
+                        logger.message(f"dgan: step {self.step}: non-finite loss or gradient; "
+                                       f"skipped the update of {'/'.join(b.skipped)} and G_ema "
+                                       f"(train.max_bad_steps={cfg.train.max_bad_steps})")
+                self.guard.update(self.step, b.skipped)
                 self.images_seen += global_batch
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0) + v
@@ -361,7 +398,8 @@ class Trainer:
                     rate = (self.step - last_step) * global_batch / (now - last_time)
                     values = {k: b.all_reduce(torch.as_tensor(v / counts[k], device=b.device)).item()
                               for k, v in sums.items()}
-                    values.update({"perf/img_per_s": rate, "progress/global_batch": global_batch,
+                    values.update({"guard/skipped_steps": self.guard.skipped_steps,
+                                   "perf/img_per_s": rate, "progress/global_batch": global_batch,
                                    "progress/images_seen": self.images_seen,
                                    "progress/kimg": self.images_seen / 1000})
                     logger.scalars(self.step, values)

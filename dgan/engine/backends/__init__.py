@@ -33,5 +33,9 @@ def build_backend(cfg: DictConfig) -> Backend:
             config_paths={"G": b.deepspeed_config_g, "D": b.deepspeed_config_d})
     else:
         raise ValueError(f"unknown backend.name {b.name!r}")
-    check_world_size(backend.world_size, b.expect_world_size)
+    try:
+        check_world_size(backend.world_size, b.expect_world_size)
+    except ValueError:
+        backend.close(wait=False)  # the process group is up: leave without an abort
+        raise
     return backend

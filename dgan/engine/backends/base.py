@@ -8,7 +8,8 @@ The trainer's loop is the same for every backend:
             with backend.micro_batch(last=i == len(micro_batches) - 1):
                 loss = ...backend.d(x)...          # D through its wrapper (gradient sync)
                 backend.backward(loss, "D")        # scaled by 1 / train.grad_accum
-        backend.step("D")                          # one optimizer step, then zero grads
+        backend.step("D")                          # one optimizer step (skipped when the
+                                                   # gradient is not finite), then zero grads
     with backend.phase("G"):                       # D frozen: called as backend.d_module
         ...backend.d_module(backend.g(z))...
 
@@ -16,6 +17,10 @@ The trainer's loop is the same for every backend:
 is being trained; `g_module`/`d_module` are the plain `nn.Module`s, used for the frozen
 one, for EMA and for checkpoints. Gradients are averaged over processes once per
 optimizer step, at the last micro-batch.
+
+Non-finite losses and gradients (dgan.engine.guard): `backward` poisons a non-finite
+loss so that the averaged gradient is NaN on every rank, and `step` skips the optimizer
+step of a non-finite gradient, recording the network's name in `skipped`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import abc
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -32,6 +38,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from dgan.engine import guard
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -57,6 +65,10 @@ class Backend(abc.ABC):
         self.dtype = DTYPES[precision]
         self.grad_accum = grad_accum
         self.nets: dict[str, nn.Module] = {}
+        # names of the networks whose optimizer step was skipped (non-finite gradient)
+        # since the trainer last cleared the list, once per training step
+        self.skipped: list[str] = []
+        self.inject_nonfinite = False  # the DGAN_TEST_NONFINITE_LOSS hook, set by the trainer
 
     @property
     def is_main(self) -> bool:
@@ -94,11 +106,25 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def backward(self, loss: torch.Tensor, name: str) -> None:
         """Accumulate the gradient of one micro-batch's loss (a mean over that micro-batch)
-        into network `name`; the step gets the mean over all micro-batches."""
+        into network `name`; the step gets the mean over all micro-batches. A non-finite
+        loss makes the gradient NaN (see `guarded_loss`)."""
 
     @abc.abstractmethod
-    def step(self, name: str) -> None:
-        """Optimizer step of network `name` on the accumulated gradient, then zero it."""
+    def step(self, name: str) -> bool:
+        """Optimizer step of network `name` on the accumulated gradient, then zero it.
+        When the gradient is not finite (on any rank: it is averaged) the update is
+        skipped, `name` goes into `skipped`, and False is returned."""
+
+    def guarded_loss(self, loss: torch.Tensor, name: str) -> torch.Tensor:
+        """`loss` as `backward` differentiates it: NaN-poisoned when not finite."""
+        if self.inject_nonfinite and name == "D":
+            loss = loss + math.inf
+        return guard.poison(loss)
+
+    def _applied(self, name: str, applied: bool) -> bool:
+        if not applied:
+            self.skipped.append(name)
+        return applied
 
     # -- communication ------------------------------------------------------------------
     @property
@@ -150,23 +176,22 @@ def parameter_digest(module: nn.Module) -> str:
 
 
 def check_world_size(world_size: int, expected: int) -> None:
-    """Warn loudly when the launcher asked for several processes but this one is alone.
+    """Refuse a world size other than `backend.expect_world_size` (`expected`; 0: not
+    given) with ConfigError, and warn loudly when the launcher asked for several
+    processes but this one is alone: a launcher that sets MASTER_ADDR but no WORLD_SIZE
+    (e.g. `accelerate launch --cpu --num_processes 2`, which starts one process)."""
+    from dgan.config import ConfigError
 
-    `expected` is `backend.expect_world_size` (0: not given). A launcher that sets
-    MASTER_ADDR but no WORLD_SIZE (e.g. `accelerate launch --cpu --num_processes 2`, which
-    starts one process) is also reported.
-    """
-    problems = []
     if expected and expected != world_size:
-        problems.append(f"backend.expect_world_size={expected} but the world size is "
-                        f"{world_size}")
+        raise ConfigError(f"backend.expect_world_size={expected} but this launch started "
+                          f"{world_size} process(es); fix the launch command (see "
+                          "docs/launching.md) or the key")
     if world_size == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
-        problems.append("MASTER_ADDR is set, so a multi-process launch was intended, but only "
-                        "this one process was started (`accelerate launch --cpu "
-                        "--num_processes N` does that: use --config_file launch/cpu-ddp.yaml)")
-    if not problems:
-        return
-    text = "dgan: WARNING: " + "; ".join(problems) + ". Training continues on this world size."
-    banner = "!" * 78
-    print(f"{banner}\n{text}\n{banner}", file=sys.stderr, flush=True)
-    log.warning(text)
+        text = ("dgan: WARNING: MASTER_ADDR is set, so a multi-process launch was intended, "
+                "but only this one process was started (`accelerate launch --cpu "
+                "--num_processes N` does that: use --config_file launch/cpu-ddp.yaml). "
+                "Training continues on this world size; set backend.expect_world_size=N to "
+                "stop instead.")
+        banner = "!" * 78
+        print(f"{banner}\n{text}\n{banner}", file=sys.stderr, flush=True)
+        log.warning(text)

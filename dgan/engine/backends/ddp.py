@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dgan.engine import guard
 from dgan.engine.backends.base import NETS, Backend
 
 
@@ -60,13 +61,23 @@ class DDPBackend(Backend):
             yield
 
     def backward(self, loss: torch.Tensor, name: str) -> None:
-        self.scalers[name].scale(loss / self.grad_accum).backward()
+        self.scalers[name].scale(self.guarded_loss(loss, name) / self.grad_accum).backward()
 
-    def step(self, name: str) -> None:
+    def step(self, name: str) -> bool:
         opt, scaler = self.opt[name], self.scalers[name]
-        scaler.step(opt)
-        scaler.update()
+        if scaler.is_enabled():
+            # fp16: the scaler skips an overflowing step itself and lowers its scale
+            scale = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            applied = scaler.get_scale() >= scale
+        else:
+            params = (p for group in opt.param_groups for p in group["params"])
+            applied = guard.grads_finite(params)
+            if applied:
+                opt.step()
         opt.zero_grad(set_to_none=True)
+        return self._applied(name, applied)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dgan.engine import guard
 from dgan.engine.backends.base import NETS, Backend
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,10 @@ def engine_config(path: str | None, *, zero_stage: int, micro_batch: int, grad_a
                              "(train.batch_size per process x train.grad_accum x processes); "
                              "remove the key or use \"auto\"")
         config[key] = value
+    if stage >= 1 and zero.get("compute_grad_norm") is False:
+        raise ValueError(f"{path} sets zero_optimization.compute_grad_norm=false, which turns "
+                         "off ZeRO's test for non-finite gradients that dgan relies on to skip "
+                         "bad steps; remove the key")
     for section in ("fp16", "bf16"):
         if config.get(section, {}).get("enabled", False):
             raise ValueError(f"{path} enables {section}: dgan keeps fp32 weights and autocasts "
@@ -173,15 +178,33 @@ class DeepSpeedBackend(Backend):
 
     def backward(self, loss: torch.Tensor, name: str) -> None:
         engine = self.engines[name]
-        engine.backward(loss)
+        engine.backward(self.guarded_loss(loss, name))
         if not engine.is_gradient_accumulation_boundary():
             engine.step()  # counts the micro-batch; the optimizer steps at the boundary only
 
-    def step(self, name: str) -> None:
+    def step(self, name: str) -> bool:
         engine = self.engines[name]
         if not engine.is_gradient_accumulation_boundary():
             raise RuntimeError(f"step({name!r}) before the last micro-batch's backward")
-        engine.step()
+        if self.zero_stage >= 1:
+            # The ZeRO optimizer tests the global norm of its partitioned gradients and
+            # skips a non-finite one itself (compute_grad_norm, see engine_config).
+            engine.step()
+            return self._applied(name, engine.was_step_applied())
+        # Stage 0: the gradients in the module are all-reduced. A skipped step still goes
+        # through engine.step() so that the engine zeroes them and counts the step; only
+        # the torch optimizer's update is left out.
+        applied = guard.grads_finite(engine.module.parameters())
+        if applied:
+            engine.step()
+        else:
+            optimizer = engine.optimizer
+            optimizer.step = lambda *args, **kwargs: None  # type: ignore[method-assign]
+            try:
+                engine.step()
+            finally:
+                del optimizer.step  # the class's own step again
+        return self._applied(name, applied)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
