@@ -31,8 +31,12 @@ class UserError(Exception):
     """A problem the user can fix; printed as one line."""
 
 
-def _resolve_data(cfg) -> object:
-    """The ShardSource of `data.path`, checked against data.resolution and data.channels."""
+def _resolve_data(cfg, stored_in: Optional[str] = None) -> object:
+    """The ShardSource of `data.path`, checked against data.resolution and data.channels.
+
+    `stored_in`: the stored file (a run's config.yaml) data.path was read from, when the
+    user neither gave it nor confirmed it with --trust-pipe: its `pipe:` commands are refused.
+    """
     from dgan.data.builtin import BUILTIN, builtin_shards
     from dgan.data.sources import DataPathError, resolve_source
 
@@ -47,7 +51,7 @@ def _resolve_data(cfg) -> object:
         except ValueError as e:
             raise UserError(f"data.path {cfg.data.path}: {e}") from None
     try:
-        source = resolve_source(path)
+        source = resolve_source(path, stored_in=stored_in)
     except (DataPathError, FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     if source.channels is not None and source.channels != cfg.data.channels:
@@ -60,6 +64,17 @@ def _resolve_data(cfg) -> object:
     return source
 
 
+def _stored_config(config: Optional[str], overrides: list[str]) -> Optional[str]:
+    """`config` when data.path comes from it and it is a stored run's own file (it sits in a
+    run directory, beside checkpoints/): resuming a run received from someone else must
+    not run their `pipe:` command unconfirmed. None when the user gave data.path."""
+    if config is None or any(o.split("=", 1)[0] == "data.path" for o in overrides):
+        return None
+    from dgan.checkpoint import layout
+
+    return config if layout.checkpoint_dir(Path(config).resolve().parent).is_dir() else None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.config and "=" in args.config and not os.path.isfile(args.config):
         args.config, args.overrides = None, [args.config, *args.overrides]
@@ -67,7 +82,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(to_yaml(load_config(args.config, args.overrides)), end="")
         return 0
     cfg = load_config(args.config, args.overrides)
-    source = _resolve_data(cfg)
+    stored = None if args.trust_pipe else _stored_config(args.config, args.overrides)
+    source = _resolve_data(cfg, stored)
     from dgan.checkpoint import InvalidCheckpoint
     from dgan.engine.guard import NonFiniteError
     from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag
@@ -118,12 +134,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dgan.sample import load_generator
 
     g, step = load_generator(args.run)
-    cfg = config_from_yaml_text(open(os.path.join(args.run, "config.yaml")).read())
+    config_file = os.path.join(args.run, "config.yaml")
+    cfg = config_from_yaml_text(open(config_file).read())
+    if args.data:  # given here: the user's own, pipe: included
+        cfg.data.path = args.data
+    stored = None if args.data or args.trust_pipe else config_file
     metrics = args.metrics.split(",") if args.metrics else list(cfg.eval.metrics)
     if args.inception_weights:
         os.environ["DGAN_INCEPTION_WEIGHTS"] = args.inception_weights
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results = evaluate_generator(cfg, g.to(device), _resolve_data(cfg), device, metrics,
+    results = evaluate_generator(cfg, g.to(device), _resolve_data(cfg, stored), device, metrics,
                                  args.n or cfg.eval.n)
     print(f"run {args.run}, step {step}, {args.n or cfg.eval.n} samples")
     print(format_table(results))
@@ -275,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"config overrides; keys: {', '.join(all_keys())}")
     train.add_argument("--print-config", action="store_true",
                        help="print the resolved config and exit")
+    train.add_argument("--trust-pipe", action="store_true",
+                       help="run a pipe: data.path read from a run directory's config.yaml "
+                       "(refused without it; see docs/data.md)")
     train.set_defaults(func=cmd_train)
 
     sample = verbs.add_parser("sample", help="write PNG samples from a run's G_ema",
@@ -298,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, help="generated samples (default: the run's eval.n)")
     ev.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth "
                     "(or set DGAN_INCEPTION_WEIGHTS); see docs/metrics.md")
+    ev.add_argument("--data", help="real data (a data.path) instead of the run's data.path")
+    ev.add_argument("--trust-pipe", action="store_true",
+                    help="run a pipe: data.path read from the run's config.yaml (refused "
+                    "without it; see docs/data.md)")
     ev.set_defaults(func=cmd_eval)
 
     data = verbs.add_parser("data", help="make datasets (WebDataset shards)")
@@ -372,6 +399,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return func(args)
     except (UserError, ConfigError, FileNotFoundError) as e:
+        print(f"dgan: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # data found unusable once read (every shard bad), during work
+        from dgan.data.sources import DataPathError
+
+        if not isinstance(e, DataPathError):
+            raise
         print(f"dgan: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -41,6 +41,9 @@ class DataConfig:
     workers: int = 1  # DataLoader worker processes per rank
     shuffle_buffer: int = 1000  # samples shuffled together inside one worker
     xflip: bool = False
+    # largest tar member accepted from a streamed shard (pipe:, URL, compressed), in MiB;
+    # a local .tar is capped by its own size
+    max_member_mb: int = 256
 
 
 @dataclass
@@ -168,7 +171,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 RESOLUTIONS = {"dcgan": (28, 32, 64), "stylegan2": (32, 64, 128, 256, 512, 1024)}
 POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.keep",
             "log.every", "log.grid", "data.channels", "model.z_dim", "model.g_width",
-            "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum")
+            "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum", "data.max_member_mb")
 NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma", "eval.every",
                 "loss.pl_weight", "loss.style_mixing", "loss.augment_p", "train.ema_kimg",
                 "backend.expect_world_size", "checkpoint.milestone",

@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from dgan.data.tario import TarError, iter_tar, tar_members
+from dgan.data.tario import TarError, iter_tar, shard_problem, tar_members
 
 
 def _tar(fmt: int, names: list[str], compress: str = "") -> bytes:
@@ -90,3 +90,58 @@ def test_members_across_buffer_refills_and_short_reads(monkeypatch, chunk):
         for member in tar_members(_Trickle(raw[:cut], 300)):
             got.append(member)
     assert got == expected[:10]
+
+
+def claim(raw: bytes, header_at: int, size: int) -> bytes:
+    """`raw` with the tar header at `header_at` claiming `size` bytes (GNU base-256 field,
+    checksum fixed): a damaged or hostile header, without the bytes behind it."""
+    header = bytearray(raw[header_at:header_at + 512])
+    header[124:136] = b"\x80" + size.to_bytes(11, "big")
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return raw[:header_at] + bytes(header) + raw[header_at + 512:]
+
+
+TIB = 1 << 40
+
+
+def test_a_huge_size_claim_is_an_error_not_an_allocation(tmp_path):
+    raw = _tar(tarfile.GNU_FORMAT, ["a/000.jpg", "a/001.jpg", "a/002.jpg"])
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        second = [m for m in tar if m.isfile()][1].offset
+    bad = claim(raw, second, TIB)
+    # a stream (pipe:, BytesIO): capped by max_member
+    members = tar_members(io.BytesIO(bad))
+    assert next(members)[0] == "a/000.jpg"
+    with pytest.raises(TarError, match=r"claims 1099511627776 bytes.*data.max_member_mb"):
+        next(members)
+    # a local file: capped by what is left of it
+    path = tmp_path / "s.tar"
+    path.write_bytes(bad)
+    with pytest.raises(TarError, match="more than the .* left in the file"):
+        list(iter_tar(str(path)))
+    assert shard_problem(str(path)) is None  # the first member is fine
+    path.write_bytes(claim(raw, 512, TIB))  # the first header after the directory's
+    with pytest.raises(TarError, match="left in the file"):
+        list(iter_tar(str(path)))
+
+
+def test_the_stream_cap_is_configurable():
+    raw = _tar(tarfile.GNU_FORMAT, NAMES[:3])  # members of 1, 301 and 601 bytes
+    assert len(list(tar_members(io.BytesIO(raw), max_member=601))) == 3
+    with pytest.raises(TarError, match="claims 601 bytes"):
+        list(tar_members(io.BytesIO(raw), max_member=600))
+
+
+def test_shard_problems_are_found_from_the_first_header(tmp_path):
+    empty, text, short, good = (tmp_path / n for n in ("e.tar", "t.tar", "s.tar", "g.tar"))
+    empty.write_bytes(b"")
+    text.write_bytes(b"hello, not a tar\n" * 100)
+    short.write_bytes(b"x" * 100)
+    good.write_bytes(_tar(tarfile.GNU_FORMAT, NAMES[:2]))
+    assert shard_problem(str(empty)) == "empty (0 bytes), not a tar"
+    assert "bad header checksum" in shard_problem(str(text))
+    assert "less than one header" in shard_problem(str(short))
+    assert shard_problem(str(good)) is None
+    with pytest.raises(TarError, match="empty"):
+        list(iter_tar(str(empty)))

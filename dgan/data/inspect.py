@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ class Report:
             out.append(f"unlabelled  {self.labels[-1]}")
         if not self.indexed:
             out.append("index.json  none (nothing to verify)")
+            if self.problems:
+                out += ["problems"] + [f"  {p}" for p in self.problems]
         elif self.problems:
             out += ["index.json  MISMATCH"] + [f"  {p}" for p in self.problems]
         else:
@@ -62,7 +65,8 @@ def inspect_shards(path: str, grid: str | os.PathLike | None, n_grid: int = 64,
     """Read every shard once: count samples, read image headers, check index.json.
 
     Writes a PNG grid of `n_grid` random samples (reservoir sampling) to `grid` if given.
-    Undecodable image headers are problems too.
+    Undecodable image headers, and shards that are not tars or are damaged (each named,
+    with what was read before the damage), are problems too.
     """
     source = resolve_source(path)
     report = Report(shards=len(source.urls), resolution=source.resolution,
@@ -73,16 +77,21 @@ def inspect_shards(path: str, grid: str | os.PathLike | None, n_grid: int = 64,
     picked: list[dict] = []
     for k, url in enumerate(source.urls):
         count = 0
-        for sample in iter_tar(url):
-            count += 1
-            _read_header(sample, report)
-            report.labels[int(sample["cls"]) if "cls" in sample else -1] += 1
-            # Reservoir sampling keeps every sample equally likely in the grid.
-            seen = report.samples + count
-            if len(picked) < n_grid:
-                picked.append(sample)
-            elif (j := int(rng.integers(seen))) < n_grid:
-                picked[j] = sample
+        try:
+            if url in source.problems:
+                raise ValueError(source.problems[url])
+            for sample in iter_tar(url):
+                count += 1
+                _read_header(sample, report)
+                report.labels[int(sample["cls"]) if "cls" in sample else -1] += 1
+                # Reservoir sampling keeps every sample equally likely in the grid.
+                seen = report.samples + count
+                if len(picked) < n_grid:
+                    picked.append(sample)
+                elif (j := int(rng.integers(seen))) < n_grid:
+                    picked[j] = sample
+        except (OSError, ValueError, tarfile.TarError) as e:
+            report.problems.append(f"{url}: unreadable after {count} samples: {e}")
         report.samples += count
         if os.path.isfile(url):
             report.bytes += os.path.getsize(url)

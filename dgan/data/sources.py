@@ -1,7 +1,17 @@
-"""Resolve `data.path` into a list of shard URLs with (lazily known) sample counts."""
+"""Resolve `data.path` into a list of shard URLs with (lazily known) sample counts.
+
+Trust. A `pipe:` URL is a shell command (webdataset's `gopen` runs it). It runs only when
+the user gave it: on the command line or in a config file passed to `dgan train`. One
+read from a file dgan did not get from the user (a run directory's config.yaml) is refused
+unless confirmed (`stored_in`, the CLI's --trust-pipe). Shard names that come from a
+directory's contents (index.json entries, listed `*.tar` files) are only ever local files:
+an index naming a `pipe:` or URL is refused, and a listed file called `pipe:...` is opened
+as the file it is.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import tarfile
 from collections.abc import Sequence
@@ -10,9 +20,19 @@ from pathlib import Path
 
 from dgan.data.shards import INDEX, read_index
 
+log = logging.getLogger(__name__)
+
 
 class DataPathError(ValueError):
     """`data.path` names nothing usable; the message names the path."""
+
+
+class StoredPipeError(DataPathError):
+    """A `pipe:` command read from a stored file, not confirmed by the user."""
+
+
+class NoSamplesError(DataPathError):
+    """No shard gave a readable sample (raised by the stream, possibly in a worker)."""
 
 
 @dataclass
@@ -24,23 +44,37 @@ class ShardSource:
     resolution: int | None = None
     channels: int | None = None
     labels: list[str] | None = None
+    # url -> why it cannot be read (found before training); the stream leaves these out
+    problems: dict[str, str] = field(default_factory=dict)
     _counted: dict[int, int] = field(default_factory=dict, repr=False)
 
     def count(self, shard: int) -> int:
-        """Samples in shard `shard`: from the index, else counted from the tar's headers."""
+        """Samples in shard `shard`: from the index, else counted from the tar's headers
+        (0 for a shard in `problems`; up to the damage for a damaged one, as read)."""
+        if self.urls[shard] in self.problems:
+            return 0
         known = self.counts[shard]
         if known is not None:
             return known
         if shard not in self._counted:
             from dgan.data.tario import iter_tar, sample_key
 
-            url = self.urls[shard]
-            if os.path.isfile(url):
-                with tarfile.open(url) as tar:  # seekable: headers only, no data read
-                    keys = {sample_key(m.name) for m in tar.getmembers() if m.isfile()}
-                self._counted[shard] = len(keys - {None})
-            else:
-                self._counted[shard] = sum(1 for _ in iter_tar(url))
+            url, n = self.urls[shard], 0
+            try:
+                if os.path.isfile(url):
+                    with tarfile.open(url) as tar:  # seekable: headers only, no data read
+                        keys = {sample_key(m.name) for m in tar.getmembers() if m.isfile()}
+                    n = len(keys - {None})
+                else:
+                    n = sum(1 for _ in iter_tar(url))
+            except (OSError, ValueError, tarfile.TarError):
+                # damaged: count what reading it gives before the damage, as the stream does
+                try:
+                    for _ in iter_tar(url):
+                        n += 1
+                except (OSError, ValueError, tarfile.TarError):
+                    pass
+            self._counted[shard] = n
         return self._counted[shard]
 
     @property
@@ -54,27 +88,71 @@ def _expand_braces(pattern: str) -> list[str]:
     return list(braceexpand.braceexpand(pattern))
 
 
-def resolve_source(path: str | Sequence[str]) -> ShardSource:
-    """A directory with index.json, a brace pattern, a single .tar, a list, or pipe: URLs."""
+def _local(path: Path) -> str:
+    """`path` as a URL that `gopen` opens as the file: a relative name such as
+    `pipe:cmd.tar` or `s3:x.tar` (from a directory listing) gets a leading `./`."""
+    text = str(path)
+    return os.path.join(".", text) if ":" in text.split("/", 1)[0] else text
+
+
+def _stored_pipe(urls: list[str], path: object, stored_in: str) -> StoredPipeError:
+    pipes = [u for u in urls if u.startswith("pipe:")]
+    more = f" (and {len(pipes) - 1} more)" if len(pipes) > 1 else ""
+    return StoredPipeError(
+        f"{stored_in}: data.path {path} runs the shell command {pipes[0][5:]!r}{more}, read "
+        "from a stored file, not given by you: check it, then rerun with --trust-pipe (or "
+        "give data.path on the command line)")
+
+
+def resolve_source(path: str | Sequence[str], stored_in: str | None = None) -> ShardSource:
+    """A directory with index.json, a brace pattern, a single .tar, a list, or pipe: URLs.
+
+    `stored_in`: the file `path` was read from when the user did not give it (a run's
+    config.yaml); its `pipe:` commands are then refused (StoredPipeError). Local shards
+    that cannot give a sample (empty, not a tar) are left out with a warning naming each,
+    or, when none is left, a DataPathError naming the first.
+    """
     if not isinstance(path, str):
         urls = [u for p in path for u in _expand_braces(str(p))]
-        return _from_urls(urls, str(list(path)))
+        if stored_in is not None and any(u.startswith("pipe:") for u in urls):
+            raise _stored_pipe(urls, list(path), stored_in)
+        return _checked(_from_urls(urls, str(list(path))), str(list(path)))
     if os.path.isdir(path):
         directory = Path(path)
         if not (directory / INDEX).is_file():
-            tars = sorted(str(p) for p in directory.glob("*.tar"))
+            tars = sorted(_local(p) for p in directory.glob("*.tar"))
             if not tars:
                 raise DataPathError(f"data.path {path}: a directory without index.json or .tar "
                                     "shards; convert images first with `dgan data make SRC OUT`")
-            return _from_urls(tars, path)
-        index = read_index(directory)
-        urls = [str(directory / s["name"]) for s in index["shards"]]
-        missing = [u for u in urls if not os.path.isfile(u)]
-        if missing:
-            raise DataPathError(f"data.path {path}: index.json lists missing shard {missing[0]}")
-        return ShardSource(urls, [int(s["count"]) for s in index["shards"]],
-                           index["resolution"], index["channels"], index.get("labels"))
-    return _from_urls(_expand_braces(path), path)
+            return _checked(_from_urls(tars, path), path)
+        return _checked(_from_index(directory), path)
+    urls = _expand_braces(path)
+    if stored_in is not None and any(u.startswith("pipe:") for u in urls):
+        raise _stored_pipe(urls, path, stored_in)
+    return _checked(_from_urls(urls, path), path)
+
+
+def _from_index(directory: Path) -> ShardSource:
+    """The shards index.json lists: file names beside it, never commands or URLs."""
+    where = directory / INDEX
+    index = read_index(directory)
+    shards = index["shards"]
+    if not isinstance(shards, list) or not shards:
+        raise DataPathError(f"{where}: lists no shards; rebuild it with `dgan data make`")
+    urls = []
+    for entry in shards:
+        name = str(entry.get("name", "")) if isinstance(entry, dict) else ""
+        if not name or name.lower().startswith("pipe:") or "://" in name or \
+                os.path.isabs(name):
+            raise DataPathError(f"{where}: shard name {name!r} is not a file name beside "
+                                "index.json (an index never runs commands or opens URLs; put "
+                                "pipe: URLs in data.path)")
+        urls.append(_local(directory / name))
+    missing = [u for u in urls if not os.path.isfile(u)]
+    if missing:
+        raise DataPathError(f"data.path {directory}: index.json lists missing shard {missing[0]}")
+    return ShardSource(urls, [int(s["count"]) for s in shards],
+                       index["resolution"], index["channels"], index.get("labels"))
 
 
 def _from_urls(urls: list[str], what: str) -> ShardSource:
@@ -85,3 +163,21 @@ def _from_urls(urls: list[str], what: str) -> ShardSource:
         if not is_remote and not os.path.isfile(url):
             raise DataPathError(f"data.path {what}: no such file or directory: {url}")
     return ShardSource(urls, [None] * len(urls))
+
+
+def _checked(source: ShardSource, what: str) -> ShardSource:
+    """Find the local shards that cannot give a sample (one header read each)."""
+    from dgan.data.tario import shard_problem
+
+    for url in source.urls:
+        if "://" not in url and not url.startswith("pipe:"):
+            problem = shard_problem(url)
+            if problem is not None:
+                source.problems[url] = problem
+    if source.problems and len(source.problems) == len(source.urls):
+        url, problem = next(iter(source.problems.items()))
+        more = f" (and the other {len(source.urls) - 1})" if len(source.urls) > 1 else ""
+        raise DataPathError(f"data.path {what}: no readable shard: {url}: {problem}{more}")
+    for url, problem in source.problems.items():
+        log.warning("data.path %s: leaving out shard %s: %s", what, url, problem)
+    return source

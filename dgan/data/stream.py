@@ -39,8 +39,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dgan.data.sources import ShardSource
-from dgan.data.tario import iter_tar
+from dgan.data.sources import NoSamplesError, ShardSource
+from dgan.data.tario import MAX_MEMBER, iter_tar
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
@@ -153,8 +153,12 @@ class ShardStream(IterableDataset):
                  seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0,
                  resampled: bool = True, shuffle_buffer: int = 1000, xflip: bool = False,
                  start_batches: int = 0, drop_last: bool = True, next_role: int | None = None,
-                 cursors: Sequence[int] | None = None, max_bad_in_a_row: int = 1000) -> None:
+                 cursors: Sequence[int] | None = None, max_bad_in_a_row: int = 1000,
+                 max_member: int = MAX_MEMBER) -> None:
+        if not source.urls:
+            raise NoSamplesError("no shards to read")  # resampling none would spin forever
         self.source = source
+        self.max_member = max_member
         self.batch_size = batch_size
         self.resolution = resolution
         self.channels = channels
@@ -197,11 +201,18 @@ class ShardStream(IterableDataset):
         """The slot's samples in shard order, after skipping `skip` of them cheaply."""
         n = len(self.source.urls)
         seen = 0
+        warned: dict[str, str] = {}  # url -> why it was abandoned: warned once, not per epoch
         for i, shard in enumerate(self._shard_sequence(slot, slots)):
             if i % n == 0 and i:
                 if not seen:  # resampling empty shards would spin forever
-                    raise ValueError(f"the {n} shards hold no samples")
+                    why = "; ".join(f"{u}: {e}" for u, e in list(warned.items())[:2])
+                    raise NoSamplesError(f"none of the {n} shards gave a sample"
+                                         + (f" ({why})" if why else "")
+                                         + "; check them with `dgan data inspect`")
                 seen = 0
+            url = self.source.urls[shard]
+            if url in self.source.problems:  # found unreadable (and reported) before training
+                continue
             if skip:
                 count = self.source.count(shard)
                 seen += count
@@ -209,7 +220,7 @@ class ShardStream(IterableDataset):
                     skip -= count
                     continue
             try:
-                for sample in iter_tar(self.source.urls[shard]):
+                for sample in iter_tar(url, self.max_member):
                     seen += 1
                     if skip:
                         skip -= 1
@@ -217,7 +228,9 @@ class ShardStream(IterableDataset):
                     yield sample
             except (OSError, ValueError, tarfile.TarError) as e:
                 # A damaged or unreachable shard costs its remaining samples, not the run.
-                log.warning("skipping the rest of shard %s: %s", self.source.urls[shard], e)
+                if url not in warned:
+                    log.warning("skipping the rest of shard %s: %s", url, e)
+                warned[url] = str(e)
 
     def _shuffled(self, slot: int, slots: int,
                   skip: int) -> Iterator[tuple[dict[str, bytes], bool]]:
@@ -308,12 +321,14 @@ class DataStream:
 
     def __init__(self, source: ShardSource, *, batch_size: int, resolution: int, channels: int,
                  seed: int, rank: int, world_size: int, workers: int, shuffle_buffer: int,
-                 xflip: bool, device: torch.device | str = "cpu", resampled: bool = True) -> None:
+                 xflip: bool, device: torch.device | str = "cpu", resampled: bool = True,
+                 max_member: int = MAX_MEMBER) -> None:
         self.source = source
         self.kw: dict[str, Any] = {
             "batch_size": batch_size, "resolution": resolution, "channels": channels,
             "seed": seed, "rank": rank, "world_size": world_size, "workers": workers,
-            "shuffle_buffer": shuffle_buffer, "xflip": xflip, "resampled": resampled}
+            "shuffle_buffer": shuffle_buffer, "xflip": xflip, "resampled": resampled,
+            "max_member": max_member}
         self.device = torch.device(device)
         self.batches = 0  # consumed by this rank since the stream's current seed started
         self.seed_offset = 0  # images the job had seen when the layout last changed
@@ -339,7 +354,13 @@ class DataStream:
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._iter is None:
             self._iter = self._loader()
-        images, labels, (role, cursor) = next(self._iter)
+        try:
+            images, labels, (role, cursor) = next(self._iter)
+        except NoSamplesError as e:
+            # From a worker, DataLoader re-raises it with the worker's traceback as the
+            # message; the user needs its last line only.
+            last = str(e).strip().splitlines()[-1]
+            raise NoSamplesError(last.split("NoSamplesError: ", 1)[-1]) from None
         self.batches += 1
         self.cursors[int(role)] = int(cursor)
         self.next_role = (int(role) + 1) % len(self.cursors)

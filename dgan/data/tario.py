@@ -6,11 +6,17 @@ size, type; ustar prefix, GNU long names and pax `path` records), checks each he
 checksum, and reads the stream in 256 KiB pieces into one buffer that headers and data
 are copied from (no per-member `read` calls). Compressed shards (.tar.gz, .tgz, .tar.bz2,
 .tar.xz, in the URL) go through `tarfile`, which knows the codecs.
+
+A header's size field is never trusted with memory: a member may claim at most what is
+left of a local file, or `max_member` bytes in a stream (a `pipe:` command, a compressed
+shard), so a damaged or hostile header costs an error, not a terabyte allocation.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -19,6 +25,7 @@ from typing import IO, Any
 BLOCK = 512
 CHUNK = 1 << 18  # bytes per read: syscalls stop mattering, the buffer stays in cache
 COMPRESSED = re.compile(r"\.(tar\.gz|tgz|tar\.bz2|tbz2?|tar\.xz|txz)\b")
+MAX_MEMBER = 256 << 20  # default cap on one member of a streamed shard (data.max_member_mb)
 
 
 class TarError(ValueError):
@@ -82,34 +89,58 @@ def _pax_path(data: bytes) -> str | None:
     return path
 
 
-def tar_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
+def _file_size(stream: IO[bytes]) -> int | None:
+    """The size of the regular file behind `stream` (read from its start), else None."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no descriptor: a pipe wrapper, BytesIO
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def tar_members(stream: IO[bytes], max_member: int = MAX_MEMBER) -> Iterator[tuple[str, bytes]]:
     """(name, data) of every regular file in an uncompressed tar stream, in order.
 
     Reads the stream in CHUNK-sized pieces into one reused buffer and copies each member's
-    data out of it once; no per-member `read` calls and no per-chunk allocations.
+    data out of it once; no per-member `read` calls and no per-chunk allocations. A member
+    larger than the rest of the file (a regular file) or than `max_member` (any other
+    stream) is a TarError before any memory is allocated for it.
     """
+    file_size = _file_size(stream)
     long_name: str | None = None
     buf, have, pos = bytearray(CHUNK), 0, 0
+    base = 0  # stream offset of buf[0]
     while True:
         if have - pos < BLOCK:
             buf, have = _refill(stream, buf, have, pos, BLOCK)
-            pos = 0
+            base, pos = base + pos, 0
         header = bytes(buf[pos:min(pos + BLOCK, have)])  # the buffer is stale past `have`
+        if not header and base + pos == 0:
+            raise TarError("empty (0 bytes), not a tar")
         if not header or header.count(0) == BLOCK:
             return  # end of archive (zero blocks), or a stream ending without them
         if len(header) < BLOCK:
             raise TarError("tar stream cut short")
-        stored = _number(header[148:156])
+        try:
+            stored, size = _number(header[148:156]), _number(header[124:136])
+        except ValueError:  # digits that are not octal
+            stored, size = -1, 0
         if stored != _checksum(header):
             raise TarError("bad tar header checksum (corrupt or not a tar)")
-        size = _number(header[124:136])
         kind = header[156:157]
         start = pos + BLOCK
+        left = max_member if file_size is None else file_size - (base + start)
+        if size > left:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+            raise TarError(f"member {name!r} claims {size} bytes, more than " + (
+                f"the {left} left in the file" if file_size is not None else
+                f"the {max_member >> 20} MiB allowed for one member of a streamed shard "
+                "(data.max_member_mb)"))
         end = start + size
         padded = end + -size % BLOCK
         if padded > have:  # buffer the data and its padding (a missing last pad is fine)
             buf, have = _refill(stream, buf, have, start, max(CHUNK, padded - start))
-            start, end, padded = 0, size, padded - start
+            base, start, end, padded = base + start, 0, size, padded - start
             if end > have:
                 raise TarError("tar stream cut short")
         data = bytes(buf[start:end])
@@ -130,10 +161,15 @@ def tar_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
         # directories, links, global pax headers: nothing a sample needs
 
 
-def _tarfile_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
+def _tarfile_members(stream: IO[bytes],
+                     max_member: int = MAX_MEMBER) -> Iterator[tuple[str, bytes]]:
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
         for member in tar:
             if member.isfile():
+                if member.size > max_member:  # a decompression bomb, or a damaged header
+                    raise TarError(f"member {member.name!r} claims {member.size} bytes, more "
+                                   f"than the {max_member >> 20} MiB allowed for one member "
+                                   "of a streamed shard (data.max_member_mb)")
                 yield member.name, tar.extractfile(member).read()  # type: ignore[union-attr]
 
 
@@ -143,11 +179,12 @@ def sample_key(name: str) -> tuple[str, str] | None:
     return None if dot < 0 else (name[:dot], name[dot + 1:].lower())
 
 
-def iter_tar(url: str) -> Iterator[dict[str, Any]]:
+def iter_tar(url: str, max_member: int = MAX_MEMBER) -> Iterator[dict[str, Any]]:
     """WebDataset samples ({ext: bytes, "__key__": key, "__url__": url}) of one shard.
 
     A sample is the run of consecutive members sharing a key (the name up to the first
-    dot of its last path component); extensions are lower-cased.
+    dot of its last path component); extensions are lower-cased. `max_member` caps one
+    member of a stream (see `tar_members`).
     """
     import webdataset as wds
 
@@ -155,7 +192,7 @@ def iter_tar(url: str) -> Iterator[dict[str, Any]]:
     with wds.gopen(url, "rb") as stream:
         current: dict[str, Any] = {}
         key = None
-        for name, data in members(stream):
+        for name, data in members(stream, max_member):
             dot = name.find(".", name.rfind("/") + 1)  # sample_key, inlined: per member
             if dot < 0:
                 continue
@@ -167,3 +204,28 @@ def iter_tar(url: str) -> Iterator[dict[str, Any]]:
             current[name[dot + 1:].lower()] = data
         if current:
             yield current
+
+
+def shard_problem(path: str) -> str | None:
+    """Why the local shard `path` cannot give a single sample, from its size and first
+    header alone (cheap enough to ask of every shard before training), or None."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "empty (0 bytes), not a tar"
+    if COMPRESSED.search(path):
+        return None  # a compressed header says nothing until decompressed
+    with open(path, "rb") as f:
+        header = f.read(BLOCK)
+    if len(header) < BLOCK:
+        return f"not a tar ({size} bytes, less than one header)"
+    if header.count(0) == BLOCK:
+        return None  # an empty archive: valid, no samples
+    try:
+        stored, claim = _number(header[148:156]), _number(header[124:136])
+    except ValueError:
+        stored, claim = -1, 0
+    if stored != _checksum(header):
+        return "not a tar (bad header checksum)"
+    if claim > size - BLOCK:
+        return f"its first member claims {claim} bytes, more than the file's {size}"
+    return None

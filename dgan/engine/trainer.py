@@ -109,7 +109,7 @@ class Trainer:
             source, batch_size=cfg.train.batch_size, resolution=cfg.data.resolution,
             channels=cfg.data.channels, seed=cfg.run.seed, rank=b.rank, world_size=b.world_size,
             workers=cfg.data.workers, shuffle_buffer=cfg.data.shuffle_buffer,
-            xflip=cfg.data.xflip, device=b.device)
+            xflip=cfg.data.xflip, device=b.device, max_member=cfg.data.max_member_mb << 20)
         self.step = 0
         self.images_seen = 0
         self.augment: dict[str, Any] = {}  # augmentation state (ADA p), filled by augmenters

@@ -43,7 +43,7 @@ def real_stream(cfg: DictConfig, source: Any, device: torch.device) -> Any:
     return DataStream(source, batch_size=256, resolution=cfg.data.resolution,
                       channels=cfg.data.channels, seed=EVAL_SEED, rank=rank, world_size=world,
                       workers=0, shuffle_buffer=cfg.data.shuffle_buffer, xflip=False,
-                      device=device)
+                      device=device, max_member=cfg.data.max_member_mb << 20)
 
 
 def evaluate_generator(cfg: DictConfig, g: nn.Module, source: Any, device: torch.device,
