@@ -68,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     cfg = load_config(args.config, args.overrides)
     source = _resolve_data(cfg)
-    from dgan.checkpoint import InvalidCheckpoint
+    from dgan.checkpoint import InvalidCheckpoint, SaveFailed
     from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag
     from dgan.engine.trainer import Trainer
 
@@ -80,6 +80,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except InvalidCheckpoint as e:  # resume=PATH naming a checkpoint that must not load
         trainer.close(wait=False)
         raise UserError(f"resume={cfg.resume}: {e}") from None
+    except SaveFailed as e:  # disk full, read-only run.dir: the previous checkpoint stays
+        trainer.close(wait=False)
+        raise UserError(str(e)) from None
     except BaseException:
         trainer.close(wait=False)  # a peer may be gone: no barrier
         raise
@@ -188,7 +191,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_ckpt_inspect(args: argparse.Namespace) -> int:
-    from dgan.checkpoint import layout
+    from dgan.checkpoint import layout, store
 
     path = Path(args.path)
     if not path.exists():
@@ -209,7 +212,9 @@ def cmd_ckpt_inspect(args: argparse.Namespace) -> int:
     print(f"checkpoint   {chosen}")
     print(f"size         {layout.disk_size(chosen) / 2**20:.2f} MiB")
     try:
+        # sizes, checksums, and the tensor index through the allow-list unpickler
         meta = layout.read_meta(chosen)
+        store.SafeReader(str(chosen)).read_metadata()
     except layout.InvalidCheckpoint as e:
         print(f"valid        no: {e}")
         return 1
@@ -233,15 +238,16 @@ def cmd_ckpt_export(args: argparse.Namespace) -> int:
 
     path = Path(args.run)
     chosen = _checkpoint_arg(path)
-    if chosen is None:
-        found = checkpoint.newest_valid(path)
+    if chosen is None:  # the newest checkpoint that loads; damaged ones skipped with a warning
+        found = checkpoint.load_latest(path)
         if found is None:
             raise UserError(f"{path}: no valid checkpoint in {checkpoint.checkpoint_dir(path)}")
-        chosen = found[0]
-    try:
-        state = checkpoint.load(chosen)
-    except checkpoint.InvalidCheckpoint as e:
-        raise UserError(f"{chosen}: {e}") from None
+        chosen, state = found
+    else:
+        try:
+            state = checkpoint.load(chosen)
+        except checkpoint.InvalidCheckpoint as e:
+            raise UserError(f"{chosen}: {e}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in state["G_ema"].items()}

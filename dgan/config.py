@@ -130,6 +130,9 @@ class BackendConfig:
     deepspeed_config_g: Optional[str] = None  # deepspeed only: JSON for G's engine
     deepspeed_config_d: Optional[str] = None  # deepspeed only: JSON for D's engine
     expect_world_size: int = 0  # warn loudly if the run finds another world size; 0: off
+    # deepspeed only: let DeepSpeed load its own engine files on resume (it unpickles them
+    # with torch.load(weights_only=False), which runs code in a crafted file)
+    trust_deepspeed_files: bool = False
 
 
 @dataclass
