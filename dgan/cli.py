@@ -99,9 +99,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from dgan.checkpoint import InvalidCheckpoint
     from dgan.sample import write_samples
 
-    paths = write_samples(args.run, args.n, args.seed, args.out, grid=args.grid)
+    try:  # every checkpoint of the run refused (damaged, or a hostile index)
+        paths = write_samples(args.run, args.n, args.seed, args.out, grid=args.grid)
+    except InvalidCheckpoint as e:
+        raise UserError(str(e)) from None
     print(f"dgan: wrote {len(paths)} images to {args.out}" + (" and grid.png" if args.grid else ""))
     return 0
 
@@ -111,12 +115,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     import torch
 
+    from dgan.checkpoint import InvalidCheckpoint
     from dgan.config import config_from_yaml_text
     from dgan.metrics.evaluate import format_table
     from dgan.metrics.run_eval import evaluate_generator
     from dgan.sample import load_generator
 
-    g, step = load_generator(args.run)
+    try:
+        g, step = load_generator(args.run)
+    except InvalidCheckpoint as e:
+        raise UserError(str(e)) from None
     cfg = config_from_yaml_text(open(os.path.join(args.run, "config.yaml")).read())
     metrics = args.metrics.split(",") if args.metrics else list(cfg.eval.metrics)
     if args.inception_weights:
@@ -239,7 +247,10 @@ def cmd_ckpt_export(args: argparse.Namespace) -> int:
     path = Path(args.run)
     chosen = _checkpoint_arg(path)
     if chosen is None:  # the newest checkpoint that loads; damaged ones skipped with a warning
-        found = checkpoint.load_latest(path)
+        try:
+            found = checkpoint.load_latest(path)
+        except checkpoint.InvalidCheckpoint as e:
+            raise UserError(str(e)) from None
         if found is None:
             raise UserError(f"{path}: no valid checkpoint in {checkpoint.checkpoint_dir(path)}")
         chosen, state = found

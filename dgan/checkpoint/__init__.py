@@ -43,18 +43,24 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_latest(run_dir: str | os.PathLike) -> Optional[tuple[Path, dict[str, Any]]]:
-    """(path, shared state) of the run's newest valid checkpoint; None when there is none.
+    """(path, shared state) of the run's newest valid checkpoint; None when it has none.
 
     Invalid newer checkpoints are skipped with a warning, as are ones whose tensors fail to
-    read (e.g. a file damaged after its size was recorded).
+    read (e.g. an old checkpoint without checksums, damaged after its size was recorded).
+    Raises InvalidCheckpoint, naming the newest one and why, when none of them loads.
     """
     from dgan.checkpoint import layout
 
+    errors = []
     for path in layout.candidates(run_dir):
         try:
             return path, load(path)
         except Exception as e:  # any failure to read means: not a usable checkpoint
             layout.log.warning("skipping checkpoint %s: %s", path, e)
+            errors.append(f"{path.name}: {e}")
+    if errors:
+        raise InvalidCheckpoint(f"{checkpoint_dir(run_dir)}: none of its checkpoints can be "
+                                f"loaded (newest: {errors[0]})")
     return None
 
 

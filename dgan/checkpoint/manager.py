@@ -151,7 +151,8 @@ class Checkpointer:
              ) -> Optional[tuple[Path, dict[str, Any]]]:
         """(checkpoint dir, meta) to resume from for `resume` = auto | never | PATH.
 
-        auto: the newest valid checkpoint of the run not in `skip` (None: fresh start).
+        auto: the newest valid checkpoint of the run not in `skip` (None: fresh start, only
+        when the run has no committed checkpoint at all).
         never: None, refused when the run directory already holds checkpoints (pruning and
         `dgan sample` would mix the two runs). PATH: a checkpoint directory (must be valid)
         or another run's directory (its newest valid). Rank 0 chooses and tells the others,
@@ -191,7 +192,21 @@ class Checkpointer:
                     "to continue them")
             return None
         if resume == "auto":
-            return layout.newest_valid(self.run_dir, skip)
+            found = layout.newest_valid(self.run_dir, skip)
+            if found is None and layout.list_checkpoints(self.run_dir):
+                # a fresh start would write next to them, and prune or sample the wrong run
+                newest = layout.candidates(self.run_dir)[0]
+                why = skip.get(newest) if isinstance(skip, dict) else None
+                if why is None:
+                    try:
+                        layout.read_meta(newest)
+                    except layout.InvalidCheckpoint as e:
+                        why = str(e)
+                raise layout.InvalidCheckpoint(
+                    f"{layout.checkpoint_dir(self.run_dir)}: none of its checkpoints can be "
+                    f"loaded (newest: {why}); move them aside to start fresh, or use another "
+                    "run.dir")
+            return found
         path = Path(resume)
         if (path / layout.META).is_file() or layout.NAME.match(path.name):
             return path, layout.read_meta(path)
@@ -209,7 +224,7 @@ class Checkpointer:
         a warning naming it and the next older one is tried; otherwise the failure is raised
         as InvalidCheckpoint. `check` runs before anything is read (it refuses by raising).
         """
-        skip: list[Path] = []
+        skip: dict[Path, str] = {}  # checkpoints that failed to read: why
         while True:
             found = self.find(resume, skip)
             if found is None:
@@ -232,7 +247,7 @@ class Checkpointer:
             if resume != "auto":
                 raise layout.InvalidCheckpoint(error.splitlines()[0])
             log.warning("skipping checkpoint %s: %s", path, error.splitlines()[0])
-            skip.append(path)
+            skip[path] = error.splitlines()[0]
 
     def read(self, path: Path, meta: dict[str, Any]
              ) -> tuple[dict[str, Any], Optional[dict[str, Any]], dict[str, Any]]:

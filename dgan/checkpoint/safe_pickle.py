@@ -7,9 +7,8 @@ safe only when every object it can reach is harmless. Here:
 
   - the opcode stream is checked first (`pickletools.genops`, which reads each length
     field against the bytes really there, so a BINUNICODE8 claiming a TiB allocates
-    nothing): only the opcodes DCP's pickles use (protocol 2-5 data opcodes,
-    STACK_GLOBAL, REDUCE, NEWOBJ, BUILD) may appear; GLOBAL, INST, OBJ, persistent ids,
-    the extension registry and out-of-band buffers are refused;
+    nothing): INST, OBJ, NEWOBJ_EX, persistent ids, the extension registry and
+    out-of-band buffers are refused (DCP's pickles use none of them);
   - a global must be one of GLOBALS, an exact (module, name) pair resolved once below by
     reference (never by import or getattr at load time): DCP's metadata classes, torch.Size,
     dtypes, the layout/memory-format helpers and paths that DCP's real `.metadata` holds
@@ -62,7 +61,9 @@ DTYPES: dict[tuple[str, str], torch.dtype] = {
     if isinstance(value, torch.dtype)}
 GLOBALS: dict[tuple[str, str], Any] = {**CLASSES, **REDUCERS, **DTYPES}
 
-REFUSED_OPCODES = {"GLOBAL", "INST", "OBJ", "PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4",
+# INST and OBJ call the class they name without REDUCE's check; nothing DCP writes needs
+# these, persistent ids, the copyreg extension registry or out-of-band buffers.
+REFUSED_OPCODES = {"INST", "OBJ", "PERSID", "BINPERSID", "EXT1", "EXT2", "EXT4",
                    "NEWOBJ_EX", "BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"}
 
 
