@@ -159,12 +159,14 @@ class Checkpointer:
         so all ranks load the same checkpoint even when a shared filesystem shows them
         different states for a moment.
         """
-        choice: dict[str, Optional[str]] = {"path": None, "error": None}
-        found = None
+        choice: dict[str, Any] = {"path": None, "meta": None, "error": None}
         if self.rank == 0:
             try:
                 found = self._find(resume, skip)
-                choice["path"] = None if found is None else str(found[0])
+                if found is not None:
+                    # the meta rank 0 validated (sizes, checksums) goes to every rank: one
+                    # rank hashes the checkpoint, not all of them
+                    choice["path"], choice["meta"] = str(found[0]), found[1]
             except (FileNotFoundError, layout.InvalidCheckpoint) as e:
                 choice["error"] = f"{type(e).__name__}: {e}"
         if self.group is not None:
@@ -177,8 +179,7 @@ class Checkpointer:
                    layout.InvalidCheckpoint)(message)
         if choice["path"] is None:
             return None
-        path = Path(choice["path"])
-        return path, found[1] if found is not None else layout.read_meta(path)
+        return Path(choice["path"]), choice["meta"]
 
     def _find(self, resume: str, skip: Collection[Path]
               ) -> Optional[tuple[Path, dict[str, Any]]]:
