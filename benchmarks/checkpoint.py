@@ -14,6 +14,7 @@ Rows (median of --repeats):
                   same K steps without a save (the slowdown the background write causes)
   async: written  from the save call until the checkpoint is committed
   load            find + validate + read + load into a fresh Trainer (resume=auto)
+  validate        read_meta alone: sizes and every file's SHA-256 (part of load)
 """
 
 from __future__ import annotations
@@ -53,14 +54,15 @@ def main() -> None:
     def train(k: int) -> float:
         start = time.perf_counter()
         for _ in range(k):
-            real, _ = next(trainer.stream)
-            trainer.train_step(real)
+            real, c = trainer.next_batch()
+            trainer.train_step(real, trainer._latents(0), trainer._latents(1), c,
+                               trainer._fake_labels())
             trainer.step += 1
         return time.perf_counter() - start
 
     train(2)  # warm-up; also creates the optimizer state
     rows: dict[str, list[float]] = {k: [] for k in (
-        "sync save", "async: blocked", "async: steps", "async: written", "load")}
+        "sync save", "async: blocked", "async: steps", "async: written", "load", "validate")}
     for _ in range(args.repeats):
         start = time.perf_counter()
         trainer.save(blocking=True)
@@ -79,6 +81,10 @@ def main() -> None:
         fresh.resume()
         rows["load"].append(time.perf_counter() - built)
         fresh.checkpointer.close()
+        newest = checkpoint.newest_valid(run)[0]
+        start = time.perf_counter()
+        checkpoint.read_meta(newest)
+        rows["validate"].append(time.perf_counter() - start)
         train(1)
     trainer.checkpointer.close()
     newest = checkpoint.newest_valid(run)[0]
@@ -97,7 +103,7 @@ def main() -> None:
     print("| --- | ---: | ---: |")
     for name, values in rows.items():
         t = statistics.median(values)
-        timed_write = name in ("sync save", "async: written", "load") and t > 0
+        timed_write = name in ("sync save", "async: written", "load", "validate") and t > 0
         rate = f"{size / 2**20 / t:.0f}" if timed_write else ""
         print(f"| {name} | {t:.3f} | {rate} |")
 

@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     stored = None if args.trust_pipe else _stored_config(args.config, args.overrides)
     source = _resolve_data(cfg, stored)
-    from dgan.checkpoint import InvalidCheckpoint
+    from dgan.checkpoint import InvalidCheckpoint, SaveFailed
     from dgan.engine.guard import NonFiniteError
     from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag
     from dgan.engine.trainer import ResumeMismatch, Trainer
@@ -100,6 +100,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ResumeMismatch, NonFiniteError) as e:
         trainer.close(wait=False)
         raise UserError(f"run.dir {cfg.run.dir}: {e}") from None
+    except SaveFailed as e:  # disk full, read-only run.dir: the previous checkpoint stays
+        trainer.close(wait=False)
+        raise UserError(str(e)) from None
     except BaseException:
         trainer.close(wait=False)  # a peer may be gone: no barrier
         raise
@@ -116,9 +119,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from dgan.checkpoint import InvalidCheckpoint
     from dgan.sample import write_samples
 
-    paths = write_samples(args.run, args.n, args.seed, args.out, grid=args.grid)
+    try:  # every checkpoint of the run refused (damaged, or a hostile index)
+        paths = write_samples(args.run, args.n, args.seed, args.out, grid=args.grid)
+    except InvalidCheckpoint as e:
+        raise UserError(str(e)) from None
     print(f"dgan: wrote {len(paths)} images to {args.out}" + (" and grid.png" if args.grid else ""))
     return 0
 
@@ -128,12 +135,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     import torch
 
+    from dgan.checkpoint import InvalidCheckpoint
     from dgan.config import config_from_yaml_text
     from dgan.metrics.evaluate import format_table
     from dgan.metrics.run_eval import evaluate_generator
     from dgan.sample import load_generator
 
-    g, step = load_generator(args.run)
+    try:
+        g, step = load_generator(args.run)
+    except InvalidCheckpoint as e:
+        raise UserError(str(e)) from None
     config_file = os.path.join(args.run, "config.yaml")
     cfg = config_from_yaml_text(open(config_file).read())
     if args.data:  # given here: the user's own, pipe: included
@@ -212,7 +223,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_ckpt_inspect(args: argparse.Namespace) -> int:
-    from dgan.checkpoint import layout
+    from dgan.checkpoint import layout, store
 
     path = Path(args.path)
     if not path.exists():
@@ -233,7 +244,9 @@ def cmd_ckpt_inspect(args: argparse.Namespace) -> int:
     print(f"checkpoint   {chosen}")
     print(f"size         {layout.disk_size(chosen) / 2**20:.2f} MiB")
     try:
+        # sizes, checksums, and the tensor index through the allow-list unpickler
         meta = layout.read_meta(chosen)
+        store.SafeReader(str(chosen)).read_metadata()
     except layout.InvalidCheckpoint as e:
         print(f"valid        no: {e}")
         return 1
@@ -257,15 +270,19 @@ def cmd_ckpt_export(args: argparse.Namespace) -> int:
 
     path = Path(args.run)
     chosen = _checkpoint_arg(path)
-    if chosen is None:
-        found = checkpoint.newest_valid(path)
+    if chosen is None:  # the newest checkpoint that loads; damaged ones skipped with a warning
+        try:
+            found = checkpoint.load_latest(path)
+        except checkpoint.InvalidCheckpoint as e:
+            raise UserError(str(e)) from None
         if found is None:
             raise UserError(f"{path}: no valid checkpoint in {checkpoint.checkpoint_dir(path)}")
-        chosen = found[0]
-    try:
-        state = checkpoint.load(chosen)
-    except checkpoint.InvalidCheckpoint as e:
-        raise UserError(f"{chosen}: {e}") from None
+        chosen, state = found
+    else:
+        try:
+            state = checkpoint.load(chosen)
+        except checkpoint.InvalidCheckpoint as e:
+            raise UserError(f"{chosen}: {e}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in state["G_ema"].items()}

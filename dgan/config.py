@@ -140,6 +140,9 @@ class BackendConfig:
     deepspeed_config_d: Optional[str] = None  # deepspeed only: JSON for D's engine
     # refuse to start when the launch gave another number of processes; 0: no check
     expect_world_size: int = 0
+    # deepspeed only: let DeepSpeed load its own engine files on resume (it unpickles them
+    # with torch.load(weights_only=False), which runs code in a crafted file)
+    trust_deepspeed_files: bool = False
 
 
 @dataclass

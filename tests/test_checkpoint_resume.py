@@ -165,7 +165,7 @@ def tensors_of(tree, prefix=""):
 
 def test_deepspeed_zero2_resumes_exactly_on_the_same_world_size_and_refuses_another(tmp_path):
     ds = [*TINY, "train.steps=10", "checkpoint.every=5", "log.every=5",
-          "backend.name=deepspeed", "backend.zero_stage=2"]
+          "backend.name=deepspeed", "backend.zero_stage=2", "backend.trust_deepspeed_files=true"]
     ok(train(2, tmp_path / "a", *ds))
     killed = train(2, tmp_path / "b", *ds, DGAN_TEST_KILL_AT_STEP="7")
     assert killed.returncode != 0
@@ -183,8 +183,8 @@ def test_deepspeed_zero2_resumes_exactly_on_the_same_world_size_and_refuses_anot
         assert a.keys() == b.keys() and a
         for k in a:
             assert torch.equal(a[k], b[k]), f"{rel}{k}"
-    refused = train(1, tmp_path / "b", *ds[:-4], "train.steps=12", "backend.name=deepspeed",
-                    "backend.zero_stage=2")
+    refused = train(1, tmp_path / "b", *ds[:-5], "train.steps=12", "backend.name=deepspeed",
+                    "backend.zero_stage=2", "backend.trust_deepspeed_files=true")
     assert refused.returncode != 0
     assert "partitioned over 2 process(es) and this run has 1" in refused.stderr
     assert "ds_to_universal --inject_missing_state" in refused.stderr

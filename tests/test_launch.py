@@ -198,10 +198,18 @@ def test_one_process_launch_that_asked_for_two_warns(tmp_path):
 def test_deepspeed_stage0_resume_continues_exactly(tmp_path):
     def train(run_dir: Path, steps: int) -> str:
         return run([sys.executable, "-m", "dgan", "-v", "train", *TINY, f"run.dir={run_dir}",
-                    f"train.steps={steps}", "backend.name=deepspeed"], cwd=tmp_path)
+                    f"train.steps={steps}", "backend.name=deepspeed",
+                    "backend.trust_deepspeed_files=true"], cwd=tmp_path)
 
     straight = digests(train(tmp_path / "a", 4), 1)
     train(tmp_path / "b", 2)
+    # DeepSpeed's own (pickled) engine files load only when trusted: refused before loading
+    untrusted = subprocess.run(
+        [sys.executable, "-m", "dgan", "train", *TINY, f"run.dir={tmp_path / 'b'}",
+         "train.steps=4", "backend.name=deepspeed"], cwd=tmp_path, env=env(),
+        capture_output=True, text=True)
+    assert untrusted.returncode == 2 and "Traceback" not in untrusted.stderr
+    assert "set backend.trust_deepspeed_files=true" in untrusted.stderr.splitlines()[-1]
     resumed = train(tmp_path / "b", 4)
     assert "resumed from" in resumed
     assert digests(resumed, 1) == straight

@@ -2,7 +2,8 @@
 
 See docs/checkpointing.md for the layout and the guarantees. The pieces:
   layout   names, meta.json, validation, atomic commit, `latest`, pruning (no torch)
-  store    tensors through DCP, the rest as JSON, a pickle-free reader
+  store    tensors through DCP, the rest as JSON, a reader whose only pickle is DCP's index
+  safe_pickle  that index through an exact allow-list unpickler
   rng      RNG states as JSON
   manager  `Checkpointer`: one rank's async/sync saves and resume look-up
 """
@@ -22,18 +23,19 @@ from dgan.checkpoint.layout import (
     newest_valid,
     read_meta,
 )
-from dgan.checkpoint.manager import NATIVE, Checkpointer
+from dgan.checkpoint.manager import NATIVE, Checkpointer, SaveFailed
 
 __all__ = ["MODEL_KEYS", "NATIVE", "Checkpointer", "InvalidCheckpoint", "checkpoint_dir",
            "config_hash", "disk_size", "list_checkpoints", "load", "load_latest",
-           "model_key_differences", "newest_valid", "read_meta"]
+           "model_key_differences", "newest_valid", "read_meta", "SaveFailed"]
 
 # Keys whose change makes a checkpoint's weights meaningless for the current config.
 MODEL_KEYS = ("model", "data.resolution", "data.channels")
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    """The shared state of one checkpoint directory on the CPU (validated; no pickles)."""
+    """The shared state of one checkpoint directory on the CPU (sizes and checksums checked;
+    the only pickle, DCP's index, goes through safe_pickle)."""
     from dgan.checkpoint import store
 
     meta = read_meta(path)
@@ -41,18 +43,24 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_latest(run_dir: str | os.PathLike) -> Optional[tuple[Path, dict[str, Any]]]:
-    """(path, shared state) of the run's newest valid checkpoint; None when there is none.
+    """(path, shared state) of the run's newest valid checkpoint; None when it has none.
 
     Invalid newer checkpoints are skipped with a warning, as are ones whose tensors fail to
-    read (e.g. a file damaged after its size was recorded).
+    read (e.g. an old checkpoint without checksums, damaged after its size was recorded).
+    Raises InvalidCheckpoint, naming the newest one and why, when none of them loads.
     """
     from dgan.checkpoint import layout
 
+    errors = []
     for path in layout.candidates(run_dir):
         try:
             return path, load(path)
         except Exception as e:  # any failure to read means: not a usable checkpoint
             layout.log.warning("skipping checkpoint %s: %s", path, e)
+            errors.append(f"{path.name}: {e}")
+    if errors:
+        raise InvalidCheckpoint(f"{checkpoint_dir(run_dir)}: none of its checkpoints can be "
+                                f"loaded (newest: {errors[0]})")
     return None
 
 

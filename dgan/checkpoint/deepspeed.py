@@ -6,9 +6,11 @@ optimizer state lives in the engines (partitioned across ranks from ZeRO-1 on) a
 saved by each engine's own `save_checkpoint` into `<checkpoint>/native/{G,D}/engine/`:
 every rank writes its partition, inside dgan's atomic commit and size-checked file list.
 
-Limits: DeepSpeed reads its files with `torch.load(weights_only=False)`, so this part of a
-checkpoint must come from a trusted run. A ZeRO-1/2 checkpoint resumes on the world size
-that wrote it; on another one `check_resume` refuses and says how to convert it.
+Limits: DeepSpeed reads its files with `torch.load(weights_only=False)`, which runs any code
+a crafted file holds, so `check_resume` refuses a checkpoint with such files unless
+`backend.trust_deepspeed_files=true` says that it comes from a trusted run (this run's own
+checkpoints, in a run.dir only the user writes to). A ZeRO-1/2 checkpoint resumes on the
+world size that wrote it; on another one `check_resume` refuses and says how to convert it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dgan.checkpoint.layout import InvalidCheckpoint
+
 TAG = "engine"
+NATIVE_PREFIX = "native/"
+UNTRUSTED = (
+    "it holds DeepSpeed's own engine files (native/), which DeepSpeed loads with "
+    "torch.load(weights_only=False): a crafted file runs code on this machine. If the "
+    "checkpoint was written by a run you trust (this run's own, in a run.dir only you write "
+    "to), set backend.trust_deepspeed_files=true; otherwise start a new run.dir")
 
 
 def checkpoint_state(backend: Any, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -65,3 +75,6 @@ def check_resume(backend: Any, meta: dict[str, Any]) -> None:
             "--input_folder CKPT/native/G/engine --output_folder OUT`, and D), which dgan "
             "does not load yet; or train with backend.zero_stage=0 or backend.name=ddp, "
             "whose checkpoints reshard.")
+    if not getattr(backend, "trust_files", False) and any(
+            name.startswith(NATIVE_PREFIX) for name in meta.get("files", {})):
+        raise InvalidCheckpoint(UNTRUSTED)

@@ -8,11 +8,13 @@
             rank-00000.json ...     per-rank state: RNG states, data-stream position
             meta.json               written last: step, world size, versions, config, the
                                     non-tensor state, and every other file with its size
+                                    and SHA-256
             native/...              files a backend writes in its own format (hooks.py), if any
         step-00000060.tmp/          a save in progress (or torn by a kill): never loaded
 
 A directory counts only when it has the final name *and* `meta.json` lists files that all
-exist with the listed sizes; anything else is skipped with a warning. Nothing here needs
+exist with the listed sizes and checksums (checkpoints written before checksums were
+recorded: sizes only); anything else is skipped with a warning. Nothing here needs
 torch.distributed; `store` reads and writes the tensors.
 """
 
@@ -25,11 +27,12 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 log = logging.getLogger(__name__)
 FORMAT = 1
 META = "meta.json"
+CHECKSUMS = "sha256"  # meta.json key: {file: hex digest}; absent in older checkpoints
 POINTER = "latest"
 NAME = re.compile(r"^step-(\d{8})$")
 TMP_SUFFIX = ".tmp"
@@ -79,8 +82,17 @@ def file_sizes(directory: Path) -> dict[str, int]:
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != META}
 
 
+def file_hash(path: Path) -> str:
+    """SHA-256 of a file, read in chunks (hashlib releases the GIL: training goes on)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """meta.json of a committed checkpoint, after checking every listed file.
+    """meta.json of a committed checkpoint, after checking every listed file's size and checksum.
 
     Raises InvalidCheckpoint saying why the directory must not be loaded.
     """
@@ -107,6 +119,14 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         if f.stat().st_size != size:
             raise InvalidCheckpoint(f"{path.name}: {name} has {f.stat().st_size} bytes, "
                                     f"{size} expected (torn write)")
+    checksums = meta.get(CHECKSUMS)
+    if checksums is not None:
+        if not isinstance(checksums, dict) or set(checksums) != set(files):
+            raise InvalidCheckpoint(f"{path.name}/{META}: its checksums do not cover its files")
+        for name, digest in checksums.items():
+            if file_hash(path / name) != digest:
+                raise InvalidCheckpoint(f"{path / name} does not match its checksum in {META} "
+                                        "(damaged after it was written)")
     world = int(meta.get("world_size", 0))
     missing = [r for r in range(world) if rank_file(r) not in files]
     if world < 1 or missing:
@@ -138,9 +158,13 @@ def candidates(run_dir: str | os.PathLike) -> list[Path]:
     return found
 
 
-def newest_valid(run_dir: str | os.PathLike) -> Optional[tuple[Path, dict[str, Any]]]:
-    """(path, meta) of the best valid checkpoint; invalid newer ones are skipped with a warning."""
+def newest_valid(run_dir: str | os.PathLike, skip: Collection[Path] = ()
+                 ) -> Optional[tuple[Path, dict[str, Any]]]:
+    """(path, meta) of the best valid checkpoint not in `skip`; invalid newer ones are skipped
+    with a warning."""
     for path in candidates(run_dir):
+        if path in skip:
+            continue
         try:
             return path, read_meta(path)
         except InvalidCheckpoint as e:
@@ -153,7 +177,9 @@ def commit(tmp: Path, meta: dict[str, Any]) -> Path:
 
     Called by one process after every rank finished writing into `tmp`.
     """
-    meta = dict(meta, format=FORMAT, files=file_sizes(tmp))
+    sizes = file_sizes(tmp)
+    meta = dict(meta, format=FORMAT, files=sizes, **{CHECKSUMS: {
+        name: file_hash(tmp / name) for name in sizes}})
     write_json(tmp / META, meta)
     fsync_dir(tmp)
     final = tmp.with_name(tmp.name[: -len(TMP_SUFFIX)])
@@ -168,12 +194,14 @@ def commit(tmp: Path, meta: dict[str, Any]) -> Path:
     return final
 
 
-def prune(run_dir: str | os.PathLike, keep: int, milestone: int) -> list[Path]:
-    """Delete committed checkpoints beyond the newest `keep`, sparing every `milestone`-th step."""
+def prune(run_dir: str | os.PathLike, keep: int, milestone: int,
+          spare: Optional[Path] = None) -> list[Path]:
+    """Delete committed checkpoints beyond the newest `keep`, sparing every `milestone`-th step
+    and `spare` (the one just written, even when older-named ones of another run are newer)."""
     removed = []
     for path in list_checkpoints(run_dir)[:-keep]:
         step = int(NAME.match(path.name).group(1))  # type: ignore[union-attr]
-        if milestone > 0 and step % milestone == 0:
+        if (milestone > 0 and step % milestone == 0) or (spare is not None and path == spare):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)

@@ -7,8 +7,10 @@ Save protocol (every rank calls `save` at the same step):
      write them in the caller (sync); DCP writes each rank's share on a dedicated gloo
      group, so the thread's collectives never interleave with the training's;
   4. when DCP returns on rank 0, every rank has finished steps 2-3 (DCP's coordinator
-     gathers all ranks' write results before it writes `.metadata`), so rank 0 writes
-     `meta.json`, renames `step-N.tmp/` to `step-N/`, moves `latest` and prunes.
+     gathers all ranks' write results before it writes `.metadata`), so rank 0 hashes
+     every file, writes `meta.json`, renames `step-N.tmp/` to `step-N/`, moves `latest`;
+  5. the ranks agree whether any of them failed (disk full, ...): if so the `.tmp` is
+     removed and every rank raises SaveFailed, else rank 0 prunes.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Collection, Optional
 
+import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from dgan.checkpoint import layout, store
 
@@ -30,6 +35,18 @@ log = logging.getLogger(__name__)
 # of step N are written and before the checkpoint is committed (a kill during a save).
 KILL_IN_SAVE_ENV = "DGAN_TEST_KILL_IN_SAVE"
 NATIVE = "native"  # sub-directory for files a backend writes in its own format
+
+
+class SaveFailed(RuntimeError):
+    """A save could not be written (disk full, read-only, I/O error); one line naming the path."""
+
+
+def describe(error: Optional[BaseException]) -> str:
+    """One line for a save error; DCP wraps each rank's error with its traceback."""
+    if isinstance(error, CheckpointException):
+        failures = [f[0] if isinstance(f, tuple) else f for f in error.failures.values()]
+        error = next((f for f in failures if isinstance(f, BaseException)), error)
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 class Checkpointer:
@@ -85,18 +102,38 @@ class Checkpointer:
                                               store.stage_to_cpu(tensors), meta)
 
     def _write(self, tmp: Path, step: int, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
-        store.write_tensors(tmp, tensors, self.group)
-        if self.rank == 0:
-            if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
-                os.kill(os.getpid(), signal.SIGKILL)
-            final = layout.commit(tmp, meta)
-            removed = layout.prune(self.run_dir, self.keep, self.milestone)
+        error: Optional[BaseException] = None
+        final = None
+        try:
+            store.write_tensors(tmp, tensors, self.group)
+            if self.rank == 0:
+                if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                final = layout.commit(tmp, meta)
+        except (OSError, CheckpointException) as e:  # disk full, read-only, quota, I/O error
+            error = e
+        # Also the barrier: nobody returns (and perhaps exits) before rank 0 has committed.
+        if self._any(error is not None):
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            latest = layout.checkpoint_dir(self.run_dir) / layout.POINTER
+            kept = latest.read_text().strip() if latest.is_file() else "none"
+            raise SaveFailed(f"cannot save checkpoint {tmp}: "
+                             f"{describe(error) if error else 'failed on another rank'}; "
+                             f"the previous checkpoint is unchanged (latest: {kept})")
+        if final is not None:
+            removed = layout.prune(self.run_dir, self.keep, self.milestone, spare=final)
             log.info("saved checkpoint %s%s", final,
                      f" (removed {', '.join(p.name for p in removed)})" if removed else "")
-        if self.group is not None:
-            # nobody returns (and perhaps exits) before rank 0 has committed
-            dist.barrier(group=self.group)
         self.last_saved_step = step
+
+    def _any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any (a collective on the gloo group)."""
+        if self.group is None:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(t.item())
 
     def wait(self) -> None:
         """Block until this rank's pending save is written (re-raises its error)."""
@@ -110,23 +147,30 @@ class Checkpointer:
             self._pool.shutdown()
 
     # -- finding and reading ------------------------------------------------------------
-    def find(self, resume: str) -> Optional[tuple[Path, dict[str, Any]]]:
+    def find(self, resume: str, skip: Collection[Path] = ()
+             ) -> Optional[tuple[Path, dict[str, Any]]]:
         """(checkpoint dir, meta) to resume from for `resume` = auto | never | PATH.
 
-        auto: the newest valid checkpoint of the run (None: fresh start). PATH: a
-        checkpoint directory (must be valid) or another run's directory (its newest valid).
-        Rank 0 chooses and tells the others, so all ranks load the same checkpoint even
-        when a shared filesystem shows them different states for a moment.
+        auto: the newest valid checkpoint of the run not in `skip` (None: fresh start, only
+        when the run has no committed checkpoint at all).
+        never: None, refused when the run directory already holds checkpoints (pruning and
+        `dgan sample` would mix the two runs). PATH: a checkpoint directory (must be valid)
+        or another run's directory (its newest valid). Rank 0 chooses and tells the others,
+        so all ranks load the same checkpoint even when a shared filesystem shows them
+        different states for a moment.
         """
-        choice: dict[str, Optional[str]] = {"path": None, "error": None}
+        choice: dict[str, Any] = {"path": None, "meta": None, "error": None}
         if self.rank == 0:
             try:
-                found = self._find(resume)
-                choice["path"] = None if found is None else str(found[0])
+                found = self._find(resume, skip)
+                if found is not None:
+                    # the meta rank 0 validated (sizes, checksums) goes to every rank: one
+                    # rank hashes the checkpoint, not all of them
+                    choice["path"], choice["meta"] = str(found[0]), found[1]
             except (FileNotFoundError, layout.InvalidCheckpoint) as e:
                 choice["error"] = f"{type(e).__name__}: {e}"
         if self.group is not None:
-            box = [choice]
+            box = [choice]  # unpickled by the other ranks: data from rank 0 of this job only
             dist.broadcast_object_list(box, src=0, group=self.group)
             choice = box[0]
         if choice["error"]:
@@ -135,14 +179,35 @@ class Checkpointer:
                    layout.InvalidCheckpoint)(message)
         if choice["path"] is None:
             return None
-        path = Path(choice["path"])
-        return path, layout.read_meta(path)
+        return Path(choice["path"]), choice["meta"]
 
-    def _find(self, resume: str) -> Optional[tuple[Path, dict[str, Any]]]:
+    def _find(self, resume: str, skip: Collection[Path]
+              ) -> Optional[tuple[Path, dict[str, Any]]]:
         if resume == "never":
+            existing = layout.list_checkpoints(self.run_dir)
+            if existing:
+                raise layout.InvalidCheckpoint(
+                    f"{layout.checkpoint_dir(self.run_dir)} already holds checkpoints of another "
+                    f"run ({existing[-1].name}); starting fresh there would mix the two runs. "
+                    "Use another run.dir, move or delete the old checkpoints, or resume=auto "
+                    "to continue them")
             return None
         if resume == "auto":
-            return layout.newest_valid(self.run_dir)
+            found = layout.newest_valid(self.run_dir, skip)
+            if found is None and layout.list_checkpoints(self.run_dir):
+                # a fresh start would write next to them, and prune or sample the wrong run
+                newest = layout.candidates(self.run_dir)[0]
+                why = skip.get(newest) if isinstance(skip, dict) else None
+                if why is None:
+                    try:
+                        layout.read_meta(newest)
+                    except layout.InvalidCheckpoint as e:
+                        why = str(e)
+                raise layout.InvalidCheckpoint(
+                    f"{layout.checkpoint_dir(self.run_dir)}: none of its checkpoints can be "
+                    f"loaded (newest: {why}); move them aside to start fresh, or use another "
+                    "run.dir")
+            return found
         path = Path(resume)
         if (path / layout.META).is_file() or layout.NAME.match(path.name):
             return path, layout.read_meta(path)
@@ -150,6 +215,40 @@ class Checkpointer:
         if found is None:
             raise FileNotFoundError(f"resume={resume}: no valid checkpoint there")
         return found
+
+    def load(self, resume: str, check: Optional[Callable[[dict[str, Any]], None]] = None
+             ) -> Optional[tuple[Path, dict[str, Any], tuple[Any, ...]]]:
+        """Find (see `find`), `check(meta)` and `read` the checkpoint to resume from.
+
+        With resume=auto a checkpoint that fails to read on any rank (damaged after its
+        checksums were taken, an old one without checksums, a refused index) is skipped with
+        a warning naming it and the next older one is tried; otherwise the failure is raised
+        as InvalidCheckpoint. `check` runs before anything is read (it refuses by raising).
+        """
+        skip: dict[Path, str] = {}  # checkpoints that failed to read: why
+        while True:
+            found = self.find(resume, skip)
+            if found is None:
+                return None
+            path, meta = found
+            if check is not None:
+                try:
+                    check(meta)
+                except layout.InvalidCheckpoint as e:
+                    raise layout.InvalidCheckpoint(f"{path}: {e}") from None
+            error = None
+            try:
+                result = self.read(path, meta)
+            except (OSError, ValueError, KeyError, RuntimeError, CheckpointException) as e:
+                error = describe(e)
+                error = error if str(path) in error else f"{path}: {error}"
+            if not self._any(error is not None):
+                return path, meta, result
+            error = error or f"{path}: unreadable on another rank"
+            if resume != "auto":
+                raise layout.InvalidCheckpoint(error.splitlines()[0])
+            log.warning("skipping checkpoint %s: %s", path, error.splitlines()[0])
+            skip[path] = error.splitlines()[0]
 
     def read(self, path: Path, meta: dict[str, Any]
              ) -> tuple[dict[str, Any], Optional[dict[str, Any]], dict[str, Any]]:

@@ -7,15 +7,14 @@ tensor is replaced by {"__tensor__": key}. `join` is the inverse.
 
 Why not put the plain values into DCP too: DCP stores non-tensor values as pickles and
 loads them with `torch.load(weights_only=False)`, which runs arbitrary code. Here nothing
-is unpickled except DCP's own index (`.metadata`), and that through an unpickler that
-only accepts DCP's metadata classes and torch dtypes/sizes.
+is unpickled except DCP's own index (`.metadata`), and that through `safe_pickle`: an
+exact allow-list of DCP's metadata classes, torch dtypes and sizes.
 """
 
 from __future__ import annotations
 
-import io
 import pathlib
-import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -23,11 +22,15 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.metadata import Metadata, TensorProperties, TensorStorageMetadata
+
+from dgan.checkpoint import safe_pickle
 
 TENSOR, TUPLE = "__tensor__", "__tuple__"
 # DCP warns on every single-process save/load; single-process use is intended here.
 NO_DIST_WARNING = ".*assuming the intent is to"
+DATA_FILE = re.compile(r"^__\d+_\d+\.distcp$")  # the names DCP's FileSystemWriter gives
 
 
 def split(tree: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
@@ -68,34 +71,38 @@ def join(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return skeleton
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """Accepts only what DCP's `.metadata` legitimately contains."""
-
-    ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"),
-               ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-               ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
-               ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
-               ("collections", "OrderedDict")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "torch.distributed.checkpoint.metadata" or (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(f"checkpoint index refers to {module}.{name}: refused")
-
-
 class SafeReader(dcp.FileSystemReader):
-    """FileSystemReader whose index is read by the restricted unpickler above."""
+    """FileSystemReader whose index is read by dgan's allow-list unpickler (safe_pickle)."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         path = pathlib.Path(self.path) / ".metadata"
-        metadata = _MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
-        if not isinstance(metadata, Metadata):
-            raise pickle.UnpicklingError(f"{path} is not a DCP index")
+        metadata = safe_pickle.load(path, Metadata)
+        check_index(path, metadata)
         if getattr(metadata, "storage_meta", None) is not None:
             metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+def check_index(path: pathlib.Path, metadata: Metadata) -> None:
+    """Every entry a tensor with a shape and dtype, stored within a data file of this directory."""
+    for key, item in metadata.state_dict_metadata.items():
+        if not isinstance(item, TensorStorageMetadata):
+            raise safe_pickle.UnsafePickle(
+                f"{path}: entry {key!r} is not a tensor; dgan checkpoints hold tensors only "
+                "in DCP, refusing to unpickle it")
+        if not (isinstance(item.size, torch.Size) and isinstance(item.properties, TensorProperties)
+                and isinstance(item.properties.dtype, torch.dtype)):
+            raise safe_pickle.UnsafePickle(f"{path}: entry {key!r} has no valid shape and dtype")
+    for index, info in (metadata.storage_data or {}).items():
+        name = getattr(info, "relative_path", None)
+        data = path.parent / str(name)
+        if (not isinstance(info, _StorageInfo) or not isinstance(name, str)
+                or not DATA_FILE.match(name) or not data.is_file()
+                or type(info.offset) is not int or type(info.length) is not int
+                or not 0 <= info.offset <= info.offset + info.length <= data.stat().st_size):
+            raise safe_pickle.UnsafePickle(
+                f"{path}: entry {getattr(index, 'fqn', index)!r} points outside the "
+                f"checkpoint's data files ({info!r})")
 
 
 def write_tensors(directory: Path, tensors: dict[str, torch.Tensor],
@@ -117,14 +124,16 @@ def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
     Each rank reads everything: under DDP every rank needs the full replicated state, and
     a full read is what lets a checkpoint from N ranks load on M.
     """
-    reader = SafeReader(str(directory))
-    metadata = reader.read_metadata()
+    metadata = SafeReader(str(directory)).read_metadata()
+    data_bytes = sum(p.stat().st_size for p in directory.glob("*.distcp"))
     template: dict[str, torch.Tensor] = {}
     for key, item in metadata.state_dict_metadata.items():
-        if not isinstance(item, TensorStorageMetadata):
-            raise ValueError(f"{directory}: entry {key!r} is not a tensor; dgan checkpoints "
-                             "hold tensors only in DCP, refusing to unpickle it")
-        template[key] = torch.empty(item.size, dtype=item.properties.dtype)
+        size = torch.Size(item.size)
+        if size.numel() * item.properties.dtype.itemsize > data_bytes:
+            # before allocating: the index cannot claim more than the data files hold
+            raise safe_pickle.UnsafePickle(f"{directory / '.metadata'}: entry {key!r} of shape "
+                                           f"{list(size)} is larger than the data files")
+        template[key] = torch.empty(size, dtype=item.properties.dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=NO_DIST_WARNING)
         dcp.load(template, storage_reader=SafeReader(str(directory)), no_dist=True)

@@ -193,12 +193,11 @@ class Trainer:
 
     def resume(self) -> Optional[str]:
         """Load the checkpoint `resume` points at (auto | never | PATH); its path, or None."""
-        found = self.checkpointer.find(str(self.cfg.resume))
+        found = self.checkpointer.load(str(self.cfg.resume),
+                                       check=lambda meta: hooks.check_resume(self.backend, meta))
         if found is None:
             return None
-        path, meta = found
-        hooks.check_resume(self.backend, meta)
-        state, own, first = self.checkpointer.read(path, meta)
+        path, meta, (state, own, first) = found
         # native first: DeepSpeed's engine load also sets the module from rank 0's copy,
         # and load_state_dict must have the last word on each rank's own buffers
         hooks.load_native(self.backend, path / checkpoint.NATIVE, meta)

@@ -30,7 +30,8 @@ def build_backend(cfg: DictConfig) -> Backend:
 
         backend = DeepSpeedBackend(
             t.precision, t.grad_accum, zero_stage=b.zero_stage, micro_batch=t.batch_size,
-            config_paths={"G": b.deepspeed_config_g, "D": b.deepspeed_config_d})
+            config_paths={"G": b.deepspeed_config_g, "D": b.deepspeed_config_d},
+            trust_files=b.trust_deepspeed_files)
     else:
         raise ValueError(f"unknown backend.name {b.name!r}")
     try:

@@ -127,8 +127,8 @@ class DeepSpeedBackend(Backend):
     name = "deepspeed"
 
     def __init__(self, precision: str = "fp32", grad_accum: int = 1, *, zero_stage: int = 0,
-                 micro_batch: int = 1, config_paths: dict[str, str | None] | None = None
-                 ) -> None:
+                 micro_batch: int = 1, config_paths: dict[str, str | None] | None = None,
+                 trust_files: bool = False) -> None:
         super().__init__(precision, grad_accum)
         if zero_stage >= 3:
             raise ValueError(REFUSE_ZERO3)
@@ -140,6 +140,7 @@ class DeepSpeedBackend(Backend):
             _skip_cpu_shm_kernel()
         paths = config_paths or {}
         self.zero_stage = zero_stage
+        self.trust_files = trust_files  # backend.trust_deepspeed_files: load native/ on resume
         self.configs = {n: engine_config(paths.get(n), zero_stage=zero_stage,
                                          micro_batch=micro_batch, grad_accum=grad_accum,
                                          world_size=self.world_size)
