@@ -188,3 +188,4 @@ def test_deepspeed_zero2_resumes_exactly_on_the_same_world_size_and_refuses_anot
     assert refused.returncode != 0
     assert "partitioned over 2 process(es) and this run has 1" in refused.stderr
     assert "ds_to_universal --inject_missing_state" in refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr  # one dgan: error: line

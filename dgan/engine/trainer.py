@@ -191,10 +191,19 @@ class Trainer:
                     for key, buf in net.named_buffers():
                         buf.copy_(own["buffers"][name][key])
 
+    def _check_resume(self, meta: dict[str, Any]) -> None:
+        """The backend's refusals (another backend, ZeRO stage or world size) as ResumeMismatch,
+        which the CLI prints as one line; a refused checkpoint stays InvalidCheckpoint."""
+        try:
+            hooks.check_resume(self.backend, meta)
+        except checkpoint.InvalidCheckpoint:
+            raise
+        except ValueError as e:
+            raise ResumeMismatch(str(e)) from None
+
     def resume(self) -> Optional[str]:
         """Load the checkpoint `resume` points at (auto | never | PATH); its path, or None."""
-        found = self.checkpointer.load(str(self.cfg.resume),
-                                       check=lambda meta: hooks.check_resume(self.backend, meta))
+        found = self.checkpointer.load(str(self.cfg.resume), check=self._check_resume)
         if found is None:
             return None
         path, meta, (state, own, first) = found
