@@ -397,7 +397,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return func(args)
     except (UserError, ConfigError, FileNotFoundError) as e:
-        print(f"dgan: error: {e}", file=sys.stderr)
+        # one write: the ranks of a launch share stderr, and print() writes the line and
+        # its newline separately, so two ranks' lines could run together
+        sys.stderr.write(f"dgan: error: {e}\n")
         return 2
     except KeyboardInterrupt:
         print("dgan: interrupted", file=sys.stderr)

@@ -9,8 +9,9 @@ hard links; O_CREAT|O_EXCL where links are not supported). The holder refreshes 
 mtime from a daemon thread (the heartbeat).
 
 A lock is stale, and taken over with a warning, when
-- its holder ran on this host and that process is gone: no such pid, a different process
-  under that pid (start time in /proc differs), or the host rebooted since (boot id);
+- its holder ran on this host (and pid namespace) and that process is gone: no such pid,
+  a different process under that pid (start time in /proc differs), or the host rebooted
+  since (boot id);
 - its holder ran under the same SLURM job id and an earlier SLURM_RESTART_COUNT: SLURM
   runs a requeued job only after the previous incarnation was killed, possibly elsewhere;
 - its holder ran on another host and the heartbeat is older than `stale_after` seconds
@@ -59,6 +60,13 @@ def _boot_id() -> Optional[str]:
         return None
 
 
+def _pid_ns() -> Optional[str]:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -73,7 +81,7 @@ def describe_self() -> dict[str, Any]:
     """What a lock records about its holder (this process)."""
     now = time.time()
     return {"host": socket.gethostname(), "pid": os.getpid(),
-            "proc_start": _proc_start(os.getpid()), "boot_id": _boot_id(),
+            "proc_start": _proc_start(os.getpid()), "boot_id": _boot_id(), "pid_ns": _pid_ns(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
             "since": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now)),
@@ -93,7 +101,10 @@ def stale_reason(info: dict[str, Any], age: float, stale_after: float,
     if job and job == me["slurm_job_id"] and \
             int(info.get("slurm_restart_count") or 0) < me["slurm_restart_count"]:
         return f"SLURM job {job} was requeued (restart {me['slurm_restart_count']})"
-    if info.get("host") == me["host"]:
+    # containers on one host can share its name but not its pids: judge the pid only
+    # within the same pid namespace, else as another host (by the heartbeat)
+    same_ns = not (info.get("pid_ns") and me["pid_ns"] and info["pid_ns"] != me["pid_ns"])
+    if info.get("host") == me["host"] and same_ns:
         pid = int(info.get("pid", -1))
         if info.get("boot_id") and me["boot_id"] and info["boot_id"] != me["boot_id"]:
             return "the host rebooted since"
@@ -231,13 +242,18 @@ class RunLock:
         while not self._stop.wait(period):
             try:
                 info, _ = self.read()
-                if info.get("token") != self.info["token"]:
-                    print(f"dgan: WARNING: lost the lock of run.dir {self.path.parent} to "
-                          f"{holder_text(info)}", file=sys.stderr, flush=True)
-                    return
-                os.utime(self.path)
+                if info.get("token") == self.info["token"]:
+                    os.utime(self.path)
+                    continue
+                lost = f"lost the lock of run.dir {self.path.parent} to {holder_text(info)}"
+            except FileNotFoundError:
+                lost = f"the lock {self.path} was removed: run.dir is no longer protected"
             except OSError as e:  # a file server hiccup: the next beat may succeed
                 log.warning("lock heartbeat %s: %s", self.path, e)
+                continue
+            if not self._stop.is_set():  # else release() removed it meanwhile
+                print(f"dgan: WARNING: {lost}", file=sys.stderr, flush=True)
+            return
 
     def release(self) -> None:
         """Remove the lock if this process still holds it (idempotent)."""

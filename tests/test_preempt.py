@@ -125,6 +125,7 @@ def test_sigterm_to_the_process_group_with_data_workers_saves_exits_75_and_resum
     assert "Traceback" not in out and "killed by signal" not in out, out[-4000:]
     assert "dgan: preempted (SIGTERM on this rank): saved step 4" in out
     assert layout.newest_valid(run)[1]["step"] == 4
+    assert not (run / "dgan.lock").exists()  # released on the preemption exit too
     again = subprocess.run(dgan_cmd(1, "train", f"run.dir={run}", *TINY,
                                     f"data.workers={workers}", "train.steps=6"),
                            env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)

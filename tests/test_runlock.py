@@ -95,6 +95,24 @@ def test_same_host_dead_pid_or_reused_pid_is_stale(tmp_path, no_slurm, capsys):
         RunLock(tmp_path).acquire()
 
 
+def test_same_host_name_in_another_pid_namespace_is_judged_by_heartbeat(tmp_path, no_slurm):
+    # a container sharing the host's name: its pid means nothing here
+    write_lock(tmp_path, host=HOST, pid=dead_pid(), pid_ns="pid:[1]")
+    with pytest.raises(RunDirLocked, match=f"on host {HOST}"):
+        RunLock(tmp_path).acquire()
+    write_lock(tmp_path, age=301, host=HOST, pid=dead_pid(), pid_ns="pid:[1]")
+    RunLock(tmp_path, stale_after=300).acquire().release()
+
+
+def test_lock_removed_by_hand_is_reported(tmp_path, no_slurm, capfd):
+    lock = RunLock(tmp_path, stale_after=0.5).acquire()
+    (tmp_path / LOCK_NAME).unlink()
+    lock._thread.join(30)  # the next beat notices and stops beating
+    assert not lock._thread.is_alive()
+    assert "dgan.lock was removed: run.dir is no longer protected" in capfd.readouterr().err
+    lock.release()
+
+
 def test_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch, capsys):
     # the previous incarnation ran on another node and its heartbeat is still fresh
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
@@ -211,6 +229,15 @@ def test_second_trainer_refuses_then_kill_9_of_the_holder_and_restart_works(tmp_
     assert f"taking over the stale lock of pid {holder.pid} on host {HOST}" in again.stderr
     assert "resumed from" in again.stdout + again.stderr
     assert not (run / LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_lock_is_released_when_start_up_fails(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run(dgan_cmd(1, "train", f"run.dir={run}", *RUN, f"resume={tmp_path}/none"),
+                          env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "dgan: error: resume=" in proc.stderr, proc.stderr
+    assert run.is_dir() and not (run / LOCK_NAME).exists()
 
 
 @pytest.mark.slow
