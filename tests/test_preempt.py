@@ -130,7 +130,8 @@ def test_sigterm_to_the_process_group_with_data_workers_saves_exits_75_and_resum
                                     f"data.workers={workers}", "train.steps=6"),
                            env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resumed from {run / 'checkpoints' / layout.step_name(4)}" in again.stdout + again.stderr
+    resumed = f"resumed from {run / 'checkpoints' / layout.step_name(4)}"
+    assert resumed in again.stdout + again.stderr
 
 
 @pytest.mark.slow
