@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from dgan import __version__
 from dgan.config import ConfigError, all_keys, load_config, to_yaml
@@ -81,41 +81,68 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(load_config(args.config, args.overrides)), end="")
         return 0
+    from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag, pause_hook
+    from dgan.runlock import RunDirLocked
+
+    # Installed before the heavy imports (torch, the trainer), so that a signal during
+    # start-up, set-up or resume is a request to stop, never a kill.
+    preemption = PreemptionFlag().install()
+    pause_hook("start")
     cfg = load_config(args.config, args.overrides)
     stored = None if args.trust_pipe else _stored_config(args.config, args.overrides)
     source = _resolve_data(cfg, stored)
     from dgan.checkpoint import InvalidCheckpoint, SaveFailed
     from dgan.engine.guard import NonFiniteError
-    from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag
     from dgan.engine.trainer import ResumeMismatch, Trainer
 
-    # Installed before the trainer exists, so a signal during start-up or resume counts too.
-    preemption = PreemptionFlag().install()
-    trainer = Trainer(cfg, source)
     try:
-        status = trainer.fit(preemption)
-    except InvalidCheckpoint as e:  # resume=PATH naming a checkpoint that must not load
-        trainer.close(wait=False)
-        raise UserError(f"resume={cfg.resume}: {e}") from None
-    except (ResumeMismatch, NonFiniteError) as e:
-        trainer.close(wait=False)
-        raise UserError(f"run.dir {cfg.run.dir}: {e}") from None
-    except SaveFailed as e:  # disk full, read-only run.dir: the previous checkpoint stays
-        trainer.close(wait=False)
+        trainer = Trainer(cfg, source, lock_run_dir=True)
+    except RunDirLocked as e:
         raise UserError(str(e)) from None
+    b = trainer.backend
+    try:
+        if preemption.agreed(b.all_reduce, b.device):
+            # Signalled before the first step: the run's checkpoints are as the last run
+            # left them, so there is nothing to save; exit as a preempted run does.
+            got = preemption.signal_name or "a signal to another rank"
+            if b.is_main or preemption.requested:
+                print(f"dgan: preempted during start-up ({got}): nothing new to save, exiting "
+                      f"with {REQUEUE_EXIT_CODE} (requeue me; the same command resumes)",
+                      file=sys.stderr)
+            status = REQUEUE_EXIT_CODE
+        else:
+            status = trainer.fit(preemption)
+    except (InvalidCheckpoint, ResumeMismatch, NonFiniteError, SaveFailed) as e:
+        # a checkpoint that must not load, another model, a run gone non-finite, a save
+        # that failed (disk full, read-only run.dir: the previous checkpoint stays)
+        trainer.close(wait=False)
+        _release(trainer)
+        where = (f"resume={cfg.resume}: " if isinstance(e, InvalidCheckpoint) else
+                 "" if isinstance(e, SaveFailed) else f"run.dir {cfg.run.dir}: ")
+        raise UserError(f"{where}{e}") from None
     except BaseException:
         trainer.close(wait=False)  # a peer may be gone: no barrier
+        _release(trainer)
         raise
     if status == REQUEUE_EXIT_CODE:
-        # Saved and committed (every rank passed the commit barrier). Leave now, handlers
+        # Saved and committed (every rank passed the commit barrier), or preempted before
+        # the first step with nothing to save. Leave now, handlers
         # still installed: a launcher that saw a peer exit sends SIGTERM, which must not
         # turn this exit into a kill.
+        _release(trainer)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
     trainer.close()
+    _release(trainer)
     preemption.uninstall()
     return status
+
+
+def _release(trainer: Any) -> None:
+    """Give up run.dir's lock (rank 0 holds it), once this process writes nothing more."""
+    if trainer.run_lock is not None:
+        trainer.run_lock.release()
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -416,14 +443,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return func(args)
     except (UserError, ConfigError, FileNotFoundError) as e:
-        print(f"dgan: error: {e}", file=sys.stderr)
+        # one write: the ranks of a launch share stderr, and print() writes the line and
+        # its newline separately, so two ranks' lines could run together
+        sys.stderr.write(f"dgan: error: {e}\n")
         return 2
     except ValueError as e:  # data found unusable once read (every shard bad), during work
         from dgan.data.sources import DataPathError
 
         if not isinstance(e, DataPathError):
             raise
-        print(f"dgan: error: {e}", file=sys.stderr)
+        sys.stderr.write(f"dgan: error: {e}\n")
         return 2
     except KeyboardInterrupt:
         print("dgan: interrupted", file=sys.stderr)

@@ -29,6 +29,9 @@ class RunConfig:
     name: str = DEFAULT_CONFIG_NAME  # set from the YAML file's stem unless given
     dir: Optional[str] = None  # default: runs/<name>; the same dir continues the same run
     seed: int = 0
+    # another host's lock of run.dir whose heartbeat is older than this many seconds is
+    # stale (docs/launching.md); the holder refreshes it every tenth of this
+    lock_stale_after: float = 300.0
 
 
 @dataclass
@@ -174,7 +177,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 RESOLUTIONS = {"dcgan": (28, 32, 64), "stylegan2": (32, 64, 128, 256, 512, 1024)}
 POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.keep",
             "log.every", "log.grid", "data.channels", "model.z_dim", "model.g_width",
-            "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum", "data.max_member_mb")
+            "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum", "data.max_member_mb",
+            "run.lock_stale_after")
 NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma", "eval.every",
                 "loss.pl_weight", "loss.style_mixing", "loss.augment_p", "train.ema_kimg",
                 "backend.expect_world_size", "checkpoint.milestone",

@@ -107,3 +107,44 @@ def rank_pid(torchrun_pid: int, rank: int) -> int:
         if f"RANK={rank}".encode() in environ:
             return int(pid)
     raise AssertionError(f"no worker with RANK={rank} among {children}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_to_the_process_group_with_data_workers_saves_exits_75_and_resumes(
+        tmp_path, workers):
+    from test_runlock import finish, output, paused
+
+    run = tmp_path / "run"
+    cmd = dgan_cmd(1, "train", f"run.dir={run}", *TINY, f"data.workers={workers}",
+                   "train.steps=100000", "log.every=100000", "checkpoint.every=100000")
+    with paused(tmp_path, "3", cmd) as proc:  # the workers are running, batches queued
+        os.killpg(proc.pid, signal.SIGTERM)  # what `kill -TERM -PGID` and some schedulers do
+    assert finish(proc) == REQUEUE_EXIT_CODE, output(proc)[-4000:]
+    out = output(proc)
+    assert "Traceback" not in out and "killed by signal" not in out, out[-4000:]
+    assert "dgan: preempted (SIGTERM on this rank): saved step 4" in out
+    assert layout.newest_valid(run)[1]["step"] == 4
+    assert not (run / "dgan.lock").exists()  # released on the preemption exit too
+    again = subprocess.run(dgan_cmd(1, "train", f"run.dir={run}", *TINY,
+                                    f"data.workers={workers}", "train.steps=6"),
+                           env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = f"resumed from {run / 'checkpoints' / layout.step_name(4)}"
+    assert resumed in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_exits_75_cleanly_with_nothing_saved(tmp_path):
+    from test_runlock import finish, output, paused
+
+    run = tmp_path / "run"
+    cmd = dgan_cmd(1, "train", f"run.dir={run}", *TINY, "data.workers=1")
+    # "start": the handlers are in place, nothing else (config, torch, trainer) is done yet
+    with paused(tmp_path, "start", cmd) as proc:
+        os.killpg(proc.pid, signal.SIGTERM)
+    assert finish(proc) == REQUEUE_EXIT_CODE, output(proc)[-4000:]
+    out = output(proc)
+    assert "Traceback" not in out, out
+    assert "preempted during start-up (SIGTERM): nothing new to save, exiting with 75" in out
+    assert layout.candidates(run) == [] and not (run / "dgan.lock").exists()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import logging
+import signal
 import tarfile
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -44,6 +45,13 @@ from dgan.data.tario import MAX_MEMBER, iter_tar
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+# What the main process of `dgan train` handles (SIGTERM, SIGUSR2: save and exit 75, see
+# dgan.engine.preempt; SIGINT: stop without saving). A signal to the whole process group
+# (`kill -TERM -PGID`, some schedulers, Ctrl-C) also reaches the workers, and torch's
+# worker handler dies of SIGTERM sent by anyone but the parent; the main process would
+# then fail on the dead worker instead of saving. Workers ignore them: the main process
+# alone decides, and it stops its workers.
+WORKER_IGNORED = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
 
 MODES = {1: "L", 3: "RGB"}
@@ -297,6 +305,13 @@ class ShardStream(IterableDataset):
             yield images[:k], torch.from_numpy(labels[:k]), torch.tensor([role, cursor])
 
 
+def _ignore_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: see WORKER_IGNORED."""
+    for s in WORKER_IGNORED:
+        signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_IGNORED)
+
+
 def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 [B, H, W, C] -> float32 [B, C, H, W] in [-1, 1] on `device`, contiguous.
 
@@ -345,8 +360,18 @@ class DataStream:
         workers = self.kw["workers"]
         loader = DataLoader(dataset, batch_size=None, num_workers=workers,
                             pin_memory=self.device.type == "cuda",
-                            persistent_workers=False, prefetch_factor=4 if workers else None)
-        return iter(loader)
+                            persistent_workers=False, prefetch_factor=4 if workers else None,
+                            worker_init_fn=_ignore_signals if workers else None)
+        if not workers:
+            return iter(loader)
+        # Blocked while the workers start: they inherit the mask, so a signal to the group
+        # stays pending in a new worker until _ignore_signals has run, instead of reaching
+        # torch's handler first. The main process receives its own copy on unblocking.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_IGNORED)
+        try:
+            return iter(loader)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def __iter__(self) -> DataStream:
         return self

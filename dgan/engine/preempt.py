@@ -10,6 +10,12 @@ signalled only some of them. The trainer then saves synchronously and exits with
 SIGUSR1 is left alone (NCCL has used it). torchrun and accelerate forward neither USR
 signal to the workers, so batch scripts trap SIGUSR2 and signal the workers themselves
 (see slurm/).
+
+`dgan train` installs the flag before its heavy imports (this module imports torch only
+when ranks agree), so a signal during start-up is not a kill either: once every rank
+is set up the ranks agree on it and exit 75 with nothing new to save. DataLoader workers
+ignore these signals (dgan.data.stream), so a signal to the whole process group reaches
+the main process only.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 # 75 is EX_TEMPFAIL in sysexits.h: "temporary failure, try again". A dgan process that
@@ -31,6 +38,11 @@ SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 # Test-only hook: `DGAN_TEST_KILL_AT_STEP=N` makes rank 0 SIGKILL itself when step N begins,
 # once its pending checkpoint is committed; used to test exact resume after `kill -9`.
 KILL_AT_STEP_ENV = "DGAN_TEST_KILL_AT_STEP"
+# Test-only hook: `DGAN_TEST_PAUSE_AT=start|N` with `DGAN_TEST_PAUSE_FIFO=PATH` makes rank 0
+# open the FIFO PATH and read it to its end, at the start of `dgan train` (after the
+# handlers are installed) or when step N begins. The test's open for writing returns only
+# once the process has got there, so it can act at that point without timing.
+PAUSE_AT_ENV, PAUSE_FIFO_ENV = "DGAN_TEST_PAUSE_AT", "DGAN_TEST_PAUSE_FIFO"
 
 
 class PreemptionFlag:
@@ -60,15 +72,26 @@ class PreemptionFlag:
             signal.signal(s, handler)  # type: ignore[arg-type]
         self._previous.clear()
 
-    def agreed(self, all_reduce: Callable[[torch.Tensor], torch.Tensor],
-               device: torch.device | str = "cpu") -> bool:
+    def agreed(self, all_reduce: Callable[["torch.Tensor"], "torch.Tensor"],
+               device: "torch.device | str" = "cpu") -> bool:
         """True on every rank when any rank has been signalled (a collective: call on all ranks)."""
+        import torch
+
         flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
         return bool(all_reduce(flag).item() > 0)
 
 
 def kill_at_step_hook(step: int, rank: int, before_kill: Callable[[], None]) -> None:
-    """The test-only `DGAN_TEST_KILL_AT_STEP` hook (does nothing unless the variable is set)."""
+    """The test-only hooks at the start of a step: `DGAN_TEST_KILL_AT_STEP`, then
+    `DGAN_TEST_PAUSE_AT` (each does nothing unless its variable is set)."""
     if rank == 0 and os.environ.get(KILL_AT_STEP_ENV) == str(step):
         before_kill()
         os.kill(os.getpid(), signal.SIGKILL)
+    pause_hook(str(step), rank)
+
+
+def pause_hook(point: str, rank: int = 0) -> None:
+    """The test-only `DGAN_TEST_PAUSE_AT` hook at `point` ("start" or a step number)."""
+    if rank == 0 and os.environ.get(PAUSE_AT_ENV) == point:
+        with open(os.environ[PAUSE_FIFO_ENV], "rb") as fifo:
+            fifo.read()

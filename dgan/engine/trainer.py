@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-from dgan import __version__, checkpoint
+from dgan import __version__, checkpoint, runlock
 from dgan.checkpoint import hooks, rng
 from dgan.config import to_yaml
 from dgan.data.stream import DataStream
@@ -76,11 +76,15 @@ def configure_cuda(device: torch.device, tf32: bool) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, source: Any) -> None:
+    def __init__(self, cfg: DictConfig, source: Any, lock_run_dir: bool = False) -> None:
+        """`lock_run_dir`: rank 0 takes run.dir's lock (`dgan train` does; the caller
+        releases `self.run_lock`), before anything below touches the directory."""
         self.cfg = cfg
         self.source = source
         self.run_dir = str(cfg.run.dir)
         self.backend = build_backend(cfg)
+        self.run_lock = (runlock.lock_run_dir(self.run_dir, self.backend, cfg.run.lock_stale_after)
+                         if lock_run_dir else None)
         configure_cuda(self.backend.device, cfg.train.tf32)
         self.c_dim = class_count(cfg, source)
         torch.manual_seed(cfg.run.seed)  # model initialisation: identical on every rank
