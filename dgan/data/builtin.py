@@ -1,4 +1,6 @@
-"""Built-in datasets shipped with the package (no download): MNIST (5,000 digits)."""
+"""Built-in datasets shipped with the package (no download): MNIST (5,000 digits), and
+Stacked MNIST made from it (three digits as R, G, B; 1,000 modes). The mode-count metric
+that reads Stacked MNIST samples is dgan.metrics.stacked; data never imports metrics."""
 
 from __future__ import annotations
 
@@ -37,6 +39,33 @@ def fit_resolution(images: np.ndarray, resolution: int) -> np.ndarray:
     return np.pad(images, ((0, 0), (lo, hi), (lo, hi)))
 
 
+def stacked_mnist(n: int, seed: int, resolution: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """n Stacked MNIST images built from the built-in 5,000-digit subset.
+
+    Each image takes three digits drawn independently and uniformly (the subset has
+    500 per class, so the 1000 labels are uniform) as its R, G, B channels.
+    Returns images uint8 (n, resolution, resolution, 3), 0 = background, and labels
+    int64 (n,) = 100 * r + 10 * g + b in 0..999. resolution 28 is native, 32 pads
+    with 2 pixels of background (what `DigitClassifier` undoes), other sizes resize.
+    """
+    digits, digit_labels = load_mnist()
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(digits), size=(n, 3))
+    images = np.stack([digits[picks[:, c]] for c in range(3)], axis=-1)
+    labels = (digit_labels[picks].astype(np.int64) * np.array([100, 10, 1])).sum(axis=1)
+    if resolution == 32:
+        images = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    elif resolution != 28:
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True,
+                          align_corners=False)  # fmt: skip
+        images = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return np.ascontiguousarray(images), labels
+
+
 def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
                  per_shard: int = 1000, seed: int = 0, samples: int | None = None) -> dict:
     """Write a built-in dataset as shards into `out`. Samples are shuffled (fixed seed).
@@ -51,8 +80,6 @@ def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
         return write_shards(encoded, out, name, resolution=resolution, channels=1,
                             labels=DIGITS, per_shard=per_shard)
     if name == "stacked_mnist":
-        from dgan.metrics.stacked import stacked_mnist
-
         # Three digits as the R, G and B channels: 1,000 modes (label 100 r + 10 g + b).
         images, labels = stacked_mnist(samples or STACKED_SAMPLES, seed, resolution=resolution)
         encoded = ((encode_image(images[i]), "png", int(labels[i])) for i in range(len(images)))

@@ -36,7 +36,8 @@ from dgan.metrics.inception import (
     InceptionWeightsMissing,
     inception_available,
 )
-from dgan.metrics.stacked import count_modes, modes_from_digits, stacked_mnist
+from dgan.data.builtin import stacked_mnist
+from dgan.metrics.stacked import count_modes, modes_from_digits
 
 __all__ = [
     "METRICS",

@@ -11,38 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from dgan.metrics.digits import DigitClassifier, kl_from_uniform, load_mnist5k
+from dgan.metrics.digits import DigitClassifier, kl_from_uniform
 from dgan.metrics.feature_net import to_model_images
 
 NUM_MODES = 1000
 PROTOCOL_SAMPLES = 26_000
-
-
-def stacked_mnist(n: int, seed: int, resolution: int = 28) -> tuple[np.ndarray, np.ndarray]:
-    """n Stacked MNIST images built from the built-in 5,000-digit subset.
-
-    Each image takes three digits drawn independently and uniformly (the subset has
-    500 per class, so the 1000 labels are uniform) as its R, G, B channels.
-    Returns images uint8 (n, resolution, resolution, 3), 0 = background, and labels
-    int64 (n,) = 100 * r + 10 * g + b in 0..999. resolution 28 is native, 32 pads
-    with 2 pixels of background (what `DigitClassifier` undoes), other sizes resize.
-    """
-    digits, digit_labels = load_mnist5k()
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(digits), size=(n, 3))
-    images = np.stack([digits[picks[:, c]] for c in range(3)], axis=-1)
-    labels = (digit_labels[picks].astype(np.int64) * np.array([100, 10, 1])).sum(axis=1)
-    if resolution == 32:
-        images = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
-    elif resolution != 28:
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True,
-                          align_corners=False)  # fmt: skip
-        images = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return np.ascontiguousarray(images), labels
 
 
 def modes_from_digits(digits: Tensor) -> dict[str, object]:
