@@ -81,12 +81,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(load_config(args.config, args.overrides)), end="")
         return 0
-    from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag, pause_hook
-    from dgan.runlock import RunDirLocked
+    from dgan.engine.preempt import PreemptionFlag
 
     # Installed before the heavy imports (torch, the trainer), so that a signal during
     # start-up, set-up or resume is a request to stop, never a kill.
     preemption = PreemptionFlag().install()
+    try:
+        return _train(args, preemption)
+    finally:
+        # every way out but os._exit (a requeue exit keeps them): an error, a finished
+        # run, or main() called in-process, which must not leave dgan's handlers behind
+        preemption.uninstall()
+
+
+def _train(args: argparse.Namespace, preemption: Any) -> int:
+    from dgan.engine.preempt import REQUEUE_EXIT_CODE, pause_hook
+    from dgan.runlock import RunDirLocked
+
     pause_hook("start")
     cfg = load_config(args.config, args.overrides)
     stored = None if args.trust_pipe else _stored_config(args.config, args.overrides)
@@ -135,7 +146,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         os._exit(status)
     trainer.close()
     _release(trainer)
-    preemption.uninstall()
     return status
 
 

@@ -137,3 +137,19 @@ def test_streamed_shards_that_all_fail_stop_with_one_line(tmp_path):
     out = dgan("train", f"data.path=pipe:cat {tmp_path}/missing-{{0,1}}.tar",
                f"run.dir={tmp_path}/r", "train.steps=1", "data.workers=1")
     one_line_error(out, "none of the 2 shards gave a sample")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["alive", "traceback"])
+def test_a_process_with_live_workers_still_exits(tmp_path, how):
+    # Workers ignore SIGTERM, so multiprocessing's exit-time terminate-then-join would wait
+    # forever for a loader still referenced at exit (a global, or a traceback kept by a
+    # caller); dgan stops them itself first.
+    data = write_numbered(tmp_path / "d", [40, 40])
+    keep = ("next(s); KEEP.append(s)" if how == "alive" else
+            "try:\n    next(s); raise RuntimeError('x')\nexcept RuntimeError as e:\n    KEEP.append(e)")
+    script = ("import sys; sys.path.insert(0, %r)\nfrom test_data_stream import _stream\n"
+              "from pathlib import Path\nKEEP = []\ns = _stream(Path(%r), workers=2)\n%s\n"
+              "print('done', flush=True)\n" % (str(Path(__file__).parent), str(tmp_path / "d"), keep))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "done" in out.stdout, out.stderr

@@ -59,6 +59,17 @@ def test_sigterm_in_process_saves_exits_75_and_resumes(tmp_path, monkeypatch):
     assert again.fit() == 0 and again.step == 12
 
 
+@pytest.mark.parametrize("outcome", ["error", "finished"])
+def test_train_in_process_puts_the_signal_handlers_back(tmp_path, outcome):
+    from dgan.cli import main
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)}
+    args = ["train", f"run.dir={tmp_path / 'r'}", *TINY, "train.steps=1"]
+    status = main(args + (["train.lr_g=-1"] if outcome == "error" else []))
+    assert status == (2 if outcome == "error" else 0)
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
 @pytest.mark.slow
 def test_sigusr2_to_one_rank_of_two_saves_on_both_and_exits_75_then_resumes(tmp_path):
     run = tmp_path / "run"

@@ -28,10 +28,12 @@ fresh slot sequences from the seed plus the number of images the job had seen
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import signal
 import tarfile
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -305,6 +307,33 @@ class ShardStream(IterableDataset):
             yield images[:k], torch.from_numpy(labels[:k]), torch.tensor([role, cursor])
 
 
+# Iterators whose workers may still run. Workers ignore SIGTERM (above), so the exit-time
+# clean-up of multiprocessing (terminate, i.e. SIGTERM, then join) would wait for them
+# forever, for instance when an exception's traceback keeps a loader alive until exit.
+_LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _stop_workers(it: Any) -> None:
+    """Ask `it`'s workers to finish (torch's own shutdown), then kill any left."""
+    _LIVE.discard(it)
+    workers = list(getattr(it, "_workers", ()))
+    if not workers:
+        return
+    try:
+        it._shutdown_workers()
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+                w.join()
+
+
+@atexit.register  # registered after torch's and multiprocessing's hooks, so it runs first
+def _stop_all_workers() -> None:
+    for it in list(_LIVE):
+        _stop_workers(it)
+
+
 def _ignore_signals(worker_id: int) -> None:
     """DataLoader worker_init_fn: see WORKER_IGNORED."""
     for s in WORKER_IGNORED:
@@ -369,9 +398,11 @@ class DataStream:
         # torch's handler first. The main process receives its own copy on unblocking.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_IGNORED)
         try:
-            return iter(loader)
+            it = iter(loader)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        _LIVE.add(it)
+        return it
 
     def __iter__(self) -> DataStream:
         return self
@@ -382,10 +413,14 @@ class DataStream:
         try:
             images, labels, (role, cursor) = next(self._iter)
         except NoSamplesError as e:
+            self.close()
             # From a worker, DataLoader re-raises it with the worker's traceback as the
             # message; the user needs its last line only.
             last = str(e).strip().splitlines()[-1]
             raise NoSamplesError(last.split("NoSamplesError: ", 1)[-1]) from None
+        except BaseException:
+            self.close()
+            raise
         self.batches += 1
         self.cursors[int(role)] = int(cursor)
         self.next_role = (int(role) + 1) % len(self.cursors)
@@ -420,7 +455,10 @@ class DataStream:
             self.batches = 0
             self.seed_offset = seen
             self.next_role, self.cursors = 0, [0] * len(self.cursors)
-        self._iter = None
+        self.close()
 
     def close(self) -> None:
-        self._iter = None
+        """Stop the workers now (idempotent); the next batch starts a new loader."""
+        it, self._iter = self._iter, None
+        if it is not None:
+            _stop_workers(it)
