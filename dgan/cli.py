@@ -175,7 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dgan.checkpoint import InvalidCheckpoint
     from dgan.config import config_from_yaml_text
     from dgan.metrics.evaluate import format_table
-    from dgan.metrics.run_eval import evaluate_generator
+    from dgan.metrics.inception import inception_available, resolve_weights
+    from dgan.metrics.run_eval import evaluate_generator, select_metrics
     from dgan.sample import load_generator
 
     try:
@@ -187,12 +188,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.data:  # given here: the user's own, pipe: included
         cfg.data.path = args.data
     stored = None if args.data or args.trust_pipe else config_file
+    if args.digit_metrics:
+        cfg.eval.digit_metrics = args.digit_metrics
     metrics = args.metrics.split(",") if args.metrics else list(cfg.eval.metrics)
+    from dgan.config import METRICS
+
+    if set(metrics) - set(METRICS):
+        raise UserError(f"--metrics {args.metrics}: unknown {sorted(set(metrics) - set(METRICS))}; "
+                        f"expected any of {','.join(METRICS)}")
     if args.inception_weights:
+        resolve_weights(args.inception_weights)  # a wrong path is an error, not a fallback
         os.environ["DGAN_INCEPTION_WEIGHTS"] = args.inception_weights
+    source = _resolve_data(cfg, stored)
+    chosen, skipped = select_metrics(cfg, source, metrics, inception_available())
+    if not chosen:
+        raise UserError(f"nothing to evaluate: {skipped}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results = evaluate_generator(cfg, g.to(device), _resolve_data(cfg, stored), device, metrics,
-                                 args.n or cfg.eval.n)
+    results = evaluate_generator(cfg, g.to(device), source, device, metrics, args.n or cfg.eval.n)
     print(f"run {args.run}, step {step}, {args.n or cfg.eval.n} samples")
     print(format_table(results))
     out = os.path.join(args.run, f"eval-{step:08d}.json")
@@ -375,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, help="generated samples (default: the run's eval.n)")
     ev.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth "
                     "(or set DGAN_INCEPTION_WEIGHTS); see docs/metrics.md")
+    ev.add_argument("--digit-metrics", choices=["auto", "true", "false"],
+                    help="digit-classifier metrics: auto (only on the built-in digits), true "
+                    "(the data are digits too), false (default: the run's eval.digit_metrics)")
     ev.add_argument("--data", help="real data (a data.path) instead of the run's data.path")
     ev.add_argument("--trust-pipe", action="store_true",
                     help="run a pipe: data.path read from the run's config.yaml (refused "

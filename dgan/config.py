@@ -133,6 +133,9 @@ class EvalConfig:
     every: int = 0  # steps between evaluations (and one at the end); 0: off
     metrics: list[str] = field(default_factory=lambda: ["fd", "coverage"])
     n: int = 2000  # generated samples (and real samples) per evaluation
+    # digit-classifier metrics (fd_digits, coverage, modes; fd/kid/pr without Inception):
+    # auto: only on the built-in digits; true: the data are digits too; false: never
+    digit_metrics: str = "auto"
 
 
 @dataclass
@@ -292,6 +295,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"bad value in 'eval.metrics': {metric!r}; expected any of {list(METRICS)}")
     if cfg.eval.n < 2:
         raise ConfigError(f"bad value for 'eval.n': {cfg.eval.n}; expected >= 2")
+    if str(cfg.eval.digit_metrics).lower() not in ("auto", "true", "false"):
+        raise ConfigError(f"bad value for 'eval.digit_metrics': {cfg.eval.digit_metrics!r}; "
+                          "expected auto, true or false")
     for key in ("optim.beta1", "optim.beta2"):
         if not 0.0 <= OmegaConf.select(cfg, key) < 1.0:
             raise ConfigError(f"bad value for '{key}': {OmegaConf.select(cfg, key)}; "

@@ -78,13 +78,14 @@ def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
         order = np.random.default_rng(seed).permutation(len(images))
         encoded = ((encode_image(images[i]), "png", int(labels[i])) for i in order)
         return write_shards(encoded, out, name, resolution=resolution, channels=1,
-                            labels=DIGITS, per_shard=per_shard)
+                            labels=DIGITS, per_shard=per_shard, extra=lambda: {"builtin": name})
     if name == "stacked_mnist":
         # Three digits as the R, G and B channels: 1,000 modes (label 100 r + 10 g + b).
         images, labels = stacked_mnist(samples or STACKED_SAMPLES, seed, resolution=resolution)
         encoded = ((encode_image(images[i]), "png", int(labels[i])) for i in range(len(images)))
         return write_shards(encoded, out, name, resolution=resolution, channels=3,
-                            labels=[f"{m:03d}" for m in range(1000)], per_shard=per_shard * 5)
+                            labels=[f"{m:03d}" for m in range(1000)], per_shard=per_shard * 5,
+                            extra=lambda: {"builtin": name})
     raise ValueError(f"unknown built-in dataset {name!r}; expected one of {list(BUILTIN)}")
 
 

@@ -44,6 +44,9 @@ class ShardSource:
     resolution: int | None = None
     channels: int | None = None
     labels: list[str] | None = None
+    # the built-in dataset the shards were made from (index.json says so), else None:
+    # evaluation computes digit metrics only on digits (docs/metrics.md)
+    builtin: str | None = None
     # url -> why it cannot be read (found before training); the stream leaves these out
     problems: dict[str, str] = field(default_factory=dict)
     _counted: dict[int, int] = field(default_factory=dict, repr=False)
@@ -152,7 +155,20 @@ def _from_index(directory: Path) -> ShardSource:
     if missing:
         raise DataPathError(f"data.path {directory}: index.json lists missing shard {missing[0]}")
     return ShardSource(urls, [int(s["count"]) for s in shards],
-                       index["resolution"], index["channels"], index.get("labels"))
+                       index["resolution"], index["channels"], index.get("labels"),
+                       builtin_name(index))
+
+
+def builtin_name(index: dict) -> str | None:
+    """The built-in dataset an index.json was written for: its "builtin" key, or, for
+    built-in shards made before that key existed, a built-in name without the "source"
+    that `dgan data make` always writes."""
+    from dgan.data.builtin import BUILTIN
+
+    name = index.get("builtin")
+    if name is None and "source" not in index:
+        name = index.get("name")
+    return name if name in BUILTIN else None
 
 
 def _from_urls(urls: list[str], what: str) -> ShardSource:

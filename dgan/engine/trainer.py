@@ -421,8 +421,9 @@ class Trainer:
                 if cfg.eval.every and (self.step % cfg.eval.every == 0 or done):
                     results = self.evaluate()
                     logger.scalars(self.step, {f"metrics/{k}": v for k, v in results.items()})
-                    logger.message(f"dgan: step {self.step}: " + ", ".join(
-                        f"{k} {v:.4g}" for k, v in results.items() if "/" not in k))
+                    if results:  # {} when every metric was left out (said once)
+                        logger.message(f"dgan: step {self.step}: " + ", ".join(
+                            f"{k} {v:.4g}" for k, v in results.items() if "/" not in k))
                 if not done and preemption.agreed(b.all_reduce, b.device):
                     # every rank leaves here at the same step
                     self.save(blocking=True)

@@ -33,14 +33,26 @@ def digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 hex digest of a module's parameters and buffers (names, dtypes, shapes,
+    bytes): part of a feature net's name, so real statistics of other weights miss."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(tensor.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def real_stats_key(
     source: str | Sequence[str | os.PathLike],
     feature_net: str,
     resolution: int,
     n: int,
 ) -> str:
-    """Cache key of real statistics: sha256 over the data identity, feature net name,
-    resolution and sample count.
+    """Cache key of real statistics: sha256 over the data identity, feature net name
+    (which carries a hash of the net's weights, see `state_digest`), resolution and
+    sample count.
 
     source: a dataset id string (e.g. "builtin:mnist5k") or the list of shard paths;
     each path contributes its absolute path and byte size, so re-written shards of a

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from dgan.data.builtin import load_mnist as load_mnist5k
-from dgan.metrics.cache import atomic_write, cache_root, digest
+from dgan.metrics.cache import atomic_write, cache_root, digest, state_digest
 from dgan.metrics.distributed import broadcast_module, broadcast_object, rank_and_world
 
 # Everything that changes the trained weights; its hash names the cache file.
@@ -157,6 +157,7 @@ class DigitClassifier:
     def __init__(self, net: DigitCNN, accuracy: float, device: torch.device | str = "cpu",
                  batch_size: int = 256) -> None:  # fmt: skip
         self.net = net.eval().requires_grad_(False).to(device)
+        self.weights_hash = state_digest(self.net)  # part of DigitFeatures.name (cache key)
         self.accuracy = accuracy
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -194,9 +195,10 @@ class DigitClassifier:
         n, c = images.shape[:2]
         flat = fit_to_28(images.reshape(n * c, 1, *images.shape[-2:]).float())
         out = []
-        for lo in range(0, flat.shape[0], self.batch_size):
-            chunk = flat[lo : lo + self.batch_size].to(self.device)
-            out.append(getattr(self.net, fn)(chunk))
+        with torch.autocast(self.device.type, enabled=False):  # fp32 whatever the caller's
+            for lo in range(0, flat.shape[0], self.batch_size):
+                chunk = flat[lo : lo + self.batch_size].to(self.device)
+                out.append(getattr(self.net, fn)(chunk))
         result = torch.cat(out) if out else torch.empty(0, device=self.device)
         return result.reshape(n, c, -1).to(images.device)
 
@@ -223,7 +225,7 @@ class DigitFeatures:
     def __init__(self, classifier: DigitClassifier, channels: int = 1) -> None:
         self.classifier = classifier
         self.channels = channels
-        self.name = f"digit_cnn_c{channels}_{digest(RECIPE)[:8]}"
+        self.name = f"digit_cnn_c{channels}_{classifier.weights_hash[:12]}"
         self.dim = FEATURE_DIM * channels
 
     def __call__(self, images: Tensor) -> Tensor:

@@ -33,6 +33,7 @@ from dgan.metrics.distributed import (
 )
 from dgan.metrics.feature_net import FeatureNet, to_model_images
 from dgan.metrics.inception import WEIGHTS_ENV, InceptionV3FID, inception_available
+from dgan.metrics.progress import EvalProgress
 from dgan.metrics.stacked import modes_from_digits
 
 METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes")
@@ -91,13 +92,17 @@ def _real_batches(real: Iterable[Tensor] | Tensor, n_real: int) -> Iterable[Tens
 
 
 def _real_features(
-    requests: list[_Request], real: Iterable[Tensor] | Tensor, n_real: int, device: torch.device
+    requests: list[_Request], real: Iterable[Tensor] | Tensor, n_real: int, device: torch.device,
+    progress: EvalProgress,
 ) -> list[Tensor]:
     parts: list[list[Tensor]] = [[] for _ in requests]
-    for batch in _real_batches(real, n_real):
-        batch = batch.to(device)
-        for i, req in enumerate(requests):
-            parts[i].append(req.net(batch).float().cpu())
+    rank, world = rank_and_world()
+    with progress.phase("real data", split_count(n_real, rank, world)) as update:
+        for batch in _real_batches(real, n_real):
+            batch = batch.to(device)
+            for i, req in enumerate(requests):
+                parts[i].append(req.net(batch).float().cpu())
+            update(batch.shape[0])
     return [
         gather_features(torch.cat(p) if p else torch.empty(0, req.net.dim))
         for p, req in zip(parts, requests)
@@ -120,6 +125,7 @@ def evaluate(
     kid_subset_size: int = 1000,
     pr_k: int = 3,
     quantize: bool = True,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Evaluate a generator; call on every rank (same arguments), returns the same dict
     on every rank.
@@ -138,6 +144,8 @@ def evaluate(
     the real-statistics cache (`real_stats_key`); None computes real features each time.
     quantize: round generated images to 8-bit levels first, as published numbers are
     computed from saved images and real data is 8-bit too.
+    progress: show a bar per phase on a terminal (else a line at the start, one a minute,
+    and one with the elapsed time at the end), on rank 0, on stderr.
     Keys: fid / fd_<net>, kid[_<net>] and kid..._std, precision..., recall...,
     fd_digits, coverage/0..9, classes_covered, coverage_min, coverage_kl, confident,
     modes, modes_kl.
@@ -150,6 +158,9 @@ def evaluate(
         raise ValueError(f"need n >= 2 generated samples, got {n}")
     n_real = n_real or n
     rank, world = rank_and_world()
+    shown = EvalProgress(progress and rank == 0)
+    if not shown.tty:
+        shown.line(f"dgan: eval: {', '.join(metrics)} on {n} samples ...")
     wants_main = any(m in metrics for m in _MAIN)
     if feature_net is None and wants_main:
         if inception_available():
@@ -173,17 +184,20 @@ def evaluate(
     requests: list[_Request] = []
     probs: list[Tensor] = []
     local_shape: tuple[int, int] | None = None
-    for lo in range(start, start + count, batch_size):
-        images = to_model_images(generate(lo, min(batch_size, start + count - lo))).to(device)
-        if quantize:
-            images = images.add(1).mul(127.5).round().clamp(0, 255).div(127.5).sub(1)
-        if local_shape is None:
-            local_shape = (images.shape[1], images.shape[-1])
-            requests = _plan(metrics, feature_net, digit_classifier, images.shape[1])
-        for req in requests:
-            req.fake.append(req.net(images).float().cpu())
-        if wants_probs:
-            probs.append(digit_classifier.probs(images).cpu())
+    with shown.phase("samples", count) as update:
+        for lo in range(start, start + count, batch_size):
+            images = to_model_images(generate(lo, min(batch_size, start + count - lo)))
+            images = images.to(device)
+            if quantize:
+                images = images.add(1).mul(127.5).round().clamp(0, 255).div(127.5).sub(1)
+            if local_shape is None:
+                local_shape = (images.shape[1], images.shape[-1])
+                requests = _plan(metrics, feature_net, digit_classifier, images.shape[1])
+            for req in requests:
+                req.fake.append(req.net(images).float().cpu())
+            if wants_probs:
+                probs.append(digit_classifier.probs(images).cpu())
+            update(images.shape[0])
     # Rank 0 always has samples; a rank with none (n < world) takes its shapes.
     channels, resolution = broadcast_object(local_shape)
     if "modes" in metrics and channels != 3:  # checked on every rank: no rank may hang
@@ -196,7 +210,7 @@ def evaluate(
             for r in requests]  # fmt: skip
     fake_probs = gather_features(torch.cat(probs)) if probs else None
 
-    real_stats = _real_side(requests, real, n_real, cache_key, resolution, device)
+    real_stats = _real_side(requests, real, n_real, cache_key, resolution, device, shown)
 
     results: dict[str, float] = {}
     if rank == 0:
@@ -222,7 +236,9 @@ def evaluate(
         if "modes" in metrics:
             found = modes_from_digits(fake_probs.argmax(-1))
             results["modes"], results["modes_kl"] = float(found["modes"]), found["kl"]
-    return broadcast_object(results)
+    results = broadcast_object(results)
+    shown.finish(f"{', '.join(metrics)} on {n} samples")
+    return results
 
 
 def _plan(
@@ -257,6 +273,7 @@ def _real_side(
     cache_key: str | Sequence[str] | None,
     resolution: int,
     device: torch.device,
+    progress: EvalProgress,
 ) -> list[tuple[FeatureStats | None, Tensor | None]]:
     """(real stats, real features or None) per request, from the cache where possible.
     Only rank 0's values are meaningful; other ranks take part in the gathers."""
@@ -274,7 +291,7 @@ def _real_side(
     if missing:
         if real is None:
             raise ValueError("real data is needed: not every real statistic is cached")
-        feats = _real_features([requests[i] for i in missing], real, n_real, device)
+        feats = _real_features([requests[i] for i in missing], real, n_real, device, progress)
         for i, f in zip(missing, feats):
             if f.shape[0] < 2:
                 raise ValueError(f"only {f.shape[0]} real samples; need at least 2")

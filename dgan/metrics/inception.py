@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgan.metrics.cache import cache_root
+from dgan.metrics.cache import cache_root, state_digest
 
 WEIGHTS_ENV = "DGAN_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -269,9 +269,11 @@ class InceptionV3FID:
     `weights`: a path, else $DGAN_INCEPTION_WEIGHTS, else the file in the cache dir.
     `random_init=True` builds the network with random weights (tests and shape checks
     only; not FID).
+    `name` ends with a hash of the loaded weights, so the real-statistics cache misses
+    when the weights file changes. Runs in fp32 with autocast off whatever the caller's
+    autocast: bf16 features differ by ~16% and would not be FID.
     """
 
-    name = "inception_v3_fid"
     dim = 2048
 
     def __init__(
@@ -288,6 +290,7 @@ class InceptionV3FID:
             if check_hash:
                 _warn_on_hash_mismatch(path)
             load_inception_state(self.net, torch.load(path, map_location="cpu", weights_only=True))
+        self.name = f"inception_v3_fid-{state_digest(self.net)[:16]}"
         self.net.eval().requires_grad_(False).to(device)
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -299,9 +302,10 @@ class InceptionV3FID:
             x = images[lo : lo + self.batch_size].to(self.device, torch.float32)
             if x.shape[1] == 1:
                 x = x.repeat(1, 3, 1, 1)
-            if x.shape[-2:] != (299, 299):
-                x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-            out.append(self.net(x))
+            with torch.autocast(self.device.type, enabled=False):
+                if x.shape[-2:] != (299, 299):
+                    x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+                out.append(self.net(x))
         if not out:
             return torch.empty((0, self.dim), device=images.device)
         return torch.cat(out).to(images.device)
