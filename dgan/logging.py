@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Optional, TextIO
@@ -113,12 +114,22 @@ class RunLogger:
         self.jsonl.write(json.dumps(record) + "\n")
         self.tb.flush()
 
-    def grid(self, step: int, images: torch.Tensor, tag: str = "samples/G_ema") -> Optional[str]:
-        """Log an image grid to TensorBoard and write samples/grid-<step>.png; returns its path."""
+    def grid(self, step: int, images: torch.Tensor, tag: str = "samples/G_ema",
+             classes: Optional[list[str]] = None) -> Optional[str]:
+        """Log an image grid to TensorBoard and write samples/grid-<step>.png; returns its path.
+
+        `classes`: the label names of a conditional model whose image i is of class
+        i % len(classes); each class with images also gets its own grid, tagged
+        `<tag>_by_class/<index>_<name>` (index zero-padded so that TensorBoard sorts them)."""
         if not self.enabled:
             return None
         grid = make_grid(images)
         self.tb.add_image(tag, grid, step, dataformats="HWC")
+        width = len(str(len(classes) - 1)) if classes else 0
+        for k, name in enumerate((classes or [])[:len(images)]):
+            safe = re.sub(r"[^\w.-]+", "_", str(name))
+            self.tb.add_image(f"{tag}_by_class/{k:0{width}d}_{safe}",
+                              make_grid(images[k::len(classes)]), step, dataformats="HWC")
         self.tb.flush()
         path = os.path.join(self.run_dir, "samples", f"grid-{step:08d}.png")
         save_png(grid, path)

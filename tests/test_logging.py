@@ -62,6 +62,8 @@ def test_piped_run_logs_one_line_per_interval_and_the_new_scalars(tmp_path):
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
     assert {"lr/G", "lr/D", "perf/sec_per_kimg"} <= set(acc.Tags()["scalars"])
+    # the demo data is class-conditional MNIST: one grid per class of the 4 grid images
+    assert {f"samples/G_ema_by_class/{k}_{k}" for k in range(4)} < set(acc.Tags()["images"])
     texts = acc.Tensors("config/text_summary")
     assert len(texts) == 1 and texts[0].step == 0
     text = texts[0].tensor_proto.string_val[0].decode()
@@ -93,3 +95,25 @@ def test_lrs_and_memory_helpers():
     opts = {"G": torch.optim.Adam([w], lr=0.01), "D": torch.optim.SGD([w], lr=0.5)}
     assert optimizer_lrs(opts) == {"lr/G": 0.01, "lr/D": 0.5}
     assert memory_peak(torch.device("cpu")) == {}
+
+
+def test_conditional_grid_gets_one_tagged_grid_per_class(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dgan.logging import RunLogger
+
+    logger = RunLogger(str(tmp_path), enabled=True, total_steps=1, start_step=0, progress="off")
+    classes = [f"c{k}" for k in range(10)] + ["a cat/dog"]
+    images = torch.zeros(12, 1, 4, 4)
+    logger.grid(3, images, classes=classes)
+    logger.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["images"]
+    assert sorted(tags) == ["samples/G_ema", *(f"samples/G_ema_by_class/{k:02d}_c{k}"
+                                               for k in range(10)),
+                            "samples/G_ema_by_class/10_a_cat_dog"]
+    # class 0 holds images 0 and 11: a 2x1 grid of 4x4 tiles with 2 px padding
+    zero = acc.Images("samples/G_ema_by_class/00_c0")[0]
+    assert (zero.height, zero.width, zero.step) == (8, 14, 3)
+    assert acc.Images("samples/G_ema_by_class/05_c5")[0].width == 8  # image 5 only

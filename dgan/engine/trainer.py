@@ -419,7 +419,8 @@ class Trainer:
                                    **optimizer_lrs({"G": self.opt_g, "D": self.opt_d}),
                                    **memory_peak(b.device)})
                     logger.scalars(self.step, values)
-                    logger.grid(self.step, self.sample_grid())
+                    logger.grid(self.step, self.sample_grid(),
+                                classes=self.source.labels if self.c_dim else None)
                     logger.status(self.step, values)
                     sums, counts, last_step, last_time = {}, {}, self.step, time.perf_counter()
                 if cfg.eval.every and (self.step % cfg.eval.every == 0 or done):
