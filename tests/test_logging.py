@@ -117,3 +117,13 @@ def test_conditional_grid_gets_one_tagged_grid_per_class(tmp_path):
     zero = acc.Images("samples/G_ema_by_class/00_c0")[0]
     assert (zero.height, zero.width, zero.step) == (8, 14, 3)
     assert acc.Images("samples/G_ema_by_class/05_c5")[0].width == 8  # image 5 only
+
+
+def test_memory_peak_reads_and_resets_the_cuda_peak(monkeypatch):
+    # no GPU here: stand in for the two CUDA calls to check the reading and the reset
+    calls = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated",
+                        lambda d: calls.append("read") or 3 << 29)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append("reset"))
+    assert memory_peak(torch.device("cuda", 0)) == {"perf/gpu_mem_peak_gib": 1.5}
+    assert calls == ["read", "reset"]
