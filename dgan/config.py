@@ -125,7 +125,9 @@ class CheckpointConfig:
 class LogConfig:
     every: int = 500  # steps between scalar logs and sample grids
     grid: int = 64  # images in the fixed-z sample grid
-    progress: bool = True
+    # auto: a progress bar when stderr is a terminal, else one line every `every` steps
+    # (SLURM output files, pipes); bar | lines | off. true and false mean auto and off
+    progress: str = "auto"
 
 
 @dataclass
@@ -176,6 +178,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.ops": ("auto", "fused", "reference"),
     "loss.name": ("nonsaturating",),
     "loss.augment": ("none", "ada", "fixed"),
+    "log.progress": ("auto", "bar", "lines", "off"),
 }
 RESOLUTIONS = {"dcgan": (28, 32, 64), "stylegan2": (32, 64, 128, 256, 512, 1024)}
 POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.keep",
@@ -341,6 +344,13 @@ def resolve_precision(cfg: DictConfig) -> None:
                           "agree, or give only one of them")
 
 
+def resolve_progress(cfg: DictConfig) -> None:
+    """`log.progress` true / false, its values when it was a bool (OmegaConf keeps them as
+    the strings True / False, YAML's on / off too), mean auto / off."""
+    value = str(cfg.log.progress)
+    cfg.log.progress = {"true": "auto", "false": "off"}.get(value.lower(), value)
+
+
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> DictConfig:
     """Defaults <- YAML file <- dotlist overrides, validated. Raises ConfigError."""
     cfg: DictConfig = OmegaConf.structured(Config)
@@ -368,6 +378,7 @@ def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[st
     if cfg.run.dir is None:
         cfg.run.dir = os.path.join("runs", cfg.run.name)
     resolve_precision(cfg)
+    resolve_progress(cfg)
     validate(cfg)
     return cfg
 
@@ -379,5 +390,6 @@ def to_yaml(cfg: DictConfig) -> str:
 def config_from_yaml_text(text: str) -> DictConfig:
     """Rebuild a validated config from a saved resolved config (e.g. a run's config.yaml)."""
     cfg = _merge(OmegaConf.structured(Config), OmegaConf.create(text), "saved config")
+    resolve_progress(cfg)
     validate(cfg)
     return cfg

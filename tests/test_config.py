@@ -34,7 +34,7 @@ def test_unknown_key_in_yaml_names_file(tmp_path):
 
 @pytest.mark.parametrize("override, pattern", [
     ("train.batch_size=abc", r"train\.batch_size.*abc.*expected int"),
-    ("log.progress=maybe", r"log\.progress.*maybe.*expected bool"),
+    ("log.progress=maybe", r"log\.progress.*maybe.*auto.*bar.*lines.*off"),
     ("train.precision=fp8", r"train\.precision.*fp8.*fp32.*bf16.*fp16"),
     ("train.steps=0", r"train\.steps.*expected > 0"),
     ("data.resolution=48", r"data\.resolution.*48"),

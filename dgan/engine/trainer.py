@@ -38,7 +38,7 @@ from dgan.engine.backend import build_backend, parameter_digest
 from dgan.engine.ema import make_ema, update_ema
 from dgan.engine.stylegan2_recipe import StyleGAN2Recipe, build_optimizers
 from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag, kill_at_step_hook
-from dgan.logging import RunLogger
+from dgan.logging import RunLogger, memory_peak, optimizer_lrs
 from dgan.models import build_models
 
 log = logging.getLogger(__name__)
@@ -361,6 +361,7 @@ class Trainer:
                 f.write(to_yaml(cfg))
         logger = RunLogger(self.run_dir, enabled=b.is_main, total_steps=cfg.train.steps,
                            start_step=self.step, progress=cfg.log.progress)
+        logger.config(self.step, to_yaml(cfg))
         start = (f"resumed from {resumed} at step {self.step}" if resumed else
                  "fresh start (resume=never)" if cfg.resume == "never" else
                  "fresh start (no valid checkpoint)")
@@ -411,12 +412,16 @@ class Trainer:
                     values = {k: b.all_reduce(torch.as_tensor(v / counts[k], device=b.device)).item()
                               for k, v in sums.items()}
                     values.update({"guard/skipped_steps": self.guard.skipped_steps,
-                                   "perf/img_per_s": rate, "progress/global_batch": global_batch,
+                                   "perf/img_per_s": rate, "perf/sec_per_kimg": 1000 / rate,
+                                   "progress/global_batch": global_batch,
                                    "progress/images_seen": self.images_seen,
-                                   "progress/kimg": self.images_seen / 1000})
+                                   "progress/kimg": self.images_seen / 1000,
+                                   **optimizer_lrs({"G": self.opt_g, "D": self.opt_d}),
+                                   **memory_peak(b.device)})
                     logger.scalars(self.step, values)
-                    logger.grid(self.step, self.sample_grid())
-                    logger.postfix({"img/s": rate, "D": values["loss/D"], "G": values["loss/G"]})
+                    logger.grid(self.step, self.sample_grid(),
+                                classes=self.source.labels if self.c_dim else None)
+                    logger.status(self.step, values)
                     sums, counts, last_step, last_time = {}, {}, self.step, time.perf_counter()
                 if cfg.eval.every and (self.step % cfg.eval.every == 0 or done):
                     results = self.evaluate()
