@@ -10,9 +10,10 @@ that seed, and every seed goes through G on its own (see `generate`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -177,6 +178,9 @@ def _inputs(g: nn.Module, seeds: Sequence[int], class_idx: Optional[int | str]
     """z [N, z_dim] and one-hot c [N, c_dim] (None: unconditional), row i from seeds[i]'s own
     generator: z first, then (without class_idx) a uniformly drawn class."""
     c_dim = int(getattr(g, "c_dim", 0))
+    if not seeds or min(seeds) < 0:
+        raise SampleError(f"seeds {', '.join(map(str, seeds)) or '(none)'}: expected one or "
+                          "more seeds >= 0")
     if class_idx is not None:
         if isinstance(g, TrainedGenerator):
             class_idx = g.class_index(class_idx)
@@ -190,7 +194,7 @@ def _inputs(g: nn.Module, seeds: Sequence[int], class_idx: Optional[int | str]
         if c_dim:
             classes.append(class_idx if class_idx is not None else
                            int(torch.randint(0, c_dim, (1,), generator=gen)))
-    z = torch.cat(zs) if zs else torch.zeros(0, g.z_dim)
+    z = torch.cat(zs)
     c = (torch.nn.functional.one_hot(torch.tensor(classes, dtype=torch.long), c_dim).float()
          if c_dim else None)
     return z, c
@@ -213,16 +217,21 @@ def _style_options(net: nn.Module, truncation_psi: float, noise_mode: Optional[s
     return {"truncation_psi": float(truncation_psi), "noise_mode": mode}
 
 
-def _run_each(fn: Any, rows: Sequence[torch.Tensor], seeds: Sequence[int], device: torch.device
-              ) -> torch.Tensor:
+def _noise_seed(seed: int) -> int:
+    """The RNG seed of seed's random noise: not `seed` itself, whose stream gave its z."""
+    return int.from_bytes(hashlib.sha256(f"dgan noise {seed}".encode()).digest()[:8]) >> 1
+
+
+def _run_each(fn: Callable[..., torch.Tensor], rows: Sequence[Optional[torch.Tensor]],
+              seeds: Sequence[int], device: torch.device) -> torch.Tensor:
     """fn(row i's inputs) for every i on its own, with torch's RNG (StyleGAN2's random noise)
-    seeded by seeds[i] and the caller's RNG state put back afterwards. One image per call:
+    seeded from seeds[i] and the caller's RNG state put back afterwards. One image per call:
     a batch would make an image's bits depend on its batch (kernels choose by batch size)."""
     cuda = [device.index or 0] if device.type == "cuda" else []
     out = []
     with torch.random.fork_rng(devices=cuda):
         for i, seed in enumerate(seeds):
-            torch.manual_seed(seed)
+            torch.manual_seed(_noise_seed(seed))
             out.append(fn(*(r[i:i + 1].to(device) if r is not None else None for r in rows)))
     return torch.cat(out).float()
 
