@@ -1,3 +1,14 @@
 """dgan: train generative adversarial networks from a laptop CPU to a preempted multi-node cluster."""
 
 __version__ = "0.1.0"
+
+
+_API = ("TrainedGenerator", "generate", "interpolate", "load_generator")
+
+
+def __getattr__(name: str):  # lazy: `import dgan` (and the CLI's start) stays free of torch
+    if name in _API:
+        from dgan import sample
+
+        return getattr(sample, name)
+    raise AttributeError(f"module 'dgan' has no attribute {name!r}")

@@ -157,13 +157,30 @@ def _release(trainer: Any) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from dgan.checkpoint import InvalidCheckpoint
-    from dgan.sample import write_samples
+    from dgan.sample import SampleError, load_generator, parse_seeds, write_interpolation, \
+        write_samples
 
-    try:  # every checkpoint of the run refused (damaged, or a hostile index)
-        paths = write_samples(args.run, args.n, args.seed, args.out, grid=args.grid)
-    except InvalidCheckpoint as e:
+    try:
+        if args.seeds is not None:
+            if args.n is not None or args.seed is not None:
+                raise UserError("--seeds replaces --n and --seed: give one or the other")
+            seeds = parse_seeds(args.seeds)
+        else:  # --n N --seed S: seeds S .. S+N-1
+            seeds = list(range(args.seed or 0, (args.seed or 0) + (64 if args.n is None
+                                                                    else args.n)))
+        # every checkpoint of the run refused (damaged, or a hostile index) or a bad option
+        g = load_generator(args.run, args.ckpt)
+        kw = dict(class_idx=args.cls, truncation_psi=args.trunc, noise_mode=args.noise_mode)
+        if args.interpolate:
+            path = write_interpolation(g, seeds, args.out, args.frames, **kw)
+            print(f"dgan: wrote {path} ({(len(seeds) - 1) * args.frames + 1} frames, "
+                  f"step {g.step})")
+            return 0
+        paths = write_samples(g, seeds, args.out, grid=args.grid, **kw)
+    except (InvalidCheckpoint, SampleError) as e:
         raise UserError(str(e)) from None
-    print(f"dgan: wrote {len(paths)} images to {args.out}" + (" and grid.png" if args.grid else ""))
+    print(f"dgan: wrote {len(paths)} images (step {g.step}) to {args.out}"
+          + (" and grid.png" if args.grid else ""))
     return 0
 
 
@@ -180,9 +197,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dgan.sample import load_generator
 
     try:
-        g, step = load_generator(args.run)
+        loaded = load_generator(args.run)
     except InvalidCheckpoint as e:
         raise UserError(str(e)) from None
+    g, step = loaded.net, loaded.step
     config_file = os.path.join(args.run, "config.yaml")
     cfg = config_from_yaml_text(open(config_file).read())
     if args.data:  # given here: the user's own, pipe: included
@@ -217,10 +235,7 @@ def _checkpoint_arg(path: Path) -> Optional[Path]:
     """The checkpoint directory `path` names itself, or None when it is a run directory."""
     from dgan.checkpoint import layout
 
-    if (path / layout.META).is_file() or (path / ".metadata").is_file() or \
-            layout.NAME.match(path.name.removesuffix(layout.TMP_SUFFIX)):
-        return path
-    return None
+    return path if layout.is_checkpoint_dir(path) else None
 
 
 def cmd_data_make(args: argparse.Namespace) -> int:
@@ -312,10 +327,13 @@ def cmd_ckpt_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_ckpt_export(args: argparse.Namespace) -> int:
+    import json
+
     from omegaconf import OmegaConf
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from dgan import checkpoint
+    from dgan.sample import EXPORT_CLASSES, EXPORT_WEIGHTS
 
     path = Path(args.run)
     chosen = _checkpoint_arg(path)
@@ -335,12 +353,16 @@ def cmd_ckpt_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in state["G_ema"].items()}
-    save_file(tensors, str(out / "G_ema.safetensors"),
-              metadata={"step": str(state["step"]), "images_seen": str(state["images_seen"]),
-                        "c_dim": str(state.get("c_dim", 0)), "source": str(chosen)})
+    # save() and an ordinary write, not save_file(), which creates the file 0600
+    (out / EXPORT_WEIGHTS).write_bytes(save(
+        tensors, metadata={"step": str(state["step"]), "images_seen": str(state["images_seen"]),
+                           "c_dim": str(state.get("c_dim", 0)), "source": str(chosen)}))
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
+    c_dim = int(state.get("c_dim", 0))
+    names = state.get("class_names") or [str(i) for i in range(c_dim)]
+    (out / EXPORT_CLASSES).write_text(json.dumps(names) + "\n")
     print(f"dgan: wrote G_ema of {chosen.name} (step {state['step']}) to "
-          f"{out / 'G_ema.safetensors'} and {out / 'config.yaml'}")
+          f"{out / EXPORT_WEIGHTS}, {out / 'config.yaml'} and {out / EXPORT_CLASSES}")
     return 0
 
 
@@ -366,12 +388,31 @@ def build_parser() -> argparse.ArgumentParser:
                        "(refused without it; see docs/data.md)")
     train.set_defaults(func=cmd_train)
 
-    sample = verbs.add_parser("sample", help="write PNG samples from a run's G_ema",
-                              description="Write N PNG images from G_ema of a run's newest "
-                              "checkpoint. The same run, N and seed give the same bytes.")
-    sample.add_argument("--run", required=True, help="run directory (run.dir of the training)")
-    sample.add_argument("--n", type=int, default=64, help="number of images (default 64)")
-    sample.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    sample = verbs.add_parser(
+        "sample", help="write PNG samples from a run's G_ema",
+        description="Write one PNG per seed (seed000005.png ...) from G_ema of a run's newest "
+        "checkpoint (or --ckpt), a checkpoint or a `dgan ckpt export` folder. Image i depends "
+        "only on its seed (and --class, --trunc, --noise-mode): the same seed gives the same "
+        "bytes whatever the other seeds.")
+    sample.add_argument("--run", required=True, help="a run directory (run.dir of the "
+                        "training), a checkpoint directory or an export folder")
+    sample.add_argument("--seeds", help="seeds and inclusive ranges, e.g. 0-99,200")
+    sample.add_argument("--n", type=int, help="with --seed: N images of seeds S..S+N-1 "
+                        "(default 64)")
+    sample.add_argument("--seed", type=int, help="first seed of --n (default 0)")
+    sample.add_argument("--class", dest="cls", metavar="NAME|INDEX",
+                        help="class of every image (class-conditional G; default: each seed "
+                        "draws one)")
+    sample.add_argument("--trunc", type=float, default=1.0, metavar="PSI",
+                        help="truncation psi, StyleGAN2 only (default 1: none)")
+    sample.add_argument("--noise-mode", choices=["const", "random", "none"],
+                        help="StyleGAN2 noise inputs (default const; random: from the seed)")
+    sample.add_argument("--ckpt", metavar="STEP|PATH", help="the run's checkpoint of this step, "
+                        "or a checkpoint directory (default: the newest valid one)")
+    sample.add_argument("--interpolate", action="store_true", help="write OUT/interpolation.png "
+                        "instead: one row walking from each seed to the next")
+    sample.add_argument("--frames", type=int, default=8,
+                        help="--interpolate: steps from one seed to the next (default 8)")
     sample.add_argument("--out", required=True, help="output directory")
     sample.add_argument("--grid", action="store_true", help="also write grid.png")
     sample.set_defaults(func=cmd_sample)

@@ -50,6 +50,13 @@ def step_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` names a checkpoint directory itself (not a run directory)."""
+    path = Path(path)
+    return ((path / META).is_file() or (path / ".metadata").is_file()
+            or bool(NAME.match(path.name.removesuffix(TMP_SUFFIX))))
+
+
 def config_hash(config: dict[str, Any]) -> str:
     """A short stable hash of a plain config dict (key order does not matter)."""
     text = json.dumps(config, sort_keys=True, default=str)

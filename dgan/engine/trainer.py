@@ -87,6 +87,7 @@ class Trainer:
                          if lock_run_dir else None)
         configure_cuda(self.backend.device, cfg.train.tf32)
         self.c_dim = class_count(cfg, source)
+        self.class_names = list(source.labels) if self.c_dim else []  # saved for sampling
         torch.manual_seed(cfg.run.seed)  # model initialisation: identical on every rank
         g, d = build_models(cfg, self.c_dim)
         o = cfg.optim
@@ -144,6 +145,7 @@ class Trainer:
             "world_size": self.backend.world_size,
             "backend_name": self.backend.name,
             "c_dim": self.c_dim,
+            "class_names": self.class_names,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
