@@ -77,12 +77,13 @@ def test_eval_refuses_the_runs_stored_pipe(trained, tmp_path, shard):
 def test_eval_runs_a_confirmed_or_given_pipe(trained, tmp_path, shard, capsys):
     marker = tmp_path / "MARKER"
     run = poisoned(trained, tmp_path, f"pipe:touch {marker}; cat {shard}")
+    # a pipe hides where the data come from, so the digit metrics are asked for by name
     assert main(["eval", "--run", str(run), "--n", "64", "--metrics", "fd_digits",
-                 "--trust-pipe"]) == 0
+                 "--digit-metrics", "true", "--trust-pipe"]) == 0
     assert marker.exists() and "fd_digits" in capsys.readouterr().out
     given = tmp_path / "GIVEN"
     assert main(["eval", "--run", str(run), "--n", "64", "--metrics", "fd_digits",
-                 "--data", f"pipe:touch {given}; cat {shard}"]) == 0
+                 "--digit-metrics", "true", "--data", f"pipe:touch {given}; cat {shard}"]) == 0
     assert given.exists()
 
 
