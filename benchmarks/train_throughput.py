@@ -44,8 +44,9 @@ import torch
 
 from dgan import ops
 from dgan.augment import AdaptiveAugment
-from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_ema
+from dgan.engine.ema import halflife_beta, update_ema
 from dgan.models.stylegan2 import Discriminator, Generator
+from dgan.tasks.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams
 
 # Dense bf16 tensor-core peak in TFLOP/s by device-name substring.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -138,7 +139,7 @@ class Setup:
         """One full training step (all phases due at ``step``) and the EMA update."""
         for name in self.loss_reg.phases(step):
             self.phase(name, real)
-        update_ema(self.G_ema, self.G, nimg, real.shape[0])
+        update_ema(self.G_ema, self.G, halflife_beta(nimg, real.shape[0]))
 
 
 def count_flops_per_image(setup: Setup, real: torch.Tensor) -> float:
@@ -207,9 +208,9 @@ def _ablation(mode: str):
     """
     import importlib
 
-    from dgan.engine import stylegan2_loss
     from dgan.models import _layers, _stylegan2_d, stylegan2
     from dgan.ops import _upfirdn2d_triton, bias_act, conv2d_gradfix
+    from dgan.tasks import stylegan2_loss
 
     mc = importlib.import_module("dgan.ops.modulated_conv2d")
     off = ABLATIONS.get(mode, set())

@@ -24,7 +24,7 @@ def _load(name: str):
 
 @pytest.mark.slow
 def test_train_throughput_tiny_prints_a_row_per_mode(capsys) -> None:
-    from dgan.engine import stylegan2_loss
+    from dgan.tasks import stylegan2_loss
 
     tt = _load("train_throughput")
     calls = []
