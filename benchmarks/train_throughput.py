@@ -80,7 +80,9 @@ class Setup:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=hp_d[0], betas=hp_d[1],
                                       eps=1e-8, fused=fused_adam)
         augment = AdaptiveAugment(p=0.2).to(device) if args.augment else None
-        loss_kw = {"augment": augment, "r1_gamma": 0.8192}
+        # the fused-separate-d modes: one D call each for fakes and reals in Dmain
+        loss_kw = {"augment": augment, "r1_gamma": 0.8192,
+                   "merge_d_calls": "merge_d" not in ABLATIONS.get(mode, set())}
         self.loss_reg = StyleGAN2Loss(self.G, self.D, **loss_kw).to(device)
         g_main, d_main = self.G, self.D
         # Wrappers around the same modules: Greg/Dreg (loss_reg) train the same parameters.
@@ -210,19 +212,16 @@ def _ablation(mode: str):
 
     from dgan.models import _layers, _stylegan2_d, stylegan2
     from dgan.ops import _upfirdn2d_triton, bias_act, conv2d_gradfix
-    from dgan.tasks import stylegan2_loss
 
     mc = importlib.import_module("dgan.ops.modulated_conv2d")
     off = ABLATIONS.get(mode, set())
     saved = (conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL, mc.FUSED_EPILOGUE,
-             mc.MATMUL_1X1, _layers.scale_bias_act, stylegan2_loss.MERGE_D_CALLS,
+             mc.MATMUL_1X1, _layers.scale_bias_act,
              stylegan2.EAGER_PL_VJP, _stylegan2_d.EAGER_R1_VJP)
     if "pl_vjp" in off:
         stylegan2.EAGER_PL_VJP = True
     if "r1_vjp" in off:
         _stylegan2_d.EAGER_R1_VJP = True
-    if "merge_d" in off:
-        stylegan2_loss.MERGE_D_CALLS = False
     if "gradfix" in off:
         conv2d_gradfix._custom = lambda op, x, impl: False
     if "cl_fir" in off:
@@ -240,7 +239,7 @@ def _ablation(mode: str):
         yield
     finally:
         (conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL, mc.FUSED_EPILOGUE,
-         mc.MATMUL_1X1, _layers.scale_bias_act, stylegan2_loss.MERGE_D_CALLS,
+         mc.MATMUL_1X1, _layers.scale_bias_act,
          stylegan2.EAGER_PL_VJP, _stylegan2_d.EAGER_R1_VJP) = saved
 
 

@@ -45,11 +45,6 @@ def lazy_adam_hparams(lr: float, betas: tuple[float, float], interval: int
     return lr * ratio, (betas[0] ** ratio, betas[1] ** ratio)
 
 
-# Dmain runs D once on [fakes; reals] (see d_main); False: one call each (the benchmark's
-# ablation modes measure the difference).
-MERGE_D_CALLS = True
-
-
 def _grad_of(output: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``autograd.grad(output, inputs, create_graph=True)`` with autocast off.
 
@@ -79,13 +74,16 @@ class StyleGAN2Loss(nn.Module):
         pl_batch_shrink: Greg runs on ``batch // pl_batch_shrink`` samples.
         pl_decay: decay of the path-length running mean.
         style_mixing_prob: probability of style mixing in G phases and D's fake images.
+        merge_d_calls: Dmain runs D once on [fakes; reals] (see d_main); False: one call
+            each (an ablation: benchmarks/train_throughput.py measures the difference).
         z_dim: latent size (defaults to ``G.z_dim``).
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, augment: nn.Module | None = None,
                  r1_gamma: float = 10.0, r1_interval: int = 16, pl_weight: float = 2.0,
                  pl_interval: int = 4, pl_batch_shrink: int = 2, pl_decay: float = 0.01,
-                 style_mixing_prob: float = 0.9, z_dim: int | None = None) -> None:
+                 style_mixing_prob: float = 0.9, z_dim: int | None = None,
+                 merge_d_calls: bool = True) -> None:
         super().__init__()
         # Plain attributes, not submodules: the loss's state_dict must hold only its own state.
         object.__setattr__(self, "G", G)
@@ -95,6 +93,7 @@ class StyleGAN2Loss(nn.Module):
         self.pl_weight, self.pl_interval = pl_weight, pl_interval
         self.pl_batch_shrink, self.pl_decay = pl_batch_shrink, pl_decay
         self.style_mixing_prob = style_mixing_prob
+        self.merge_d_calls = merge_d_calls
         self.z_dim = z_dim if z_dim is not None else getattr(G, "module", G).z_dim
         self.register_buffer("pl_mean", torch.zeros([]))
 
@@ -161,7 +160,7 @@ class StyleGAN2Loss(nn.Module):
         # Fakes and reals through D in one call (one forward and one backward of twice the
         # batch instead of two: half the kernel launches and fuller ones); the
         # minibatch-stddev groups stay within each half, so the logits are those of two calls.
-        if MERGE_D_CALLS:
+        if self.merge_d_calls:
             n = fake.shape[0]
             both = torch.cat([fake, real])  # one dtype (promoted) and, both NHWC, NHWC
             logits = self._run_d(both, torch.cat([c, c]) if c is not None else None, splits=2)
