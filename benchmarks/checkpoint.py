@@ -54,9 +54,7 @@ def main() -> None:
     def train(k: int) -> float:
         start = time.perf_counter()
         for _ in range(k):
-            real, c = trainer.next_batch()
-            trainer.train_step(real, trainer._latents(0), trainer._latents(1), c,
-                               trainer._fake_labels())
+            trainer.train_step(trainer.next_batch())
             trainer.step += 1
         return time.perf_counter() - start
 
@@ -89,7 +87,7 @@ def main() -> None:
     trainer.checkpointer.close()
     newest = checkpoint.newest_valid(run)[0]
     size = checkpoint.disk_size(newest)
-    params = sum(p.numel() for n in (trainer.backend.g_module, trainer.backend.d_module)
+    params = sum(p.numel() for n in (trainer.backend.nets["G"], trainer.backend.nets["D"])
                  for p in n.parameters())
     shutil.rmtree(run.parent)
 

@@ -26,7 +26,7 @@ import torch
 import train_throughput as tt
 
 from dgan import ops
-from dgan.engine.stylegan2_loss import update_ema
+from dgan.engine.ema import halflife_beta, update_ema
 
 CYCLE = 16
 PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                 with span, torch.profiler.record_function(name):
                     setup.phase(name, real)
             with timer("ema") if timed else contextlib.nullcontext():
-                update_ema(setup.G_ema, setup.G, nimg, args.batch)
+                update_ema(setup.G_ema, setup.G, halflife_beta(nimg, args.batch))
 
     cycle(timed=False)
     tt.sync(device)

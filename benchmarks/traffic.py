@@ -33,9 +33,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dgan import ops
-from dgan.engine.stylegan2_loss import StyleGAN2Loss
 from dgan.models.stylegan2 import Discriminator, Generator
 from dgan.ops.upfirdn2d import _out_size
+from dgan.tasks.stylegan2_loss import StyleGAN2Loss
 
 aten = torch.ops.aten
 

@@ -44,8 +44,9 @@ import torch
 
 from dgan import ops
 from dgan.augment import AdaptiveAugment
-from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_ema
+from dgan.engine.ema import halflife_beta, update_ema
 from dgan.models.stylegan2 import Discriminator, Generator
+from dgan.tasks.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams
 
 # Dense bf16 tensor-core peak in TFLOP/s by device-name substring.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -79,7 +80,9 @@ class Setup:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=hp_d[0], betas=hp_d[1],
                                       eps=1e-8, fused=fused_adam)
         augment = AdaptiveAugment(p=0.2).to(device) if args.augment else None
-        loss_kw = {"augment": augment, "r1_gamma": 0.8192}
+        # the fused-separate-d modes: one D call each for fakes and reals in Dmain
+        loss_kw = {"augment": augment, "r1_gamma": 0.8192,
+                   "merge_d_calls": "merge_d" not in ABLATIONS.get(mode, set())}
         self.loss_reg = StyleGAN2Loss(self.G, self.D, **loss_kw).to(device)
         g_main, d_main = self.G, self.D
         # Wrappers around the same modules: Greg/Dreg (loss_reg) train the same parameters.
@@ -138,7 +141,7 @@ class Setup:
         """One full training step (all phases due at ``step``) and the EMA update."""
         for name in self.loss_reg.phases(step):
             self.phase(name, real)
-        update_ema(self.G_ema, self.G, nimg, real.shape[0])
+        update_ema(self.G_ema, self.G, halflife_beta(nimg, real.shape[0]))
 
 
 def count_flops_per_image(setup: Setup, real: torch.Tensor) -> float:
@@ -207,21 +210,18 @@ def _ablation(mode: str):
     """
     import importlib
 
-    from dgan.engine import stylegan2_loss
     from dgan.models import _layers, _stylegan2_d, stylegan2
     from dgan.ops import _upfirdn2d_triton, bias_act, conv2d_gradfix
 
     mc = importlib.import_module("dgan.ops.modulated_conv2d")
     off = ABLATIONS.get(mode, set())
     saved = (conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL, mc.FUSED_EPILOGUE,
-             mc.MATMUL_1X1, _layers.scale_bias_act, stylegan2_loss.MERGE_D_CALLS,
+             mc.MATMUL_1X1, _layers.scale_bias_act,
              stylegan2.EAGER_PL_VJP, _stylegan2_d.EAGER_R1_VJP)
     if "pl_vjp" in off:
         stylegan2.EAGER_PL_VJP = True
     if "r1_vjp" in off:
         _stylegan2_d.EAGER_R1_VJP = True
-    if "merge_d" in off:
-        stylegan2_loss.MERGE_D_CALLS = False
     if "gradfix" in off:
         conv2d_gradfix._custom = lambda op, x, impl: False
     if "cl_fir" in off:
@@ -239,7 +239,7 @@ def _ablation(mode: str):
         yield
     finally:
         (conv2d_gradfix._custom, _upfirdn2d_triton.USE_CL_KERNEL, mc.FUSED_EPILOGUE,
-         mc.MATMUL_1X1, _layers.scale_bias_act, stylegan2_loss.MERGE_D_CALLS,
+         mc.MATMUL_1X1, _layers.scale_bias_act,
          stylegan2.EAGER_PL_VJP, _stylegan2_d.EAGER_R1_VJP) = saved
 
 

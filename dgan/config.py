@@ -50,8 +50,15 @@ class DataConfig:
 
 
 @dataclass
+class TaskConfig:
+    # what is trained, one file in dgan/tasks/ each: dcgan | stylegan2; null: the task of
+    # model.name (dcgan -> dcgan, stylegan2 -> stylegan2)
+    name: Optional[str] = None
+
+
+@dataclass
 class ModelConfig:
-    name: str = "dcgan"  # dcgan | stylegan2
+    name: str = "dcgan"  # dcgan | stylegan2 (the architecture; task.name says how it trains)
     z_dim: int = 64
     # dcgan
     g_width: int = 32  # channels of G's last hidden layer; doubles towards low resolution
@@ -100,7 +107,7 @@ class TrainConfig:
     ema_kimg: float = 10.0  # stylegan2: G_ema half-life in thousands of images
     ema_rampup: float = 0.05  # stylegan2: half-life at most this fraction of images seen
     tf32: bool = True  # on CUDA: TF32 for fp32 matmuls/convolutions (cudnn.benchmark is on)
-    # stylegan2, ddp: torch.compile G and D in every phase (not Greg with fp16, not Dreg
+    # stylegan2 task, ddp: torch.compile G and D in every phase (not Greg with fp16, not Dreg
     # with augmentation); null (auto): on CUDA
     # with the stylegan2 model and the ddp backend, else eager (see resolve_compile)
     compile: Optional[bool] = None
@@ -157,6 +164,7 @@ class BackendConfig:
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -255,10 +263,6 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.resolution not in allowed:
         raise ConfigError(f"bad value for 'data.resolution': {cfg.data.resolution}; "
                           f"model.name={cfg.model.name} supports {list(allowed)}")
-    if cfg.model.name == "stylegan2" and cfg.train.grad_accum != 1:
-        raise ConfigError(f"bad value for 'train.grad_accum': {cfg.train.grad_accum}; "
-                          "model.name=stylegan2 runs one batch per phase (use 1 and more processes "
-                          "or a smaller train.batch_size)")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"bad value for 'data.channels': {cfg.data.channels}; expected 1 or 3")
     if not str(cfg.resume).strip():
@@ -278,10 +282,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("loss.r1_gamma > 0 is not supported with backend.name=deepspeed "
                           "(DeepSpeed treats R1's input-gradient pass as a training backward); "
                           "use backend.name=ddp for R1")
-    if cfg.train.compile and cfg.model.name != "stylegan2":
-        raise ConfigError(f"train.compile=true is not supported with model.name="
-                          f"{cfg.model.name}: it compiles the StyleGAN2 recipe's training "
-                          "phases; use train.compile=false")
     if cfg.train.compile and cfg.backend.name == "deepspeed":
         # A compiled wrapper would have to sit inside the engine (engine.module), which
         # eager phases may also call, or around the engine and its ZeRO hooks.
@@ -310,11 +310,14 @@ def validate(cfg: DictConfig) -> None:
                           "directory; expected a directory (it is created if missing)")
     if not 0.0 <= cfg.train.ema_beta < 1.0:
         raise ConfigError(f"bad value for 'train.ema_beta': {cfg.train.ema_beta}; expected [0, 1)")
+    from dgan.tasks import validate_task  # the task's own keys, grad_accum and compile
+
+    validate_task(cfg, OmegaConf.structured(Config), ConfigError)
 
 
 def resolve_compile(cfg: DictConfig, device: Any) -> bool:
-    """Whether the StyleGAN2 recipe compiles (its phases, see
-    `stylegan2_recipe.compiled_phases`): `train.compile` when set, else
+    """Whether the StyleGAN2 task compiles (its phases, see
+    `dgan.tasks.stylegan2.compiled_phases`): `train.compile` when set, else
     (null, auto) on a CUDA device with the stylegan2 model and the ddp backend, where it
     was measured faster (about 1.7x the eager fused path at batch 64 on an H200, see
     benchmarks/RESULTS.md); eager on the CPU, where compiling costs more than it saves on

@@ -61,7 +61,7 @@ def _worker(rank, world, port, run_dir, overrides, out, sgd):
     b = trainer.backend
     # Batch statistics of G's BatchNorm are per process by design (DDP does not sync
     # them); running statistics make G per-sample, so that batches can be split.
-    for m in b.g_module.modules():
+    for m in b.nets["G"].modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
     leaks = []
@@ -77,13 +77,13 @@ def _worker(rank, world, port, run_dir, overrides, out, sgd):
     share = BATCH // world
     for step in range(STEPS):
         real, z_d, z_g = (t[rank * share:(rank + 1) * share] for t in fixed_batch(step))
-        trainer.train_step(real, z_d, z_g)
+        trainer.train_step({"image": real, "label": None, "z_D": z_d, "z_G": z_g})
         trainer.step += 1
     leaks += [f"after: {n}" for net in b.nets.values() for n, p in net.named_parameters()
               if p.grad is not None and p.grad.any()]
     if rank == 0:
-        torch.save({"G": [p.detach().clone() for p in b.g_module.parameters()],
-                    "D": [p.detach().clone() for p in b.d_module.parameters()], "leaks": leaks},
+        torch.save({"G": [p.detach().clone() for p in b.nets["G"].parameters()],
+                    "D": [p.detach().clone() for p in b.nets["D"].parameters()], "leaks": leaks},
                    out)
     trainer.close()
 

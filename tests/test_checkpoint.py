@@ -162,7 +162,7 @@ def test_trainer_saves_lr_schedules_augment_state_and_rank_state(tmp_path):
 
     def build():
         t = Trainer(cfg, _resolve_data(cfg))
-        t.lr_schedules = {"G": torch.optim.lr_scheduler.StepLR(t.opt_g, step_size=2, gamma=0.5)}
+        t.lr_schedules = {"G": torch.optim.lr_scheduler.StepLR(t.optimizers["G"], step_size=2, gamma=0.5)}
         return t
 
     first = build()
@@ -175,7 +175,7 @@ def test_trainer_saves_lr_schedules_augment_state_and_rank_state(tmp_path):
     again = build()
     assert again.resume().endswith("step-00000006")
     assert again.lr_schedules["G"].last_epoch == 3
-    assert again.opt_g.param_groups[0]["lr"] == cfg.optim.lr_g / 2
+    assert again.optimizers["G"].param_groups[0]["lr"] == cfg.optim.lr_g / 2
     assert again.augment == {"p": 0.25, "adjust": [1, 2]} and again.images_seen == 6 * 16
     assert again.stream.state_dict() == first.stream.state_dict()
     rank_file = json.loads((layout.checkpoint_dir(tmp_path / "run") / "step-00000006" /

@@ -77,24 +77,27 @@ def test_every_shipped_config_loads():
 def test_compile_cache_must_be_a_directory(tmp_path):
     assert load_config().train.compile_cache is None  # <run.dir>/compile_cache
     (tmp_path / "f").write_text("x")
+    sg2 = ["model.name=stylegan2", "data.resolution=32"]  # the task that reads the key
     for bad in (str(tmp_path / "f"), "''"):
         with pytest.raises(ConfigError, match=r"train\.compile_cache.*expected a directory"):
-            load_config(None, [f"train.compile_cache={bad}"])
-    assert load_config(None, [f"train.compile_cache={tmp_path}/new"]).train.compile_cache
+            load_config(None, [*sg2, f"train.compile_cache={bad}"])
+    assert load_config(None, [*sg2, f"train.compile_cache={tmp_path}/new"]).train.compile_cache
 
 
 def test_compile_cache_goes_to_the_run_dir_unless_the_user_chose_one(tmp_path, monkeypatch):
-    from dgan.engine import stylegan2_recipe
-    from dgan.engine.stylegan2_recipe import use_compile_cache
+    from dgan.tasks import stylegan2 as stylegan2_task
+    from dgan.tasks.stylegan2 import use_compile_cache
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    monkeypatch.setattr(stylegan2_recipe, "_CACHE_SET_HERE", None)
-    run_a = load_config(None, [f"run.dir={tmp_path}/a"])
+    monkeypatch.setattr(stylegan2_task, "_CACHE_SET_HERE", None)
+    sg2 = ["model.name=stylegan2", "data.resolution=32"]
+    run_a = load_config(None, [*sg2, f"run.dir={tmp_path}/a"])
     assert use_compile_cache(run_a) == str(tmp_path / "a" / "compile_cache")
     assert (tmp_path / "a" / "compile_cache").is_dir()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "a" / "compile_cache")
     # a second run in the same process moves it (the variable was set here, not by the user)
-    chosen = load_config(None, [f"run.dir={tmp_path}/b", f"train.compile_cache={tmp_path}/c"])
+    chosen = load_config(None, [*sg2, f"run.dir={tmp_path}/b",
+                                f"train.compile_cache={tmp_path}/c"])
     assert use_compile_cache(chosen) == str(tmp_path / "c")
     # torch's own default, which it writes into the variable on first use, is not a choice
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
@@ -127,7 +130,7 @@ def test_compile_is_auto_by_default_and_only_for_stylegan2_on_ddp():
     assert load_config(str(shipped)).train.compile is None
     cfg = load_config(None, ["model.name=stylegan2", "data.resolution=32", "train.compile=true"])
     assert cfg.train.compile is True
-    with pytest.raises(ConfigError, match=r"train\.compile.*model\.name=dcgan"):
+    with pytest.raises(ConfigError, match=r"train\.compile.*task\.name=dcgan"):
         load_config(None, ["train.compile=true"])
     with pytest.raises(ConfigError, match=r"train\.compile.*backend\.name=deepspeed"):
         load_config(None, ["model.name=stylegan2", "data.resolution=32", "train.compile=true",

@@ -79,7 +79,7 @@ def test_a_skipped_step_changes_neither_d_nor_g_ema(tmp_path, monkeypatch):
     assert any(not torch.equal(v, now["G"][k]) for k, v in saved["G"].items())
     # the skipped steps' forwards wrote G's BatchNorm statistics; they were put back
     _, own, _ = trainer.checkpointer.read(path, checkpoint.read_meta(path))
-    for k, v in trainer.backend.g_module.named_buffers():
+    for k, v in trainer.backend.nets["G"].named_buffers():
         assert torch.equal(v, own["buffers"]["G"][k]), k
     assert trainer.guard.skipped_steps == 3
     assert [r["guard/skipped_steps"] for r in records(run)][3:] == [0, 1, 2]
@@ -115,7 +115,7 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
     trainer = Trainer(cfg, _resolve_data(cfg))
     trainer.fit()
     with torch.no_grad():
-        next(trainer.backend.d_module.parameters()).view(-1)[0] = float("nan")
+        next(trainer.backend.nets["D"].parameters()).view(-1)[0] = float("nan")
     trainer.step = 3
     with pytest.raises(NonFiniteError, match="refusing to save step 3: .* stays the latest"):
         trainer.save()
@@ -171,5 +171,5 @@ def test_stylegan2_phases_skip_and_put_back_their_state(tmp_path, monkeypatch):
     for net in ("D", "G_ema"):
         for k, v in saved[net].items():
             assert torch.equal(v, now[net][k]), (net, k)
-    assert torch.equal(trainer.recipe.augment._stat, two.recipe.augment._stat)
-    assert torch.equal(trainer.recipe.loss.pl_mean, two.recipe.loss.pl_mean)
+    assert torch.equal(trainer.task.augment._stat, two.task.augment._stat)
+    assert torch.equal(trainer.task.loss.pl_mean, two.task.loss.pl_mean)

@@ -140,7 +140,7 @@ def test_accelerate_ddp_stylegan2_two_ranks_stay_identical(tmp_path, compile_):
     # Path length ran (only Greg moves its running mean).
     from dgan import checkpoint
 
-    assert float(checkpoint.load_latest(run_dir)[1]["recipe"]["loss"]["pl_mean"]) > 0
+    assert float(checkpoint.load_latest(run_dir)[1]["task"]["loss"]["pl_mean"]) > 0
 
 
 @pytest.mark.slow
@@ -161,7 +161,7 @@ def test_stylegan2_trains_on_deepspeed_zero2(tmp_path):
          "loss.pl_interval=2", "backend.name=deepspeed", "backend.zero_stage=2"],
         cwd=tmp_path)
     state = checkpoint.load_latest(run_dir)[1]
-    assert float(state["recipe"]["loss"]["pl_mean"]) > 0  # path length ran
+    assert float(state["task"]["loss"]["pl_mean"]) > 0  # path length ran
     assert all(torch.isfinite(v).all() for v in state["G"].values()
                if isinstance(v, torch.Tensor) and v.is_floating_point())
 

@@ -244,7 +244,7 @@ def check_stylegan2() -> None:
             _close(a, b, 1e-4)
         # The recipe's R1 and path-length phases skip convolution weight gradients in their
         # inner autograd.grad (no_weight_gradients): the final gradients must not change.
-        from dgan.engine.stylegan2_loss import StyleGAN2Loss
+        from dgan.tasks.stylegan2_loss import StyleGAN2Loss
 
         reg = []
         for impl in ("reference", "fused"):

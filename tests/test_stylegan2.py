@@ -9,8 +9,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dgan.augment import AdaptiveAugment
-from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_ema
+from dgan.engine.ema import halflife_beta, update_ema
 from dgan.models.stylegan2 import Discriminator, Generator
+from dgan.tasks.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams
 
 
 def _count(m: torch.nn.Module) -> int:
@@ -108,7 +109,7 @@ def test_four_phases_train_on_cpu() -> None:
             loss.backward()
             assert torch.isfinite(loss) and all(torch.isfinite(v) for v in stats.values())
             opt.step()
-        update_ema(g_ema, g, cur_nimg=(step + 1) * 4, batch_size=4)
+        update_ema(g_ema, g, halflife_beta(cur_nimg=(step + 1) * 4, batch_size=4))
     assert seen.count("Greg") == 2 and seen.count("Dreg") == 2 and seen.count("Dmain") == 3
     assert float(loss_fn.pl_mean) > 0
     assert "pl_mean" in loss_fn.state_dict() and len(loss_fn.state_dict()) == 1
@@ -123,7 +124,8 @@ def test_ema_rampup_and_foreach_lerp() -> None:
     g_ema = copy.deepcopy(g)
     with torch.no_grad():
         g.weight.add_(1.0)
-    beta = update_ema(g_ema, g, cur_nimg=1000, batch_size=10, ema_kimg=10, ema_rampup=0.05)
+    beta = update_ema(g_ema, g, halflife_beta(cur_nimg=1000, batch_size=10, ema_kimg=10,
+                                              ema_rampup=0.05))
     assert beta == pytest.approx(0.5 ** (10 / 50))
     torch.testing.assert_close(g_ema.weight, g.weight - beta)
 
@@ -244,8 +246,8 @@ def test_fully_connected_layers_stay_float32_under_autocast(dtype: torch.dtype) 
 def test_regularisers_take_their_gradient_without_autocast_casts() -> None:
     """R1's and path length's inner gradient runs with autocast off: an fp32 layer's backward
     stays fp32 instead of being cast to bf16 and back."""
-    from dgan.engine.stylegan2_loss import _grad_of
     from dgan.models._layers import FullyConnectedLayer
+    from dgan.tasks.stylegan2_loss import _grad_of
 
     fc = FullyConnectedLayer(16, 8, activation="lrelu")
     x = torch.randn(4, 16, requires_grad=True)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from dgan import ops
-from dgan.engine.stylegan2_loss import StyleGAN2Loss
 from dgan.models.stylegan2 import Discriminator, Generator
+from dgan.tasks.stylegan2_loss import StyleGAN2Loss
 
 pytestmark = [
     pytest.mark.gpu,

@@ -143,7 +143,7 @@ def test_forward_and_vjp_refuses_fp16() -> None:
 
 def test_train_compile_leaves_greg_eager_under_fp16_and_dreg_with_augmentation() -> None:
     from dgan.config import load_config
-    from dgan.engine.stylegan2_recipe import compiled_phases
+    from dgan.tasks.stylegan2 import compiled_phases
 
     base = ["model.name=stylegan2", "data.resolution=32", "train.compile=true"]
     assert compiled_phases(load_config(None, base)) == ("Gmain", "Dmain", "Greg", "Dreg")

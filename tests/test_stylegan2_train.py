@@ -46,7 +46,7 @@ def test_stylegan2_trains_all_phases_and_resumes_exactly(tmp_path, stacked, monk
     a_cache = (f"train.compile_cache={cache}",) if compile_ else ()
     straight = fit(sg2_config(tmp_path / "a", stacked, *extra, *a_cache))
     state = checkpoint.load_latest(tmp_path / "a")[1]
-    assert state["step"] == 4 and "pl_mean" in str(state["recipe"])
+    assert state["step"] == 4 and "pl_mean" in str(state["task"])
     for v in flat_state(straight).values():
         if v.is_floating_point():
             assert torch.isfinite(v).all()
@@ -90,12 +90,13 @@ def test_stylegan2_compiled_main_phases_train_and_save_the_same_keys(tmp_path, s
     short = ("train.steps=2", "checkpoint.every=2", "log.every=2", "loss.augment=none")
     plain = fit(sg2_config(tmp_path / "plain", stacked, *short))
     compiled = fit(sg2_config(tmp_path / "compiled", stacked, "train.compile=true", *short))
-    recipe, b = compiled.recipe, compiled.backend
-    assert plain.recipe.compiled == {} and plain.recipe.compiled_phases == ()
+    recipe, b = compiled.task, compiled.backend
+    assert plain.task.compiled == {} and plain.task.compiled_phases == ()
     assert recipe.compiled_phases == ("Gmain", "Dmain", "Greg", "Dreg")
     for phase in ("Gmain", "Greg", "Dmain", "Dreg"):
         g, d = recipe.networks(phase)
-        want_g, want_d = (b.g, b.d_module) if phase[0] == "G" else (b.g_module, b.d)
+        want_g, want_d = ((b.wrapped["G"], b.nets["D"]) if phase[0] == "G"
+                          else (b.nets["G"], b.wrapped["D"]))
         if phase in recipe.compiled_phases:
             # a wrapper around the very module the eager phases train: shared parameters
             assert g._orig_mod is want_g and d._orig_mod is want_d, phase
@@ -104,11 +105,11 @@ def test_stylegan2_compiled_main_phases_train_and_save_the_same_keys(tmp_path, s
             assert g is want_g and d is want_d, phase
     assert len(recipe.compiled) >= 2
     assert all(p is q for p, q in zip(recipe.networks("Gmain")[0].parameters(),
-                                      b.g_module.parameters()))
+                                      b.nets["G"].parameters()))
     a = checkpoint.load_latest(tmp_path / "plain")[1]
     c = checkpoint.load_latest(tmp_path / "compiled")[1]
     assert c["step"] == 2 and c["config"]["train"]["compile"] is True
-    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "recipe"):
+    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "task"):
         assert sorted(flatten_keys(c[key])) == sorted(flatten_keys(a[key])), key
     assert not any("_orig_mod" in k for k in flatten_keys(c))
     for v in flat_state(compiled).values():
@@ -153,7 +154,8 @@ def test_checkpoint_from_0dim_noise_strengths_resumes() -> None:
         for key in ("exp_avg", "exp_avg_sq"):
             optim_state["state"][k][key] = optim_state["state"][k][key].reshape(())
     g2, opt2 = make()
-    load_network_state(SimpleNamespace(name="ddp", g_module=g2, opt={"G": opt2}), "G",
+    load_network_state(SimpleNamespace(name="ddp", nets={"G": g2}, groups={"G": ("G",)},
+                                       opt={"G": opt2}), "G",
                        model_state, optim_state)
     for (name, a), b in zip(g.named_parameters(), g2.parameters()):
         assert torch.equal(a, b), name

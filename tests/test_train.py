@@ -36,10 +36,10 @@ def flat_state(trainer):
 def test_short_run_trains_and_writes_everything(tmp_path):
     cfg = small_config(tmp_path / "run")
     trainer = Trainer(cfg, _resolve_data(cfg))
-    g0 = {k: v.clone() for k, v in trainer.backend.g_module.state_dict().items()}
-    d0 = {k: v.clone() for k, v in trainer.backend.d_module.state_dict().items()}
+    g0 = {k: v.clone() for k, v in trainer.backend.nets["G"].state_dict().items()}
+    d0 = {k: v.clone() for k, v in trainer.backend.nets["D"].state_dict().items()}
     trainer.fit()
-    g1, d1 = trainer.backend.g_module.state_dict(), trainer.backend.d_module.state_dict()
+    g1, d1 = trainer.backend.nets["G"].state_dict(), trainer.backend.nets["D"].state_dict()
     assert any(not torch.equal(g0[k], g1[k]) for k in g0 if g0[k].is_floating_point())
     assert any(not torch.equal(d0[k], d1[k]) for k in d0)
     run = tmp_path / "run"

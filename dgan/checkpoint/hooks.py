@@ -6,7 +6,8 @@ backend that owns its state differently (DeepSpeed engines with ZeRO-partitioned
 optimizers) plugs in by defining these methods, which are used instead when present:
 
     backend.checkpoint_state(name) -> (model_state, optim_state)
-        nested dicts of tensors and plain values for network "G" or "D", identical on
+        nested dicts of tensors and plain values for optimizer group `name` (its one
+        network, backend.nets[backend.groups[name][0]]), identical on
         every rank or DTensor/ShardedTensor shards that DCP can reshard
     backend.load_checkpoint_state(name, model_state, optim_state) -> None
     backend.check_resume(meta) -> None
@@ -49,8 +50,7 @@ def network_state(backend: Any, name: str) -> tuple[dict[str, Any], dict[str, An
     hook = _hook(backend, "checkpoint_state")
     if hook is not None:
         return hook(name)
-    net = backend.g_module if name == "G" else backend.d_module
-    return get_state_dict(net, backend.opt[name])
+    return get_state_dict(_network(backend, name), backend.opt[name])
 
 
 def load_network_state(backend: Any, name: str, model_state: dict[str, Any],
@@ -59,10 +59,16 @@ def load_network_state(backend: Any, name: str, model_state: dict[str, Any],
     if hook is not None:
         hook(name, model_state, optim_state)
         return
-    net = backend.g_module if name == "G" else backend.d_module
+    net = _network(backend, name)
     _upgrade_scalar_params(net, optim_state)
     set_state_dict(net, backend.opt[name], model_state_dict=model_state,
                    optim_state_dict=optim_state)
+
+
+def _network(backend: Any, group: str) -> Any:
+    """The one network of optimizer group `group` (see Backend.prepare)."""
+    (name,) = backend.groups[group]
+    return backend.nets[name]
 
 
 def _upgrade_scalar_params(net: Any, optim_state: dict[str, Any]) -> None:

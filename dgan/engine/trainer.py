@@ -1,18 +1,16 @@
-"""The training loop: alternating D and G steps, G_ema, logging, checkpoints, resume.
+"""The training loop, the same for every task (dgan.tasks) and backend (dgan.engine.backends).
 
-One iteration (`train.steps` of them):
-  D step: real x from the stream, z ~ N(0, I); minimise softplus(-D(x)) + softplus(D(G(z)))
-          (+ r1_gamma / 2 * ||grad_x D(x)||^2); G is frozen and runs without grad.
-  G step: fresh z; minimise softplus(-D(G(z))); D is frozen (no gradient reaches it).
-  G_ema <- EMA of G.
+One iteration (`train.steps` of them): the stream's batch (the task's `data_keys`) plus the
+inputs the task draws itself (latents, fake labels; seeded by (run.seed, rank, step,
+phase), so a resumed run draws what the uninterrupted one would); then each phase due at
+this step (`Phase(name, group, interval, fn)`, in the task's order) runs on every
+micro-batch and steps its optimizer group; then every EMA the task declares is updated.
 A step whose loss or gradient is not finite on any rank is skipped by every rank: no
 optimizer update, no EMA update, buffers put back (dgan.engine.guard); the run stops after
 train.max_bad_steps of them in a row, and weights that are not finite are never saved.
-Latents are drawn from generators seeded by (run.seed, rank, step, phase), so the random
-stream needs no saved state and a resumed run draws what the uninterrupted one would.
 Each step consumes train.grad_accum micro-batches of train.batch_size per process; the
-global batch is batch_size x processes x grad_accum. The loop is the same for every
-backend (dgan.engine.backends).
+global batch is batch_size x processes x grad_accum. Checkpoints hold every network,
+optimizer group and EMA under its name, and the task's own state under "task".
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import sys
 import time
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
@@ -33,16 +30,14 @@ from dgan import __version__, checkpoint, runlock
 from dgan.checkpoint import hooks, rng
 from dgan.config import to_yaml
 from dgan.data.stream import DataStream
-from dgan.engine import guard, losses
+from dgan.engine import guard
 from dgan.engine.backend import build_backend, parameter_digest
 from dgan.engine.ema import make_ema, update_ema
-from dgan.engine.stylegan2_recipe import StyleGAN2Recipe, build_optimizers
 from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag, kill_at_step_hook
 from dgan.logging import RunLogger, memory_peak, optimizer_lrs
-from dgan.models import build_models
+from dgan.tasks import Batch, build_task, one_hot
 
 log = logging.getLogger(__name__)
-GRID_SEED = 1234  # fixed latents of the sample grid, the same for every run
 
 
 class ResumeMismatch(ValueError):
@@ -55,13 +50,6 @@ def class_count(cfg: DictConfig, source: Any) -> int:
     if not cfg.model.conditional or not labels:
         return 0
     return len(labels)
-
-
-def one_hot(labels: torch.Tensor, c_dim: int) -> Optional[torch.Tensor]:
-    """[N] int -> [N, c_dim] float one-hot; None when c_dim is 0 (unconditional)."""
-    if not c_dim:
-        return None
-    return torch.nn.functional.one_hot(labels.clamp(min=0), c_dim).float()
 
 
 def configure_cuda(device: torch.device, tf32: bool) -> None:
@@ -88,28 +76,17 @@ class Trainer:
         configure_cuda(self.backend.device, cfg.train.tf32)
         self.c_dim = class_count(cfg, source)
         self.class_names = list(source.labels) if self.c_dim else []  # saved for sampling
+        self.task = build_task(cfg, self.c_dim)
         torch.manual_seed(cfg.run.seed)  # model initialisation: identical on every rank
-        g, d = build_models(cfg, self.c_dim)
-        o = cfg.optim
-        if cfg.model.name == "stylegan2":
-            opt_g, opt_d = build_optimizers(cfg, g, d)
-        else:
-            opt_g = torch.optim.Adam(g.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
-            opt_d = torch.optim.Adam(d.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
-        self.backend.prepare(g, d, opt_g, opt_d)
-        self.g_ema = make_ema(self.backend.g_module)
-        self.opt_g, self.opt_d = opt_g, opt_d
+        nets = self.task.build_networks()
+        self.optimizers = self.task.build_optimizers(nets)
+        self.backend.prepare(nets, self.optimizers, self.task.groups())
         b = self.backend
-        # StyleGAN2 runs its phase schedule (lazy regularisation) as a recipe; DCGAN is
-        # the plain D step + G step below.
-        self.recipe = (StyleGAN2Recipe(cfg, b, self.g_ema, self.c_dim)
-                       if cfg.model.name == "stylegan2" else None)
+        self.emas = {e: make_ema(b.nets[net]) for e, net in self.task.emas.items()}
+        self.task.bind(b, self.emas)
         self.guard = guard.NonFiniteGuard(cfg.train.max_bad_steps)
-        stateful = [b.g_module, b.d_module]
-        if self.recipe is not None:
-            stateful += [self.recipe.loss] + ([self.recipe.augment] if self.recipe.augment
-                                              is not None else [])
-        self.buffers = guard.BufferSnapshot(stateful)  # what a skipped step puts back
+        # what a skipped step puts back
+        self.buffers = guard.BufferSnapshot([*b.nets.values(), *self.task.stateful_modules()])
         self.stream = DataStream(
             source, batch_size=cfg.train.batch_size, resolution=cfg.data.resolution,
             channels=cfg.data.channels, seed=cfg.run.seed, rank=b.rank, world_size=b.world_size,
@@ -123,23 +100,23 @@ class Trainer:
         self.checkpointer = checkpoint.Checkpointer(
             self.run_dir, rank=b.rank, world_size=b.world_size, keep=c.keep,
             milestone=c.milestone, async_save=c.async_save)
-        self.grid_z = torch.randn(cfg.log.grid, cfg.model.z_dim,
-                                  generator=torch.Generator().manual_seed(GRID_SEED))
-        self.grid_c = one_hot(torch.arange(cfg.log.grid) % max(self.c_dim, 1), self.c_dim)
 
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything shared by all ranks: nested dicts of tensors and plain values."""
-        g, opt_g = hooks.network_state(self.backend, "G")
-        d, opt_d = hooks.network_state(self.backend, "D")
+        state: dict[str, Any] = {}
+        optims = {}
+        for group, (name,) in self.backend.groups.items():
+            state[name], optims[f"opt_{group}"] = hooks.network_state(self.backend, group)
+        state.update({e: get_model_state_dict(net) for e, net in self.emas.items()})
+        state.update(optims)
         return {
-            "G": g, "D": d, "G_ema": get_model_state_dict(self.g_ema),
-            "opt_G": opt_g, "opt_D": opt_d,
+            **state,
             "lr_schedules": {k: s.state_dict() for k, s in self.lr_schedules.items()},
             "backend": self.backend.state_dict(),
             "augment": dict(self.augment),
             "guard": self.guard.state_dict(),
-            "recipe": self.recipe.state_dict() if self.recipe is not None else {},
+            "task": self.task.state_dict(),
             "step": self.step,
             "images_seen": self.images_seen,
             "world_size": self.backend.world_size,
@@ -150,7 +127,7 @@ class Trainer:
         }
 
     def _buffer_owners(self) -> dict[str, torch.nn.Module]:
-        return {"G": self.backend.g_module, "D": self.backend.d_module, "G_ema": self.g_ema}
+        return {**self.backend.nets, **self.emas}
 
     def rank_state_dict(self) -> dict[str, Any]:
         """This rank's own state: RNG states, data-stream position, and the networks' buffers
@@ -174,15 +151,16 @@ class Trainer:
                 "; ".join(diff) + ". Set these back to the checkpoint's values to continue "
                 "it, or train the new model with resume=never and a new run.dir")
         hooks.load_backend_state(self.backend, state["backend"])  # first: it may refuse
-        hooks.load_network_state(self.backend, "G", state["G"], state["opt_G"])
-        hooks.load_network_state(self.backend, "D", state["D"], state["opt_D"])
-        set_model_state_dict(self.g_ema, state["G_ema"])
+        for group, (name,) in self.backend.groups.items():
+            hooks.load_network_state(self.backend, group, state[name], state[f"opt_{group}"])
+        for e, net in self.emas.items():
+            set_model_state_dict(net, state[e])
         for k, s in self.lr_schedules.items():
             s.load_state_dict(state["lr_schedules"][k])
         self.augment = dict(state.get("augment", {}))
         self.guard.load_state_dict(state.get("guard", {}))
-        if self.recipe is not None:
-            self.recipe.load_state_dict(state["recipe"])
+        # "recipe": StyleGAN2's state in checkpoints written before tasks existed
+        self.task.load_state_dict(state.get("task", state.get("recipe", {})))
         self.step = int(state["step"])
         self.images_seen = int(state["images_seen"])
         if rank_state is not None:
@@ -226,118 +204,68 @@ class Trainer:
         return str(path)
 
     # -- one iteration ------------------------------------------------------------------
-    def _latents(self, phase: int) -> torch.Tensor:
-        """z [grad_accum * batch_size, z_dim] of this rank, step and phase (0: D, 1: G)."""
-        key = [self.cfg.run.seed, self.backend.rank, self.step, phase]
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
-        n = self.cfg.train.batch_size * self.cfg.train.grad_accum
-        return torch.randn(n, self.cfg.model.z_dim, generator=gen).to(self.backend.device)
-
-    def _fake_labels(self) -> Optional[torch.Tensor]:
-        """Uniform class labels (one-hot) for this step's fakes; None when unconditional."""
-        if not self.c_dim:
-            return None
-        key = [self.cfg.run.seed, self.backend.rank, self.step, 2]
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
-        n = self.cfg.train.batch_size * self.cfg.train.grad_accum
-        return one_hot(torch.randint(0, self.c_dim, (n,), generator=gen),
-                       self.c_dim).to(self.backend.device)
-
-    def next_batch(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Reals of one step on this rank (grad_accum micro-batches, concatenated) and their
-        one-hot labels (None when unconditional)."""
+    def next_batch(self) -> Batch:
+        """This rank's batch of one step from the stream (grad_accum micro-batches,
+        concatenated): "image" [A * B, C, R, R] in [-1, 1] and "label" [A * B, c_dim]
+        one-hot (None when unconditional)."""
         batches = [next(self.stream) for _ in range(self.cfg.train.grad_accum)]
         real = torch.cat([x for x, _ in batches])
         if not self.c_dim:
-            return real, None
-        return real, one_hot(torch.cat([y for _, y in batches]), self.c_dim).to(real.device)
+            return {"image": real, "label": None}
+        return {"image": real,
+                "label": one_hot(torch.cat([y for _, y in batches]), self.c_dim).to(real.device)}
 
-    def _d_micro_step(self, real: torch.Tensor, z: torch.Tensor, c_real: Optional[torch.Tensor],
-                      c_fake: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
-        b = self.backend
-        gamma = self.cfg.loss.r1_gamma
-        n = real.shape[0]
-        with torch.no_grad(), b.autocast():
-            fake = b.g_module(z, c_fake)
-        x = torch.cat([real, fake.to(real.dtype)])
-        c = torch.cat([c_real, c_fake]) if c_fake is not None else None
-        if gamma > 0:
-            x.requires_grad_(True)
-        with b.autocast():
-            logits = b.d(x, c)
-        loss_d = losses.d_loss(logits[:n], logits[n:])
-        r1 = losses.r1_penalty(logits[:n], x) if gamma > 0 else torch.zeros((), device=x.device)
-        if gamma > 0:
-            # x[n:] carries fake images, whose gradient is not penalised: r1_penalty
-            # differentiates the real half's logits only, and fakes do not influence
-            # those (D has no cross-sample layers).
-            loss_d = loss_d + gamma / 2 * r1
-        b.backward(loss_d, "D")
-        logits = logits.detach().float()
-        return {"loss/D": loss_d.detach(), "loss/r1": r1.detach().float(),
-                "D/real": torch.sigmoid(logits[:n]).mean(),
-                "D/fake": torch.sigmoid(logits[n:]).mean()}
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Every phase of the task due at this step, on this rank's share of the global batch.
 
-    def train_step(self, real: torch.Tensor, z_d: Optional[torch.Tensor],
-                   z_g: Optional[torch.Tensor],
-                   c_real: Optional[torch.Tensor] = None,
-                   c_fake: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-        """One D step and one G step on this rank's share of the global batch.
-
-        real [A * B, C, R, R] in [-1, 1]; z_d, z_g [A * B, z_dim]; A = train.grad_accum
-        micro-batches of B = train.batch_size; c_real, c_fake [A * B, c_dim] one-hot labels
-        of a class-conditional model. Returns metrics averaged over micro-batches.
-        StyleGAN2 runs its recipe's phases instead (its latents come from the step's seed).
+        `batch`: the stream's tensors of A = train.grad_accum micro-batches of B =
+        train.batch_size each, concatenated; the task adds what it draws itself (inputs
+        already in `batch` are used as given: tests feed fixed latents this way). Every
+        tensor is split into A micro-batches. Returns metrics averaged over micro-batches.
         """
-        b = self.backend
+        b, task = self.backend, self.task
         b.skipped.clear()
-        if self.recipe is not None:
-            return self.recipe.step(self.step, real, c_real)
+        task.draw(self.step, batch)
+        task.begin_step(self.step)
         accum = self.cfg.train.grad_accum
-        metrics: dict[str, torch.Tensor] = {}
-        c_real_parts = c_real.chunk(accum) if c_real is not None else [None] * accum
-        c_fake_parts = c_fake.chunk(accum) if c_fake is not None else [None] * accum
-        with b.phase("D"):
-            for i, (real_i, z_i) in enumerate(zip(real.chunk(accum), z_d.chunk(accum))):
-                with b.micro_batch(last=i == accum - 1):
-                    d_metrics = self._d_micro_step(real_i, z_i, c_real_parts[i], c_fake_parts[i])
-                    for k, v in d_metrics.items():
-                        metrics[k] = metrics.get(k, 0) + v / accum
-            b.step("D")
-        with b.phase("G"):
-            for i, z_i in enumerate(z_g.chunk(accum)):
-                with b.micro_batch(last=i == accum - 1):
-                    with b.autocast():
-                        logits_fake = b.d_module(b.g(z_i, c_fake_parts[i]), c_fake_parts[i])
-                    loss_g = losses.g_loss(logits_fake)
-                    b.backward(loss_g, "G")
-                metrics["loss/G"] = metrics.get("loss/G", 0) + loss_g.detach() / accum
-            b.step("G")
-        if not b.skipped:
-            update_ema(self.g_ema, b.g_module, self.step, self.cfg.train.ema_beta)
-        return metrics
+        parts = {k: v.chunk(accum) if v is not None else [None] * accum for k, v in batch.items()}
+        micro = [{k: v[i] for k, v in parts.items()} for i in range(accum)]
+        stats: dict[str, torch.Tensor] = {}
+        for phase in task.phases():
+            if not phase.due(self.step):
+                continue
+            with b.phase(phase.group):
+                for i, mb in enumerate(micro):
+                    with b.micro_batch(last=i == accum - 1):
+                        loss, phase_stats = phase.fn(mb)
+                        b.backward(loss, phase.group)
+                    for k, v in phase_stats.items():
+                        stats[k] = stats.get(k, 0) + v / accum
+                b.step(phase.group)
+        if not b.skipped:  # a phase with a non-finite gradient skips the EMA updates too
+            global_batch = self.cfg.train.batch_size * b.world_size * accum
+            beta = task.ema_beta(self.step, global_batch)
+            for e, net in task.emas.items():
+                update_ema(self.emas[e], b.nets[net], beta)
+        return task.end_step(self.step, stats, bool(b.skipped))
 
     def evaluate(self) -> dict[str, float]:
-        """The configured metrics of G_ema (`eval.metrics`, `eval.n` samples), all ranks."""
-        from dgan.metrics.run_eval import evaluate_generator
+        """The task's configured metrics (`eval.metrics`, `eval.n` samples), all ranks."""
+        return self.task.evaluate(self.source)
 
-        return evaluate_generator(self.cfg, self.g_ema, self.source, self.backend.device)
-
-    @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:
-        c = self.grid_c.to(self.backend.device) if self.grid_c is not None else None
-        return self.g_ema(self.grid_z.to(self.backend.device), c).float()
+        return self.task.sample_grid()
 
     # -- the run ------------------------------------------------------------------------
     def save(self, blocking: bool = True) -> None:
         """Checkpoint the current step on every rank (async when not `blocking` and enabled);
         NonFiniteError instead when any weight or buffer is not finite (on any rank)."""
         cfg, b = self.cfg, self.backend
-        nets = self._buffer_owners().values()
-        tensors = [t for net in nets for t in (*net.parameters(), *net.buffers())]
+        nets = self._buffer_owners()
+        tensors = [t for net in nets.values() for t in (*net.parameters(), *net.buffers())]
         if not guard.all_finite(tensors, b.all_reduce, b.device):
-            raise guard.NonFiniteError(f"refusing to save step {self.step}: G, D or G_ema holds "
-                                 "non-finite values; the newest checkpoint in "
+            raise guard.NonFiniteError(f"refusing to save step {self.step}: "
+                                 f"{', '.join(nets)} hold non-finite values (some of them); the newest checkpoint in "
                                  f"{checkpoint.checkpoint_dir(self.run_dir)} stays the latest")
         meta = {"backend": self.backend.name, "precision": cfg.train.precision,
                 "images_seen": self.images_seen, "config_hash": checkpoint.config_hash(
@@ -386,20 +314,16 @@ class Trainer:
         try:
             while self.step < cfg.train.steps:
                 kill_at_step_hook(self.step, b.rank, self.checkpointer.wait)
-                real, c_real = self.next_batch()
+                batch = self.next_batch()
                 b.inject_nonfinite = guard.nonfinite_hook(self.step, b.rank)
                 self.buffers.take()
-                if self.recipe is None:
-                    metrics = self.train_step(real, self._latents(0), self._latents(1), c_real,
-                                              self._fake_labels())
-                else:  # the recipe draws its own latents and labels from the step's seed
-                    metrics = self.train_step(real, None, None, c_real)
+                metrics = self.train_step(batch)
                 self.step += 1
                 if b.skipped:  # the same on every rank: see dgan.engine.guard
                     self.buffers.restore()
                     if self.guard.in_a_row == 0:
                         logger.message(f"dgan: step {self.step}: non-finite loss or gradient; "
-                                       f"skipped the update of {'/'.join(b.skipped)} and G_ema "
+                                       f"skipped the update of {'/'.join(b.skipped)} and the EMAs "
                                        f"(train.max_bad_steps={cfg.train.max_bad_steps})")
                 self.guard.update(self.step, b.skipped)
                 self.images_seen += global_batch
@@ -418,7 +342,7 @@ class Trainer:
                                    "progress/global_batch": global_batch,
                                    "progress/images_seen": self.images_seen,
                                    "progress/kimg": self.images_seen / 1000,
-                                   **optimizer_lrs({"G": self.opt_g, "D": self.opt_d}),
+                                   **optimizer_lrs(self.optimizers),
                                    **memory_peak(b.device)})
                     logger.scalars(self.step, values)
                     logger.grid(self.step, self.sample_grid(),
@@ -452,8 +376,8 @@ class Trainer:
             self.checkpointer.close()
         logger.message(f"dgan: finished {self.step} steps ({self.images_seen} images); "
                        f"checkpoints in {checkpoint.checkpoint_dir(self.run_dir)}")
-        log.info("rank %d/%d parameter digest G=%s D=%s", b.rank, b.world_size,
-                 parameter_digest(b.g_module), parameter_digest(b.d_module))
+        log.info("rank %d/%d parameter digest %s", b.rank, b.world_size,
+                 " ".join(f"{n}={parameter_digest(net)}" for n, net in b.nets.items()))
         return 0
 
     def close(self, wait: bool = True) -> None:

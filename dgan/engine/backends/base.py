@@ -1,26 +1,28 @@
-"""The backend interface: how G and D are wrapped, stepped and synchronised.
+"""The backend interface: how a task's named networks are wrapped, stepped and synchronised.
 
-The trainer's loop is the same for every backend:
+The trainer's loop is the same for every backend and task (dgan.tasks):
 
-    backend.prepare(G, D, opt_g, opt_d)
-    with backend.phase("D"):                       # G frozen, D trained
+    backend.prepare(nets, optimizers, groups)      # {"G": G, "D": D}, {"G": opt_g, ...},
+                                                   # optimizer group -> its networks
+    with backend.phase("D"):                       # group D trained, every other frozen
         for i, micro_batch in enumerate(micro_batches):
             with backend.micro_batch(last=i == len(micro_batches) - 1):
-                loss = ...backend.d(x)...          # D through its wrapper (gradient sync)
+                loss = ...backend.wrapped["D"](x)...   # through its wrapper (gradient sync)
                 backend.backward(loss, "D")        # scaled by 1 / train.grad_accum
         backend.step("D")                          # one optimizer step (skipped when the
                                                    # gradient is not finite), then zero grads
-    with backend.phase("G"):                       # D frozen: called as backend.d_module
-        ...backend.d_module(backend.g(z))...
+    with backend.phase("G"):                       # D frozen: called as backend.nets["D"]
+        ...backend.nets["D"](backend.wrapped["G"](z))...
 
-`g`/`d` are the wrapped networks (DDP module, DeepSpeed engine) used for the network that
-is being trained; `g_module`/`d_module` are the plain `nn.Module`s, used for the frozen
-one, for EMA and for checkpoints. Gradients are averaged over processes once per
-optimizer step, at the last micro-batch.
+`wrapped[name]` is the wrapped network (DDP module, DeepSpeed engine) used for a network
+that is being trained; `nets[name]` is the plain `nn.Module`, used for a frozen one, for
+EMA and for checkpoints. `opt[group]` is a group's optimizer. Gradients are averaged over
+processes once per optimizer step, at the last micro-batch. Each optimizer group holds
+one network for now (several would need one DeepSpeed engine around all of them).
 
 Non-finite losses and gradients (dgan.engine.guard): `backward` poisons a non-finite
 loss so that the averaged gradient is NaN on every rank, and `step` skips the optimizer
-step of a non-finite gradient, recording the network's name in `skipped`.
+step of a non-finite gradient, recording the group's name in `skipped`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from dgan.engine import guard
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-NETS = ("G", "D")
 
 
 class Backend(abc.ABC):
@@ -55,16 +56,15 @@ class Backend(abc.ABC):
     rank: int
     local_rank: int
     world_size: int
-    g: nn.Module
-    d: nn.Module
-    g_module: nn.Module
-    d_module: nn.Module
 
     def __init__(self, precision: str, grad_accum: int) -> None:
         self.precision = precision
         self.dtype = DTYPES[precision]
         self.grad_accum = grad_accum
-        self.nets: dict[str, nn.Module] = {}
+        self.nets: dict[str, nn.Module] = {}  # name -> plain module
+        self.wrapped: dict[str, nn.Module] = {}  # name -> DDP module / DeepSpeed engine
+        self.opt: dict[str, torch.optim.Optimizer] = {}  # group -> optimizer
+        self.groups: dict[str, tuple[str, ...]] = {}  # group -> its networks
         # names of the networks whose optimizer step was skipped (non-finite gradient)
         # since the trainer last cleared the list, once per training step
         self.skipped: list[str] = []
@@ -75,22 +75,37 @@ class Backend(abc.ABC):
         return self.rank == 0
 
     # -- set-up -------------------------------------------------------------------------
+    def prepare(self, nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                groups: dict[str, tuple[str, ...]]) -> None:
+        """Move the networks to the device, wrap them, and take ownership of the optimizers
+        (one per group of `groups`: optimizer group -> its networks)."""
+        for group, names in groups.items():
+            if len(names) != 1:
+                raise ValueError(f"optimizer group {group!r} holds {len(names)} networks "
+                                 f"{list(names)}; the backends take one network per group")
+        self.groups = {g: tuple(n) for g, n in groups.items()}
+        self.opt = dict(optimizers)
+        self._wrap({n: net.to(self.device) for n, net in nets.items()})
+
     @abc.abstractmethod
-    def prepare(self, g: nn.Module, d: nn.Module, opt_g: torch.optim.Optimizer,
-                opt_d: torch.optim.Optimizer) -> None:
-        """Move G and D to the device, wrap them, and take ownership of their optimizers."""
+    def _wrap(self, nets: dict[str, nn.Module]) -> None:
+        """Fill `nets` and `wrapped` (the optimizers and groups are set)."""
 
     # -- one phase ----------------------------------------------------------------------
     @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Train `name` ("G" or "D"): the other network's parameters take no gradient."""
-        other = self.nets["D" if name == "G" else "G"]
-        other.requires_grad_(False)
-        self.nets[name].requires_grad_(True)
+    def phase(self, group: str) -> Iterator[None]:
+        """Train `group`'s networks: every other network's parameters take no gradient."""
+        trained = self.groups[group]
+        others = [net for n, net in self.nets.items() if n not in trained]
+        for net in others:
+            net.requires_grad_(False)
+        for n in trained:
+            self.nets[n].requires_grad_(True)
         try:
             yield
         finally:
-            other.requires_grad_(True)
+            for net in others:
+                net.requires_grad_(True)
 
     @abc.abstractmethod
     def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
@@ -106,12 +121,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def backward(self, loss: torch.Tensor, name: str) -> None:
         """Accumulate the gradient of one micro-batch's loss (a mean over that micro-batch)
-        into network `name`; the step gets the mean over all micro-batches. A non-finite
+        into group `name`'s networks; the step gets the mean over all micro-batches. A non-finite
         loss makes the gradient NaN (see `guarded_loss`)."""
 
     @abc.abstractmethod
     def step(self, name: str) -> bool:
-        """Optimizer step of network `name` on the accumulated gradient, then zero it.
+        """Optimizer step of group `name` on the accumulated gradient, then zero it.
         When the gradient is not finite (on any rank: it is averaged) the update is
         skipped, `name` goes into `skipped`, and False is returned."""
 

@@ -6,7 +6,7 @@ at different times and accelerate's single scaler and step counter assume one.
 
 GAN semantics under DDP:
 - D step: D runs through its DDP wrapper; G runs unwrapped under `no_grad`.
-- G step: G runs through its DDP wrapper; D runs unwrapped (`d_module`) with its
+- G step: G runs through its DDP wrapper; D runs unwrapped (`nets["D"]`) with its
   parameters frozen, so no gradient reaches D and D's reducer is not involved.
 - Non-final micro-batches run under `no_sync` of both wrappers, so the all-reduce
   (a mean over processes) happens once per optimizer step.
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dgan.engine import guard
-from dgan.engine.backends.base import NETS, Backend
+from dgan.engine.backends.base import Backend
 
 
 class DDPBackend(Backend):
@@ -42,21 +42,21 @@ class DDPBackend(Backend):
         self.rank = self.accelerator.process_index
         self.local_rank = self.accelerator.local_process_index
         self.world_size = self.accelerator.num_processes
-        scale = precision == "fp16"
-        self.scalers = {n: torch.amp.GradScaler(self.device.type, enabled=scale) for n in NETS}
+        self.scalers: dict[str, torch.amp.GradScaler] = {}  # per optimizer group
 
-    def prepare(self, g: nn.Module, d: nn.Module, opt_g: torch.optim.Optimizer,
-                opt_d: torch.optim.Optimizer) -> None:
-        self.g_module, self.d_module = g.to(self.device), d.to(self.device)
-        self.g, self.d = self.accelerator.prepare(g, d)
-        self.opt = {"G": opt_g, "D": opt_d}
-        self.nets = {"G": self.g_module, "D": self.d_module}
+    def _wrap(self, nets: dict[str, nn.Module]) -> None:
+        self.nets = nets
+        wrapped = self.accelerator.prepare(*nets.values())
+        self.wrapped = dict(zip(nets, wrapped if len(nets) > 1 else (wrapped,)))
+        scale = self.precision == "fp16"
+        self.scalers = {g: torch.amp.GradScaler(self.device.type, enabled=scale)
+                        for g in self.groups}
 
     @contextlib.contextmanager
     def micro_batch(self, last: bool) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             if not last:
-                for wrapped in (self.g, self.d):
+                for wrapped in self.wrapped.values():
                     stack.enter_context(self.accelerator.no_sync(wrapped))
             yield
 

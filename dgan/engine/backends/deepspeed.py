@@ -1,8 +1,8 @@
-"""`deepspeed`: one DeepSpeed engine for G and one for D, ZeRO stage 0, 1 or 2.
+"""`deepspeed`: one DeepSpeed engine per optimizer group (G, D), ZeRO stage 0, 1 or 2.
 
-Each engine is made by `deepspeed.initialize` with its own config: the JSON file named by
-`backend.deepspeed_config_g` / `_d` when given (see launch/), else one generated from the
-YAML config. The keys that must agree with the trainer (micro-batch size, accumulation
+Each engine is made by `deepspeed.initialize` with its own config: the JSON file named for
+its group (`backend.deepspeed_config_g` / `_d` for groups G / D, see launch/) when given,
+else one generated from the YAML config. The keys that must agree with the trainer (micro-batch size, accumulation
 steps, ZeRO stage; no fp16/bf16 sections) are set or checked here. The process group is initialised
 from the launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), so
 `accelerate launch`, `torchrun`, `deepspeed` and `srun` all work: NCCL on GPUs, gloo on CPUs.
@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dgan.engine import guard
-from dgan.engine.backends.base import NETS, Backend
+from dgan.engine.backends.base import Backend
 
 log = logging.getLogger(__name__)
 REFUSE_ZERO3 = (
@@ -141,24 +141,26 @@ class DeepSpeedBackend(Backend):
         paths = config_paths or {}
         self.zero_stage = zero_stage
         self.trust_files = trust_files  # backend.trust_deepspeed_files: load native/ on resume
-        self.configs = {n: engine_config(paths.get(n), zero_stage=zero_stage,
-                                         micro_batch=micro_batch, grad_accum=grad_accum,
-                                         world_size=self.world_size)
-                        for n in NETS}
+        self.micro_batch_size = micro_batch
+        # group -> engine config; the named JSON files are checked now, before any work
+        self.configs = {g: self._engine_config(path) for g, path in paths.items()}
         self.current: str | None = None
 
-    def prepare(self, g: nn.Module, d: nn.Module, opt_g: torch.optim.Optimizer,
-                opt_d: torch.optim.Optimizer) -> None:
+    def _wrap(self, nets: dict[str, nn.Module]) -> None:
         import deepspeed
 
         self.engines = {}
-        for name, net, opt in (("G", g, opt_g), ("D", d, opt_d)):
-            engine, *_ = deepspeed.initialize(model=net.to(self.device), optimizer=opt,
-                                              config=self.configs[name])
-            self.engines[name] = engine
-        self.g, self.d = self.engines["G"], self.engines["D"]
-        self.g_module, self.d_module = self.g.module, self.d.module
-        self.nets = {"G": self.g_module, "D": self.d_module}
+        for group, (name,) in self.groups.items():
+            config = self.configs.setdefault(group, self._engine_config(None))
+            engine, *_ = deepspeed.initialize(model=nets[name], optimizer=self.opt[group],
+                                              config=config)
+            self.engines[group] = engine
+            self.wrapped[name] = engine
+            self.nets[name] = engine.module
+
+    def _engine_config(self, path: str | None) -> dict[str, Any]:
+        return engine_config(path, zero_stage=self.zero_stage, micro_batch=self.micro_batch_size,
+                             grad_accum=self.grad_accum, world_size=self.world_size)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -1,14 +1,16 @@
-"""The StyleGAN2 training step on a backend: phases Gmain, Greg, Dmain, Dreg.
+"""`task.name=stylegan2`: phases Gmain, Greg, Dmain, Dreg (dgan.tasks.stylegan2_loss).
 
-The schedule is data (`StyleGAN2Loss.phases`): Gmain and Dmain every step, path-length
-regularisation (Greg) every `loss.pl_interval` steps and lazy R1 (Dreg) every
-`loss.r1_interval` steps, each scaled by its interval. Each phase runs inside
-`backend.phase(name)`, so the network not being trained is frozen; in G phases D is
-called unwrapped (no gradient sync for a frozen D), in D phases G runs without grad.
+The schedule is data: Gmain and Dmain every step, path-length regularisation (Greg) every
+`loss.pl_interval` steps and lazy R1 (Dreg) every `loss.r1_interval` steps, each scaled by
+its interval (`Phase.interval`). Each phase runs inside `backend.phase(group)`, so the
+network not being trained is frozen; in G phases D is called unwrapped (no gradient sync
+for a frozen D), in D phases G runs without grad. G_ema's decay is a half-life of
+`train.ema_kimg` thousand images; ADA (`loss.augment=ada`) updates its p every 4 steps.
 
 The global torch RNG (latents, style mixing, noise inputs, augmentation) is reseeded
-from (run.seed, rank, step) at the start of every step: a resumed run draws exactly
-what the uninterrupted one would have, with no RNG state to carry.
+from (run.seed, rank, step, 17) at the start of every step: a resumed run draws exactly
+what the uninterrupted one would have, with no RNG state to carry. `train.grad_accum` is
+refused (each phase draws its own batch of fakes from that RNG).
 
 `train.compile`: every phase calls `torch.compile` wrappers of the same networks. Greg and
 Dreg differentiate a gradient, which a compiled graph cannot do with autograd, so there the
@@ -27,16 +29,20 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
 from dgan.augment import AdaptiveAugment
 from dgan.config import resolve_compile
-from dgan.engine.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams, update_ema
+from dgan.engine import ema
+from dgan.engine.seeding import seed_global
+from dgan.tasks import register
+from dgan.tasks.base import Batch, Phase
+from dgan.tasks.noise import NoiseTask
+from dgan.tasks.stylegan2_loss import StyleGAN2Loss, lazy_adam_hparams
 
 PHASES = {"Gmain": "g_main", "Greg": "g_reg", "Dmain": "d_main", "Dreg": "d_reg"}
 # The phases train.compile compiles (all of them; see compiled_phases for the exceptions).
@@ -46,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 def build_optimizers(cfg: DictConfig, g: nn.Module, d: nn.Module
-                     ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+                     ) -> dict[str, torch.optim.Optimizer]:
     """Adam with the lazy-regularisation correction of lr and betas for each network."""
     o, loss = cfg.optim, cfg.loss
     fused = {"fused": True} if torch.cuda.is_available() else {}
@@ -54,8 +60,8 @@ def build_optimizers(cfg: DictConfig, g: nn.Module, d: nn.Module
     d_interval = loss.r1_interval if loss.r1_gamma > 0 else 0
     lr_g, betas_g = lazy_adam_hparams(o.lr_g, (o.beta1, o.beta2), g_interval)
     lr_d, betas_d = lazy_adam_hparams(o.lr_d, (o.beta1, o.beta2), d_interval)
-    return (torch.optim.Adam(g.parameters(), lr=lr_g, betas=betas_g, eps=1e-8, **fused),
-            torch.optim.Adam(d.parameters(), lr=lr_d, betas=betas_d, eps=1e-8, **fused))
+    return {"G": torch.optim.Adam(g.parameters(), lr=lr_g, betas=betas_g, eps=1e-8, **fused),
+            "D": torch.optim.Adam(d.parameters(), lr=lr_d, betas=betas_d, eps=1e-8, **fused)}
 
 
 def compiled_phases(cfg: DictConfig) -> tuple[str, ...]:
@@ -100,21 +106,40 @@ def use_compile_cache(cfg: DictConfig) -> str:
     return path
 
 
-class StyleGAN2Recipe:
-    def __init__(self, cfg: DictConfig, backend: Any, g_ema: nn.Module, c_dim: int = 0) -> None:
+RNG_PHASE = 17  # the seeding key's phase for the global RNG of a whole step
+
+
+@register
+class StyleGAN2(NoiseTask):
+    name = "stylegan2"
+    models = ("stylegan2",)
+    own_keys: ClassVar[tuple[str, ...]] = (
+        "model.w_dim", "model.channel_base", "model.channel_max", "model.mapping_layers",
+        "model.ops", "model.channels_last", "loss.r1_interval", "loss.pl_weight",
+        "loss.pl_interval", "loss.style_mixing", "loss.augment", "loss.augment_p",
+        "loss.ada_target", "train.ema_kimg", "train.ema_rampup", "train.compile_cache")
+    supports_grad_accum = False
+    supports_compile = True
+
+    def build_optimizers(self, nets: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        return build_optimizers(self.cfg, nets["G"], nets["D"])
+
+    def bind(self, backend: Any, ema_nets: dict[str, nn.Module]) -> None:
         from dgan import ops
 
+        super().bind(backend, ema_nets)
+        cfg = self.cfg
         ops.set_impl(cfg.model.ops)
-        self.cfg, self.backend, self.g_ema, self.c_dim = cfg, backend, g_ema, c_dim
         lc = cfg.loss
         self.augment = None
         if lc.augment != "none":
             target = lc.ada_target if lc.augment == "ada" else None
             self.augment = AdaptiveAugment(p=lc.augment_p, target=target).to(backend.device)
         self.loss = StyleGAN2Loss(
-            backend.g, backend.d, augment=self.augment, r1_gamma=lc.r1_gamma,
-            r1_interval=lc.r1_interval, pl_weight=lc.pl_weight, pl_interval=lc.pl_interval,
-            style_mixing_prob=lc.style_mixing, z_dim=cfg.model.z_dim).to(backend.device)
+            backend.wrapped["G"], backend.wrapped["D"], augment=self.augment,
+            r1_gamma=lc.r1_gamma, r1_interval=lc.r1_interval, pl_weight=lc.pl_weight,
+            pl_interval=lc.pl_interval, style_mixing_prob=lc.style_mixing,
+            z_dim=cfg.model.z_dim).to(backend.device)
         self.compile = resolve_compile(cfg, backend.device)
         if cfg.train.compile is None:
             log.info("train.compile=null (auto): %s", "torch.compile for all phases on CUDA"
@@ -126,12 +151,25 @@ class StyleGAN2Recipe:
             log.info("train.compile: compiled graphs and kernels cached in %s",
                      use_compile_cache(cfg))
 
+    def phases(self) -> list[Phase]:
+        lc = self.loss
+        out = [Phase("Gmain", "G", 1, self._phase_fn("Gmain"))]
+        if lc.pl_weight > 0 and lc.pl_interval > 0:
+            out.append(Phase("Greg", "G", lc.pl_interval, self._phase_fn("Greg")))
+        out.append(Phase("Dmain", "D", 1, self._phase_fn("Dmain")))
+        if lc.r1_gamma > 0 and lc.r1_interval > 0:
+            out.append(Phase("Dreg", "D", lc.r1_interval, self._phase_fn("Dreg")))
+        return out
+
     def networks(self, phase: str) -> tuple[nn.Module, nn.Module]:
         """(G, D) that `phase` calls: the trained network wrapped by the backend (gradient
         sync), the other one plain; compiled wrappers of those in the compiled phases under
         `train.compile`."""
         b = self.backend
-        g, d = (b.g, b.d_module) if phase[0] == "G" else (b.g_module, b.d)
+        if phase[0] == "G":
+            g, d = b.wrapped["G"], b.nets["D"]
+        else:
+            g, d = b.nets["G"], b.wrapped["D"]
         if phase in self.compiled_phases:
             g, d = self._compiled(g), self._compiled(d)
         return g, d
@@ -147,37 +185,35 @@ class StyleGAN2Recipe:
             self.compiled[module] = torch.compile(module, dynamic=False)
         return self.compiled[module]
 
-    def step(self, step: int, real: torch.Tensor, c: torch.Tensor | None
-             ) -> dict[str, torch.Tensor]:
-        """All phases due at `step` on reals [N, C, R, R] with one-hot labels c [N, c_dim]."""
-        b, cfg = self.backend, self.cfg
-        key = np.random.SeedSequence([cfg.run.seed, b.rank, step, 17]).generate_state(1)[0]
-        torch.manual_seed(int(key))
-        n = real.shape[0]
-        stats: dict[str, torch.Tensor] = {}
-        for phase in self.loss.phases(step):
-            net = phase[0]
-            with b.phase(net):
-                # G phases: G wrapped (its gradients sync), D frozen and unwrapped; D phases:
-                # D wrapped, G only generates (no grad) unwrapped. Plain attributes, so the
-                # networks never become part of the loss's state_dict.
-                g, d = self.networks(phase)
-                object.__setattr__(self.loss, "G", g)
-                object.__setattr__(self.loss, "D", d)
-                with b.autocast():
-                    arg = n if net == "G" else real
-                    value, phase_stats = getattr(self.loss, PHASES[phase])(arg, c)
-                b.backward(value, net)
-                b.step(net)
-            stats.update(phase_stats)
-        global_batch = n * b.world_size
-        if not b.skipped:  # a phase with a non-finite gradient skips G_ema's update too
-            update_ema(self.g_ema, b.g_module, (step + 1) * global_batch, global_batch,
-                       cfg.train.ema_kimg, cfg.train.ema_rampup)
+    def _phase_fn(self, phase: str):  # -> PhaseFn
+        method = getattr(self.loss, PHASES[phase])
+
+        def run(mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            real = mb["image"]
+            assert real is not None
+            # Plain attributes, so the networks never become part of the loss's state_dict.
+            g, d = self.networks(phase)
+            object.__setattr__(self.loss, "G", g)
+            object.__setattr__(self.loss, "D", d)
+            with self.backend.autocast():
+                return method(real.shape[0] if phase[0] == "G" else real, mb["label"])
+        return run
+
+    def begin_step(self, step: int) -> None:
+        seed_global(self.cfg.run.seed, self.backend.rank, step, RNG_PHASE)
+
+    def ema_beta(self, step: int, global_batch: int) -> float:
+        t = self.cfg.train
+        return ema.halflife_beta((step + 1) * global_batch, global_batch, t.ema_kimg,
+                                 t.ema_rampup)
+
+    def end_step(self, step: int, stats: dict[str, torch.Tensor], skipped: bool
+                 ) -> dict[str, torch.Tensor]:
+        b = self.backend
         # ADA waits for a step without skipped phases: the trainer puts back the statistics
         # of a skipped one
         if (self.augment is not None and self.augment.target is not None
-                and step % ADA_INTERVAL == 0 and not b.skipped):
+                and step % ADA_INTERVAL == 0 and not skipped):
             self.augment.update(all_reduce=lambda t: b.all_reduce(t) * b.world_size)
             stats["augment/p"] = torch.tensor(float(self.augment.p))
         out = {"loss/G": stats.pop("G/loss"), "loss/D": stats.pop("D/loss"),
@@ -186,6 +222,9 @@ class StyleGAN2Recipe:
         stats.pop("G/fake_score", None)
         out.update(stats)
         return out
+
+    def stateful_modules(self) -> list[nn.Module]:
+        return [self.loss] + ([self.augment] if self.augment is not None else [])
 
     def state_dict(self) -> dict[str, Any]:
         state = {"loss": self.loss.state_dict()}

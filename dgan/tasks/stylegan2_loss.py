@@ -1,6 +1,6 @@
-"""The StyleGAN2 training recipe as phases the trainer runs (no backend, no optimizer).
+"""The StyleGAN2 losses as phases (no backend, no optimizer); dgan.tasks.stylegan2 runs them.
 
-Per step the trainer asks :meth:`StyleGAN2Loss.phases` which phases run, and for each one
+Per step the task asks :meth:`StyleGAN2Loss.phases` which phases run, and for each one
 calls the matching method, then backpropagates the returned loss and steps that network's
 optimizer. Zero a network's gradients before each of its phases: G phases also leave
 gradients on D's parameters (and Dreg none on G's), which must not leak into D's step::
@@ -9,7 +9,7 @@ gradients on D's parameters (and Dreg none on G's), which must not leak into D's
     "Greg":  loss, stats = loss_fn.g_reg(batch, c)    -> backward, G optimizer step
     "Dmain": loss, stats = loss_fn.d_main(real, c)    -> backward, D optimizer step
     "Dreg":  loss, stats = loss_fn.d_reg(real, c)     -> backward, D optimizer step
-    then update_ema(G_ema, G, images_seen, batch)
+    then G_ema <- EMA of G (dgan.engine.ema.halflife_beta)
 
 Lazy regularisation: R1 runs every ``r1_interval`` steps and path length every
 ``pl_interval`` steps, each multiplied by its interval so the expected gradient matches
@@ -26,9 +26,9 @@ Losses (logits are raw D outputs, float32):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from dgan.engine import losses
 from dgan.ops import double_backward, no_weight_gradients
 
 
@@ -43,34 +43,6 @@ def lazy_adam_hparams(lr: float, betas: tuple[float, float], interval: int
         return lr, betas
     ratio = interval / (interval + 1)
     return lr * ratio, (betas[0] ** ratio, betas[1] ** ratio)
-
-
-@torch.no_grad()
-def update_ema(g_ema: nn.Module, g: nn.Module, cur_nimg: int, batch_size: int,
-               ema_kimg: float = 10.0, ema_rampup: float | None = 0.05) -> float:
-    """Move ``g_ema`` towards ``g``; returns the decay ``beta`` used.
-
-    The half-life is ``ema_kimg`` thousand images, shortened to ``ema_rampup * cur_nimg``
-    early in training so G_ema is not dominated by its random initialisation. Parameters
-    use one fused ``torch._foreach_lerp_``; buffers (``w_avg``, noise) are copied.
-    """
-    ema_nimg = ema_kimg * 1000
-    if ema_rampup is not None:
-        ema_nimg = min(ema_nimg, cur_nimg * ema_rampup)
-    beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))
-    ema_params = list(g_ema.parameters())
-    params = [p.detach() for p in g.parameters()]
-    if len(ema_params) != len(params):
-        raise ValueError("g_ema and g have different parameter lists")
-    torch._foreach_lerp_(ema_params, params, 1.0 - beta)
-    for b_ema, b in zip(g_ema.buffers(), g.buffers()):
-        b_ema.copy_(b)
-    return beta
-
-
-# Dmain runs D once on [fakes; reals] (see d_main); False: one call each (the benchmark's
-# ablation modes measure the difference).
-MERGE_D_CALLS = True
 
 
 def _grad_of(output: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -102,13 +74,16 @@ class StyleGAN2Loss(nn.Module):
         pl_batch_shrink: Greg runs on ``batch // pl_batch_shrink`` samples.
         pl_decay: decay of the path-length running mean.
         style_mixing_prob: probability of style mixing in G phases and D's fake images.
+        merge_d_calls: Dmain runs D once on [fakes; reals] (see d_main); False: one call
+            each (an ablation: benchmarks/train_throughput.py measures the difference).
         z_dim: latent size (defaults to ``G.z_dim``).
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, augment: nn.Module | None = None,
                  r1_gamma: float = 10.0, r1_interval: int = 16, pl_weight: float = 2.0,
                  pl_interval: int = 4, pl_batch_shrink: int = 2, pl_decay: float = 0.01,
-                 style_mixing_prob: float = 0.9, z_dim: int | None = None) -> None:
+                 style_mixing_prob: float = 0.9, z_dim: int | None = None,
+                 merge_d_calls: bool = True) -> None:
         super().__init__()
         # Plain attributes, not submodules: the loss's state_dict must hold only its own state.
         object.__setattr__(self, "G", G)
@@ -118,6 +93,7 @@ class StyleGAN2Loss(nn.Module):
         self.pl_weight, self.pl_interval = pl_weight, pl_interval
         self.pl_batch_shrink, self.pl_decay = pl_batch_shrink, pl_decay
         self.style_mixing_prob = style_mixing_prob
+        self.merge_d_calls = merge_d_calls
         self.z_dim = z_dim if z_dim is not None else getattr(G, "module", G).z_dim
         self.register_buffer("pl_mean", torch.zeros([]))
 
@@ -148,7 +124,7 @@ class StyleGAN2Loss(nn.Module):
         """Non-saturating G loss on ``batch_size`` fakes (``c: [batch, c_dim]`` or None)."""
         img = self.G(self._z(batch_size), c, style_mixing_prob=self.style_mixing_prob)
         logits = self._run_d(img, c)
-        loss = F.softplus(-logits).mean()
+        loss = losses.g_loss(logits)
         return loss, {"G/loss": loss.detach(), "G/fake_score": logits.detach().mean()}
 
     def g_reg(self, batch_size: int, c: torch.Tensor | None = None
@@ -184,7 +160,7 @@ class StyleGAN2Loss(nn.Module):
         # Fakes and reals through D in one call (one forward and one backward of twice the
         # batch instead of two: half the kernel launches and fuller ones); the
         # minibatch-stddev groups stay within each half, so the logits are those of two calls.
-        if MERGE_D_CALLS:
+        if self.merge_d_calls:
             n = fake.shape[0]
             both = torch.cat([fake, real])  # one dtype (promoted) and, both NHWC, NHWC
             logits = self._run_d(both, torch.cat([c, c]) if c is not None else None, splits=2)
@@ -193,7 +169,7 @@ class StyleGAN2Loss(nn.Module):
             logits_fake, logits_real = self._run_d(fake, c), self._run_d(real, c)
         if self.augment is not None and hasattr(self.augment, "observe"):
             self.augment.observe(logits_real)
-        loss = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+        loss = losses.d_loss(logits_real, logits_fake)
         return loss, {"D/loss": loss.detach(), "D/real_score": logits_real.detach().mean(),
                       "D/fake_score": logits_fake.detach().mean()}
 

@@ -1,0 +1,29 @@
+"""Randomness without saved state: every draw of a step comes from (seed, rank, step, phase).
+
+A resumed run draws exactly what the uninterrupted run would, whatever RNG state the
+checkpoint holds (docs/design.md, "Randomness without state"). `phase` is a small integer
+that a task picks per kind of draw (DCGAN: 0 D's latents, 1 G's latents, 2 fake labels;
+StyleGAN2: 17 for the global torch RNG of the whole step); tasks keep their numbers so
+that runs stay reproducible across versions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def step_seed(seed: int, rank: int, step: int, phase: int) -> int:
+    """A 32-bit seed that depends on all four keys (numpy's SeedSequence mixing)."""
+    return int(np.random.SeedSequence([seed, rank, step, phase]).generate_state(1)[0])
+
+
+def step_generator(seed: int, rank: int, step: int, phase: int) -> torch.Generator:
+    """A CPU generator seeded by `step_seed`; draw on the CPU and move, so that the bytes do
+    not depend on the device."""
+    return torch.Generator().manual_seed(step_seed(seed, rank, step, phase))
+
+
+def seed_global(seed: int, rank: int, step: int, phase: int) -> None:
+    """Seed torch's global RNG (for code that draws from it: noise inputs, augmentation)."""
+    torch.manual_seed(step_seed(seed, rank, step, phase))

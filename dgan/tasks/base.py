@@ -1,0 +1,156 @@
+"""The task interface: what one kind of GAN trains, for the one training loop.
+
+A task declares, by name:
+- its networks (`build_networks`: {"G": ..., "D": ...}) and how they group into
+  optimizers (`groups`: optimizer group -> networks; `build_optimizers`);
+- its phases (`phases`: `Phase(name, group, interval, fn)` in order; a phase runs at the
+  steps where `step % interval == 0` and trains its group's networks, the others frozen);
+- which networks get an EMA (`emas`: {"G_ema": "G"}) and the decay per step (`ema_beta`);
+- the sample keys it reads from the stream (`data_keys`) and the inputs it draws itself
+  each step (`draw`: latents, fake labels), seeded by (run.seed, rank, step, phase);
+- what it shows as a sample grid (`sample_grid`) and how it is evaluated (`evaluate`);
+- its own state (`state_dict` / `load_state_dict`: path-length mean, ADA p, ...) and the
+  modules whose buffers a skipped step puts back (`stateful_modules`);
+- the config keys only it reads (`own_keys`) and what it supports (`supports_grad_accum`,
+  `supports_compile`): `validate_config` makes a key that does nothing for the chosen task
+  an error naming the task.
+
+The trainer (dgan.engine.trainer) owns the loop, the backend, EMAs, checkpoints, logging
+and the non-finite guard; a task never steps an optimizer itself. A new GAN is one file in
+dgan/tasks/ (a `Task` subclass registered with `@register`) plus its config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+Batch = dict[str, torch.Tensor | None]
+# One micro-batch -> (scalar loss to backpropagate into the phase's group, detached stats).
+PhaseFn = Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # for logs and `train.compile` (e.g. "D", "Gmain", "Dreg")
+    group: str  # the optimizer group it trains
+    interval: int  # runs when step % interval == 0 (1: every step)
+    fn: PhaseFn
+
+    def due(self, step: int) -> bool:
+        return step % self.interval == 0
+
+
+def one_hot(labels: torch.Tensor, c_dim: int) -> torch.Tensor | None:
+    """[N] int -> [N, c_dim] float one-hot; None when c_dim is 0 (unconditional)."""
+    if not c_dim:
+        return None
+    return torch.nn.functional.one_hot(labels.clamp(min=0), c_dim).float()
+
+
+class Task:
+    """Base class; see the module docstring. Subclasses set the class attributes."""
+
+    name: ClassVar[str]
+    models: ClassVar[tuple[str, ...]]  # the model.name values this task trains
+    data_keys: ClassVar[tuple[str, ...]] = ("image", "label")
+    emas: ClassVar[dict[str, str]] = {}  # EMA name -> network it averages
+    # config keys that only some tasks read: the ones of this task (a key of another task
+    # set away from its default is an error, see validate_config)
+    own_keys: ClassVar[tuple[str, ...]] = ()
+    supports_grad_accum: ClassVar[bool] = True
+    supports_compile: ClassVar[bool] = False
+
+    def __init__(self, cfg: DictConfig, c_dim: int = 0) -> None:
+        self.cfg, self.c_dim = cfg, c_dim
+        self.backend: Any = None
+        self.ema_nets: dict[str, nn.Module] = {}
+
+    # -- before the backend -------------------------------------------------------------
+    def build_networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        """Optimizer group -> its networks; by default one group per network."""
+        return {n: (n,) for n in self.network_names()}
+
+    def network_names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def build_optimizers(self, nets: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    # -- after backend.prepare ----------------------------------------------------------
+    def bind(self, backend: Any, ema_nets: dict[str, nn.Module]) -> None:
+        """Called once the backend holds the networks (`backend.nets` plain,
+        `backend.wrapped` for the trained side) and the EMAs exist."""
+        self.backend, self.ema_nets = backend, ema_nets
+
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
+
+    def draw(self, step: int, batch: Batch) -> None:
+        """Add this step's own inputs to `batch` (keys not already there), from generators
+        seeded by (run.seed, rank, step, phase). Tensors are split into micro-batches."""
+
+    def begin_step(self, step: int) -> None:
+        """Called before the step's first phase."""
+
+    def ema_beta(self, step: int, global_batch: int) -> float:
+        raise NotImplementedError
+
+    def end_step(self, step: int, stats: dict[str, torch.Tensor], skipped: bool
+                 ) -> dict[str, torch.Tensor]:
+        """After the EMA updates: the step's metrics from the phases' `stats` (averaged over
+        micro-batches); `skipped`: some phase's update was skipped (non-finite)."""
+        return stats
+
+    def stateful_modules(self) -> list[nn.Module]:
+        """Modules besides the networks whose buffers a step changes (put back on a skip)."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+    def sample_grid(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, source: Any) -> dict[str, float]:
+        return {}
+
+    # -- configuration ------------------------------------------------------------------
+    @classmethod
+    def validate_config(cls, cfg: DictConfig, defaults: DictConfig,
+                        others: dict[str, tuple[str, ...]]) -> list[str]:
+        """Problems of `cfg` for this task, one line each. `others`: every task's name ->
+        its `own_keys`, so that a key only other tasks read is refused when set."""
+        problems = []
+        if cfg.model.name not in cls.models:
+            problems.append(f"task.name={cls.name} trains model.name in {list(cls.models)}, "
+                            f"not {cfg.model.name!r}")
+        mine = set(cls.own_keys)
+        for other, keys in others.items():
+            for key in keys:
+                if key in mine:
+                    continue
+                value = OmegaConf.select(cfg, key)
+                if value != OmegaConf.select(defaults, key):
+                    problems.append(f"'{key}'={value} does nothing for task.name={cls.name} "
+                                    f"(a {other} key); remove it")
+                    mine.add(key)
+        if cfg.train.grad_accum != 1 and not cls.supports_grad_accum:
+            problems.append(f"bad value for 'train.grad_accum': {cfg.train.grad_accum}; "
+                            f"task.name={cls.name} runs one batch per phase (use 1 and more "
+                            "processes or a smaller train.batch_size)")
+        if cfg.train.compile and not cls.supports_compile:
+            problems.append(f"train.compile=true is not supported with task.name={cls.name}; "
+                            "use train.compile=false")
+        return problems
