@@ -4,6 +4,7 @@ loads back and gives G_ema's images for the same z; what cannot be exported is o
 import json
 import os
 import stat
+import sys
 
 import pytest
 import torch
@@ -79,6 +80,7 @@ def test_safetensors_is_the_default_and_loads_back(runs, model, tmp_path):
         assert torch.equal(loaded(*inputs[:2], **kw), expected)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 @pytest.mark.parametrize("model", ["dcgan", "stylegan2"])
 def test_torchscript_gives_the_same_images(runs, model, tmp_path, capsys):
     assert export(runs[model], tmp_path / "ts", "--format", "torchscript") == 0
@@ -166,3 +168,11 @@ def test_an_op_onnx_cannot_translate_is_named(runs, tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert err.startswith("dgan: error: ") and err.count("\n") == 1, err
     assert "dgantest" in err and "opaque" in err
+
+
+def test_onnx_without_the_extra_is_one_line(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx fails, as without the extra
+    assert export(runs["dcgan"], tmp_path / "onnx", "--format", "onnx") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'dgan[onnx]'" in err, err
+    assert not (tmp_path / "onnx").exists()
