@@ -430,8 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_verbs = data.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
     make = data_verbs.add_parser(
         "make", help="convert an image folder, .zip or .npz into shards + index.json",
-        description="Convert SRC (an image folder, searched recursively; a .zip of images; "
-        "an .npz with uint8 'images' NHW/NHWC and optional 'labels') into WebDataset shards, "
+        description="Convert SRC (an image folder, searched recursively; a .zip of images, "
+        "e.g. from NVlabs dataset_tool with its dataset.json labels; an .npz with uint8 "
+        "'images' NHW/NHWC and optional 'labels') into WebDataset shards, "
         "index.json and skipped.txt in OUT. See docs/data.md.")
     make.add_argument("paths", nargs="+", metavar="SRC OUT", help="source and output directory "
                       "(only OUT with --builtin)")
@@ -442,14 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--channels", type=int, choices=[1, 3],
                       help="1 (gray) or 3 (RGB) (default: 3; npz: from its shape)")
     make.add_argument("--format", choices=["jpg", "png", "webp"],
-                      help="image encoding (default: png for npz and 1 channel, else jpg)")
+                      help="image encoding: png is lossless, jpg and webp lossy at "
+                      "--quality (default: png for npz and 1 channel, else jpg)")
     make.add_argument("--quality", type=int, default=95, help="jpg/webp quality (default 95)")
     make.add_argument("--per-shard", type=int, default=1000, help="samples per shard "
                       "(default 1000)")
     make.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                       help="encoding processes (default: min(8, CPUs))")
-    make.add_argument("--labels", choices=["none", "subdirs"], help="class labels: none, or "
-                      "the top-level subdirectory (default: none; npz: its 'labels')")
+    make.add_argument("--labels", choices=["none", "subdirs", "dataset.json"],
+                      help="class labels: none; the top-level subdirectory; or SRC's "
+                      "dataset.json (NVlabs dataset_tool) (default: dataset.json when SRC "
+                      "has one, npz: its 'labels', else none)")
     make.add_argument("--crop", choices=["center", "pad", "stretch"], default="center",
                       help="non-square pictures: centre square crop, pad to square, or "
                       "stretch (default center)")
