@@ -327,13 +327,8 @@ def cmd_ckpt_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_ckpt_export(args: argparse.Namespace) -> int:
-    import json
-
-    from omegaconf import OmegaConf
-    from safetensors.torch import save
-
     from dgan import checkpoint
-    from dgan.sample import EXPORT_CLASSES, EXPORT_WEIGHTS
+    from dgan.export import EXPORT_CLASSES, ExportError, write_export
 
     path = Path(args.run)
     chosen = _checkpoint_arg(path)
@@ -351,18 +346,12 @@ def cmd_ckpt_export(args: argparse.Namespace) -> int:
         except checkpoint.InvalidCheckpoint as e:
             raise UserError(f"{chosen}: {e}") from None
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in state["G_ema"].items()}
-    # save() and an ordinary write, not save_file(), which creates the file 0600
-    (out / EXPORT_WEIGHTS).write_bytes(save(
-        tensors, metadata={"step": str(state["step"]), "images_seen": str(state["images_seen"]),
-                           "c_dim": str(state.get("c_dim", 0)), "source": str(chosen)}))
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
-    c_dim = int(state.get("c_dim", 0))
-    names = state.get("class_names") or [str(i) for i in range(c_dim)]
-    (out / EXPORT_CLASSES).write_text(json.dumps(names) + "\n")
+    try:
+        weights = write_export(state, chosen, out, args.format)
+    except ExportError as e:
+        raise UserError(f"{chosen}: {e}") from None
     print(f"dgan: wrote G_ema of {chosen.name} (step {state['step']}) to "
-          f"{out / EXPORT_WEIGHTS}, {out / 'config.yaml'} and {out / EXPORT_CLASSES}")
+          f"{weights}, {out / 'config.yaml'} and {out / EXPORT_CLASSES}")
     return 0
 
 
@@ -441,8 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_verbs = data.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
     make = data_verbs.add_parser(
         "make", help="convert an image folder, .zip or .npz into shards + index.json",
-        description="Convert SRC (an image folder, searched recursively; a .zip of images; "
-        "an .npz with uint8 'images' NHW/NHWC and optional 'labels') into WebDataset shards, "
+        description="Convert SRC (an image folder, searched recursively; a .zip of images, "
+        "e.g. from NVlabs dataset_tool with its dataset.json labels; an .npz with uint8 "
+        "'images' NHW/NHWC and optional 'labels') into WebDataset shards, "
         "index.json and skipped.txt in OUT. See docs/data.md.")
     make.add_argument("paths", nargs="+", metavar="SRC OUT", help="source and output directory "
                       "(only OUT with --builtin)")
@@ -453,14 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--channels", type=int, choices=[1, 3],
                       help="1 (gray) or 3 (RGB) (default: 3; npz: from its shape)")
     make.add_argument("--format", choices=["jpg", "png", "webp"],
-                      help="image encoding (default: png for npz and 1 channel, else jpg)")
+                      help="image encoding: png is lossless, jpg and webp lossy at "
+                      "--quality (default: png for npz and 1 channel, else jpg)")
     make.add_argument("--quality", type=int, default=95, help="jpg/webp quality (default 95)")
     make.add_argument("--per-shard", type=int, default=1000, help="samples per shard "
                       "(default 1000)")
     make.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                       help="encoding processes (default: min(8, CPUs))")
-    make.add_argument("--labels", choices=["none", "subdirs"], help="class labels: none, or "
-                      "the top-level subdirectory (default: none; npz: its 'labels')")
+    make.add_argument("--labels", choices=["none", "subdirs", "dataset.json"],
+                      help="class labels: none; the top-level subdirectory; or SRC's "
+                      "dataset.json (NVlabs dataset_tool) (default: dataset.json when SRC "
+                      "has one, npz: its 'labels', else none)")
     make.add_argument("--crop", choices=["center", "pad", "stretch"], default="center",
                       help="non-square pictures: centre square crop, pad to square, or "
                       "stretch (default center)")
@@ -492,11 +485,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", help="a checkpoint directory or a run directory")
     inspect.set_defaults(func=cmd_ckpt_inspect)
     export = ckpt_verbs.add_parser(
-        "export", help="write G_ema alone (safetensors + config.yaml) for inference",
-        description="Write OUT/G_ema.safetensors and OUT/config.yaml from the newest valid "
-        "checkpoint of RUN (or from RUN itself when it is a checkpoint directory).")
+        "export", help="write G_ema alone (safetensors, torchscript or onnx) for inference",
+        description="Write G_ema of the newest valid checkpoint of RUN (or of RUN itself when "
+        "it is a checkpoint directory) into OUT, with OUT/config.yaml and OUT/classes.json. "
+        "See docs/checkpointing.md.")
     export.add_argument("run", help="a run directory or a checkpoint directory")
     export.add_argument("out", help="output directory")
+    export.add_argument("--format", choices=["safetensors", "torchscript", "onnx"],
+                        default="safetensors", help="safetensors: G_ema.safetensors, read by "
+                        "dgan sample / dgan.load_generator (default); torchscript: "
+                        "G_ema.torchscript.pt for torch.jit.load; onnx: G_ema.onnx (needs "
+                        "pip install 'dgan[onnx]')")
     export.set_defaults(func=cmd_ckpt_export)
     return parser
 

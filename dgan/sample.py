@@ -24,11 +24,10 @@ from torch import nn
 from dgan import checkpoint
 from dgan.checkpoint import layout
 from dgan.config import config_from_yaml_text
+from dgan.export import EXPORT_CLASSES, EXPORT_WEIGHTS, FILES
 from dgan.images import make_grid, save_png, to_uint8
 from dgan.models import build_models
 
-EXPORT_WEIGHTS = "G_ema.safetensors"  # `dgan ckpt export` output: these two and config.yaml
-EXPORT_CLASSES = "classes.json"
 NOISE_MODES = ("const", "random", "none")
 
 
@@ -134,6 +133,11 @@ def load_generator(path: str | os.PathLike, ckpt: Optional[str | int] = None
         if ckpt is not None:
             raise SampleError(f"--ckpt {ckpt}: {path} is an export, which holds one checkpoint")
         return _load_export(path)
+    graphs = [FILES[f] for f in ("torchscript", "onnx") if (path / FILES[f]).is_file()]
+    if graphs:
+        raise SampleError(f"{path}: holds {' and '.join(graphs)}, a graph for torch.jit.load / "
+                          f"ONNX runtimes; dgan reads a safetensors export ({EXPORT_WEIGHTS}: "
+                          "dgan ckpt export --format safetensors)")
     chosen, state = _state_of(path, ckpt)
     cfg = config_from_yaml_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
     c_dim = int(state.get("c_dim", 0))

@@ -28,6 +28,8 @@ class Report:
     bytes: int = 0
     sizes: Counter = field(default_factory=Counter)  # (width, height) -> samples
     modes: Counter = field(default_factory=Counter)  # Pillow mode -> samples
+    formats: Counter = field(default_factory=Counter)  # image member extension -> samples
+    quality: int | None = None  # jpg/webp quality index.json records for `dgan data make`
     labels: Counter = field(default_factory=Counter)  # label index (-1: none) -> samples
     label_names: list[str] | None = None
     resolution: int | None = None
@@ -46,6 +48,7 @@ class Report:
                f"samples     {self.samples}",
                f"resolution  {self.resolution} (stored sizes {size or '-'})",
                f"channels    {self.channels} (stored modes {mode or '-'})",
+               f"format      {self._format()}",
                f"labels      {hist or 'none'}"]
         if self.labels.get(-1) and len(self.labels) > 1:
             out.append(f"unlabelled  {self.labels[-1]}")
@@ -58,6 +61,17 @@ class Report:
         else:
             out.append("index.json  ok (counts and sha256 of every shard)")
         return out
+
+
+    def _format(self) -> str:
+        """The image encodings stored: png is lossless; jpg and webp (as written) lossy."""
+        if not self.formats:
+            return "-"
+        kinds = ", ".join(f"{e}: {n}" for e, n in self.formats.most_common())
+        if set(self.formats) <= {"png"}:
+            return f"{kinds} (lossless)"
+        quality = f", quality {self.quality}" if self.quality is not None else ""
+        return f"{kinds} ({'lossy' if 'png' not in self.formats else 'partly lossy'}{quality})"
 
 
 def inspect_shards(path: str, grid: str | os.PathLike | None, n_grid: int = 64,
@@ -73,6 +87,9 @@ def inspect_shards(path: str, grid: str | os.PathLike | None, n_grid: int = 64,
                     channels=source.channels, label_names=source.labels)
     index = read_index(path) if os.path.isdir(path) and (Path(path) / INDEX).is_file() else None
     report.indexed = index is not None
+    options = (index or {}).get("source", {}).get("options", {})
+    if options.get("format") in ("jpg", "webp"):
+        report.quality = options.get("quality")
     rng = np.random.default_rng(seed)
     picked: list[dict] = []
     for k, url in enumerate(source.urls):
@@ -114,6 +131,7 @@ def _read_header(sample: dict, report: Report) -> None:
     try:
         if ext is None:
             raise ValueError("no image member")
+        report.formats[ext] += 1
         with Image.open(io.BytesIO(sample[ext])) as img:
             report.sizes[img.size] += 1
             report.modes[img.mode] += 1

@@ -15,6 +15,13 @@ channels and encoded as png, jpg or webp:
   `path<TAB>reason`, like the pictures skipped for size. Files whose extension is not an
   image extension are ignored and only counted.
 
+Labels: `labels="subdirs"` (the top-level subdirectory is the class), an .npz's `labels`
+array, or the `dataset.json` of an NVlabs `dataset_tool.py` folder or zip
+(`{"labels": [["00000/img00000000.png", 6], ...]}`), read by default when the source has
+one (`labels="dataset.json"` requires it, `labels="none"` ignores it). Every picture must
+have exactly one entry, and every entry name a picture, with a class index >= 0; anything
+else is a DatasetJsonError naming the file and the entry.
+
 The input order is shuffled with a fixed seed before encoding, and encoding runs in
 `workers` processes whose results are consumed in order, so the same input and options
 give the same shards whatever the worker count.
@@ -37,11 +44,13 @@ import numpy as np
 from PIL import Image, ImageColor, ImageOps
 from tqdm import tqdm
 
+from dgan.data.dataset_json import DATASET_JSON, DatasetJsonError, parse_dataset_json
 from dgan.data.shards import INDEX, encode_image, write_shards
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif",
                             ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".ico"})
 SKIPPED = "skipped.txt"
+LABEL_MODES = (None, "none", "subdirs", DATASET_JSON)
 
 
 @dataclass
@@ -54,7 +63,8 @@ class MakeOptions:
     quality: int = 95  # jpg/webp quality
     per_shard: int = 1000
     workers: int = 0  # encoding processes; 0 or 1: in this process
-    labels: str | None = None  # "none" | "subdirs"; None: none, or the npz's `labels`
+    labels: str | None = None  # "none" | "subdirs" | "dataset.json"; None: the npz's
+    # `labels` or the source's dataset.json when it has one, else none
     crop: str = "center"  # "center" | "pad" | "stretch"
     small: str = "upscale"  # "upscale" | "skip"
     background: str = "white"  # colour for transparent pixels and padding
@@ -189,21 +199,31 @@ def _label_of(rel: str, mode: str) -> str | None:
     return parts[0] if mode == "subdirs" and len(parts) > 1 else None
 
 
+def _is_picture(rel: str) -> bool:
+    base = rel.rsplit("/", 1)[-1]
+    return not base.startswith(".") and Path(base).suffix.lower() in IMAGE_SUFFIXES
+
+
 def _listing_from_names(kind: str, names: list[str], refs: list[str], opts: MakeOptions,
-                        zip_path: str | None = None) -> tuple[Listing, list[tuple[str, str]]]:
+                        zip_path: str | None = None, json_labels: dict[str, int] | None = None
+                        ) -> tuple[Listing, list[tuple[str, str]]]:
     mode = opts.labels or "none"
     keep, ignored, unlabelled = [], 0, []
     for rel, ref in zip(names, refs):
-        base = rel.rsplit("/", 1)[-1]
-        if base.startswith(".") or Path(base).suffix.lower() not in IMAGE_SUFFIXES:
+        if not _is_picture(rel):
             ignored += 1  # .txt, .DS_Store, metadata: not pictures, so not "skipped"
         elif mode == "subdirs" and _label_of(rel, mode) is None:
             unlabelled.append((rel, "not inside a class subdirectory (--labels subdirs)"))
         else:
             keep.append((rel, ref))
-    label_names = sorted({_label_of(r, mode) for r, _ in keep} - {None}) or None  # type: ignore
-    lookup = {n: i for i, n in enumerate(label_names or [])}
-    labels = [lookup.get(_label_of(r, mode)) if label_names else None for r, _ in keep]  # type: ignore
+    if json_labels is not None:  # dataset_tool's classes are indices already
+        labels: list[int | None] = [json_labels[r] for r, _ in keep]
+        label_names = [str(i) for i in range(max(json_labels.values(), default=-1) + 1)] or None
+    else:
+        label_names = sorted({_label_of(r, mode) for r, _ in keep} - {None}) or None  # type: ignore
+        lookup = {n: i for i, n in enumerate(label_names or [])}
+        labels = [lookup.get(_label_of(r, mode)) if label_names else None  # type: ignore
+                  for r, _ in keep]
     listing = Listing(kind, [ref for _, ref in keep], [r for r, _ in keep], labels, label_names,
                       ignored, opts.channels or 3, opts.resolution or 256, zip_path)
     return listing, unlabelled
@@ -215,14 +235,38 @@ def list_source(src: str | os.PathLike, opts: MakeOptions) -> tuple[Listing, lis
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
         names = [p.relative_to(path).as_posix() for p in files]
-        return _listing_from_names("folder", names, [str(p) for p in files], opts)
+        json_labels = _dataset_json(names, lambda: (path / DATASET_JSON).read_bytes(),
+                                    str(path / DATASET_JSON), opts)
+        return _listing_from_names("folder", names, [str(p) for p in files], opts,
+                                   json_labels=json_labels)
     if path.suffix.lower() == ".zip" and path.is_file():
         with zipfile.ZipFile(path) as z:
             names = sorted(i.filename for i in z.infolist() if not i.is_dir())
-        return _listing_from_names("zip", names, names, opts, zip_path=str(path))
+            json_labels = _dataset_json(names, lambda: z.read(DATASET_JSON),
+                                        f"{path}:{DATASET_JSON}", opts)
+        return _listing_from_names("zip", names, names, opts, zip_path=str(path),
+                                   json_labels=json_labels)
     if path.suffix.lower() == ".npz" and path.is_file():
+        if opts.labels == DATASET_JSON:
+            raise ValueError(f"--labels {DATASET_JSON}: {src} is an .npz, which has its own "
+                             "labels")
         return _list_npz(path, opts), []
     raise FileNotFoundError(f"{src}: not an image folder, .zip or .npz")
+
+
+def _dataset_json(names: list[str], read: Any, where: str, opts: MakeOptions
+                  ) -> dict[str, int] | None:
+    """The labels of the source's dataset.json, when the options ask for them (default:
+    when it has one), else None."""
+    if opts.labels not in (None, DATASET_JSON) or (DATASET_JSON not in names
+                                                    and opts.labels is None):
+        return None
+    if DATASET_JSON not in names:
+        raise DatasetJsonError(f"--labels {DATASET_JSON}: {where} does not exist")
+    labels = parse_dataset_json(read(), where, [n for n in names if _is_picture(n)])
+    if labels is None and opts.labels == DATASET_JSON:
+        raise DatasetJsonError(f'{where}: "labels" is null (the dataset is unlabelled)')
+    return labels
 
 
 def _list_npz(path: Path, opts: MakeOptions) -> Listing:
@@ -263,7 +307,9 @@ def _results(listing: Listing, order: np.ndarray, opts: dict[str, Any],
                 _worker["zip"].close()
             _worker.clear()
         return
-    with multiprocessing.Pool(workers, _init_worker, (opts, listing.zip_path)) as pool:
+    # spawn, not fork: forking a process whose torch threads hold locks can deadlock
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, _init_worker, (opts, listing.zip_path)) as pool:
         # imap keeps input order, so the shards do not depend on the worker count.
         yield from pool.imap(_convert, tasks, chunksize=8)
 
@@ -276,7 +322,7 @@ def make_dataset(src: str | os.PathLike, out: str | os.PathLike,
     and ignored files). Raises ValueError when no picture is usable.
     """
     opts = opts or MakeOptions()
-    for key, allowed in (("labels", (None, "none", "subdirs")), ("crop", ("center", "pad",
+    for key, allowed in (("labels", LABEL_MODES), ("crop", ("center", "pad",
                          "stretch")), ("small", ("upscale", "skip")),
                          ("format", (None, "png", "jpg", "webp")), ("channels", (None, 1, 3))):
         if getattr(opts, key) not in allowed:

@@ -1,0 +1,216 @@
+"""`dgan ckpt export`: G_ema of one checkpoint, for inference outside training.
+
+Every export folder holds config.yaml and classes.json (the class names, [] when
+unconditional) beside the weights in one of three formats:
+
+- safetensors (the default): `G_ema.safetensors`, G_ema's state dict; `dgan.load_generator`
+  and `dgan sample` read it.
+- torchscript: `G_ema.torchscript.pt`, G traced with `torch.jit.trace`; `torch.jit.load` (or
+  libtorch's `torch::jit::load`) runs it without dgan.
+- onnx: `G_ema.onnx` (torch.onnx's exporter, which goes through `torch.export`); needs the
+  `onnx` extra (`pip install 'dgan[onnx]'`).
+
+The graph formats take the inputs `z` [N, z_dim], `c` [N, c_dim] (one-hot, class-
+conditional G only) and, for StyleGAN2, `truncation_psi` (a 0-d float tensor; 1 is none) and
+return images [N, C, H, W] in [-1, 1]; N is free. StyleGAN2's noise inputs are in "const"
+mode, so an image is a function of its inputs. Graphs are taken with dgan's reference ops
+(plain PyTorch, the same function as the fused Triton kernels): an opaque Triton launch is
+not something TorchScript or ONNX can hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+FORMATS = ("safetensors", "torchscript", "onnx")
+DEFAULT_FORMAT = "safetensors"
+EXPORT_WEIGHTS = "G_ema.safetensors"
+EXPORT_CLASSES = "classes.json"
+FILES = {"safetensors": EXPORT_WEIGHTS, "torchscript": "G_ema.torchscript.pt",
+         "onnx": "G_ema.onnx"}
+# An op name as torch and its exporters write them: aten::foo, aten.foo.default, dgan::bar
+_OP = re.compile(r"\b[a-z_][a-z0-9_]*::[A-Za-z_]\w*(?:\.\w+)?|\baten\.\w+(?:\.\w+)?")
+_PY_CALL = re.compile(r"Python function call '([^']+)'")  # TorchScript
+_OVERLOAD = re.compile(r"OpOverload\(op='([^']+)', overload='([^']+)'\)")  # torch.onnx
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class ExportError(ValueError):
+    """G_ema cannot be written in the asked format; the message names what is in the way."""
+
+
+class InferenceGraph(nn.Module):
+    """G as the graph formats take it: forward(z[, c][, truncation_psi]) -> images.
+
+    Truncation is written out here as `w_avg + psi * (w - w_avg)` on every w (the mapping
+    network's own truncation is a Python branch on psi, which a graph cannot take as input).
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.conditional = int(getattr(net, "c_dim", 0)) > 0
+        self.stylegan = hasattr(net, "mapping")
+
+    def input_names(self) -> list[str]:
+        return ["z"] + ["c"] * self.conditional + ["truncation_psi"] * self.stylegan
+
+    def example_inputs(self, n: int) -> tuple[torch.Tensor, ...]:
+        """Inputs for n images (deterministic: export must not touch the caller's RNG)."""
+        gen = torch.Generator().manual_seed(n)
+        inputs = [torch.randn(n, int(self.net.z_dim), generator=gen)]
+        if self.conditional:
+            inputs.append(nn.functional.one_hot(torch.arange(n) % self.net.c_dim,
+                                                self.net.c_dim).float())
+        if self.stylegan:
+            inputs.append(torch.tensor(0.7))
+        return tuple(inputs)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        z = inputs[0]
+        c = inputs[1] if self.conditional else None
+        if not self.stylegan:
+            return self.net(z, c)
+        mapping = self.net.mapping
+        ws = mapping(z, c)
+        ws = mapping.w_avg + inputs[-1] * (ws - mapping.w_avg)
+        return self.net.synthesis(ws, noise_mode="const")
+
+
+def write_export(state: dict[str, Any], source: Path, out: Path,
+                 fmt: str = DEFAULT_FORMAT) -> Path:
+    """Write G_ema of checkpoint state `state` (read from `source`) into folder `out` in
+    format `fmt`, with config.yaml and classes.json; returns the weights file.
+
+    Files are written with ordinary writes, so they get the umask's permissions. Raises
+    ExportError when the graph cannot be taken (naming the ops) or `fmt` needs a package
+    that is not installed.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    c_dim = int(state.get("c_dim", 0))
+    meta = {"step": str(state["step"]), "images_seen": str(state["images_seen"]),
+            "c_dim": str(c_dim), "source": str(source)}
+    if fmt == "safetensors":
+        from safetensors.torch import save
+
+        tensors = {k: v.contiguous() for k, v in state["G_ema"].items()}
+        # save() and an ordinary write, not save_file(), which creates the file 0600
+        data = save(tensors, metadata=meta)
+    else:
+        data = _graph_bytes(_generator(state), fmt, meta)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / FILES[fmt]
+    weights.write_bytes(data)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
+    names = state.get("class_names") or [str(i) for i in range(c_dim)]
+    (out / EXPORT_CLASSES).write_text(json.dumps(names) + "\n")
+    return weights
+
+
+def _generator(state: dict[str, Any]) -> nn.Module:
+    from dgan.config import config_from_yaml_text
+    from dgan.models import build_models
+
+    cfg = config_from_yaml_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
+    cfg.model.channels_last = False  # a graph for any device, not NHWC-specialised
+    g, _ = build_models(cfg, int(state.get("c_dim", 0)))
+    g.load_state_dict(state["G_ema"])
+    return g.eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def _reference_ops() -> Iterator[None]:
+    from dgan.ops import _dispatch
+
+    before = _dispatch._impl
+    _dispatch.set_impl("reference")
+    try:
+        yield
+    finally:
+        _dispatch._impl = before
+
+
+def _graph_bytes(net: nn.Module, fmt: str, meta: dict[str, str]) -> bytes:
+    graph = InferenceGraph(net).eval()
+    example = graph.example_inputs(2)
+    try:
+        with _reference_ops(), torch.no_grad(), warnings.catch_warnings():
+            # torch.jit's deprecation notice and the tracer's notes on Python values it
+            # fixes: the check below compares the result at another batch size instead
+            warnings.simplefilter("ignore")
+            if fmt == "torchscript":
+                return _torchscript(graph, example, meta)
+            return _onnx(graph, example, meta)
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - exporters raise many types; one line names the ops
+        raise ExportError(_explain(e, fmt)) from None
+
+
+def _torchscript(graph: InferenceGraph, example: tuple[torch.Tensor, ...],
+                 meta: dict[str, str]) -> bytes:
+    traced = torch.jit.trace(graph, example, check_trace=False)
+    other = graph.example_inputs(3)  # a trace may have fixed the batch size: check another
+    err = (traced(*other) - graph(*other)).abs().max().item()
+    if not err <= 1e-4:
+        raise ExportError(f"the traced generator differs from G by {err:.3g} at batch size 3 "
+                          "(traced at 2): G has shape-dependent Python code torchscript "
+                          "cannot follow; use --format onnx or safetensors")
+    buf = io.BytesIO()
+    extra = {"dgan.json": json.dumps({**meta, "inputs": graph.input_names()})}
+    torch.jit.save(traced, buf, _extra_files=extra)
+    return buf.getvalue()
+
+
+def _onnx(graph: InferenceGraph, example: tuple[torch.Tensor, ...],
+          meta: dict[str, str]) -> bytes:
+    try:
+        import onnx  # noqa: F401 - torch.onnx needs it (and onnxscript)
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ExportError(f"--format onnx needs the onnx extra: pip install 'dgan[onnx]' "
+                          f"({e})") from None
+    import logging
+
+    batch = torch.export.Dim("batch", min=1)
+    dims = ({0: batch},) + ({0: batch},) * graph.conditional + (None,) * graph.stylegan
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # per-op registration notes (torchvision ops) on stderr
+    try:
+        program = torch.onnx.export(graph, example, input_names=graph.input_names(),
+                                    output_names=["images"], dynamic_shapes=(dims,),
+                                    dynamo=True, verbose=False)
+    finally:
+        quiet.setLevel(level)
+    model = program.model_proto
+    for key, value in {**meta, "inputs": ",".join(graph.input_names())}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"dgan.{key}", value
+    return model.SerializeToString()
+
+
+def _explain(e: BaseException, fmt: str) -> str:
+    """One line: the ops (or Python calls) the exporter could not take, else its first line.
+
+    torch.onnx stops at the first op it has no translation for, so that one is named."""
+    text = _ANSI.sub("", str(e))
+    ops = sorted(set(_PY_CALL.findall(text)) | set(_OP.findall(text))
+                 | {f"{op}.{overload}" for op, overload in _OVERLOAD.findall(text)})
+    first = next((line.strip() for line in text.splitlines() if line.strip()),
+                 type(e).__name__)
+    if ops:
+        return f"--format {fmt}: G_ema uses ops {fmt} export cannot take: {', '.join(ops)}"
+    return f"--format {fmt}: G_ema cannot be exported: {type(e).__name__}: {first[:300]}"
