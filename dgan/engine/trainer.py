@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from dgan import __version__, checkpoint, runlock
-from dgan.checkpoint import hooks, rng
+from dgan.checkpoint import hooks, init_from, rng
 from dgan.config import to_yaml
 from dgan.data.stream import DataStream
 from dgan.engine import guard, losses
@@ -90,6 +90,9 @@ class Trainer:
         self.class_names = list(source.labels) if self.c_dim else []  # saved for sampling
         torch.manual_seed(cfg.run.seed)  # model initialisation: identical on every rank
         g, d = build_models(cfg, self.c_dim)
+        initial = init_from.initial_weights(cfg)  # None unless init.from starts this run
+        if initial is not None:  # before the backend wraps them (DeepSpeed copies weights)
+            initial.load({"G": g, "D": d})
         o = cfg.optim
         if cfg.model.name == "stylegan2":
             opt_g, opt_d = build_optimizers(cfg, g, d)
@@ -98,6 +101,9 @@ class Trainer:
             opt_d = torch.optim.Adam(d.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
         self.backend.prepare(g, d, opt_g, opt_d)
         self.g_ema = make_ema(self.backend.g_module)
+        if initial is not None:
+            initial.load({"G_ema": self.g_ema})
+        self.initialised_from = initial.summary() if initial is not None else None
         self.opt_g, self.opt_d = opt_g, opt_d
         b = self.backend
         # StyleGAN2 runs its phase schedule (lazy regularisation) as a recipe; DCGAN is
@@ -365,6 +371,7 @@ class Trainer:
                            start_step=self.step, progress=cfg.log.progress)
         logger.config(self.step, to_yaml(cfg))
         start = (f"resumed from {resumed} at step {self.step}" if resumed else
+                 self.initialised_from if self.initialised_from else
                  "fresh start (resume=never)" if cfg.resume == "never" else
                  "fresh start (no valid checkpoint)")
         logger.message(f"dgan: run {self.run_dir}: {start}; backend {b.name}, "
