@@ -18,6 +18,7 @@ from test_train import fit, small_config
 
 from dgan import checkpoint
 from dgan.checkpoint import nvlabs
+from dgan.checkpoint.init_from import InitFromError
 from dgan.checkpoint.safe_pickle import UnsafePickle
 from dgan.cli import _resolve_data, main
 from dgan.data.builtin import make_builtin
@@ -238,3 +239,14 @@ def test_init_from_runs_checkpoints_and_exports_through_the_cli(tmp_path, capsys
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("dgan: error: "), err
         assert re.search(expected, err), err
+
+
+def test_init_from_a_snapshot_of_another_shape_names_what_it_needs(snapshot, stacked, tmp_path):
+    path, _, _ = snapshot
+    cfg = sg2_config(tmp_path / "run", stacked, "model.conditional=false", f"init.from={path}",
+                     "model.channel_max=16")
+    with pytest.raises(InitFromError) as e:
+        Trainer(cfg, _resolve_data(cfg))
+    message = str(e.value)
+    assert "\n" not in message and "[32, 32, 3, 3] there vs [16, 16, 3, 3] here" in message
+    assert "model.channel_base=256 model.channel_max=32" in message
