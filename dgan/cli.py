@@ -104,11 +104,12 @@ def _train(args: argparse.Namespace, preemption: Any) -> int:
     source = _resolve_data(cfg, stored)
     from dgan.checkpoint import InvalidCheckpoint, SaveFailed
     from dgan.engine.guard import NonFiniteError
+    from dgan.checkpoint.init_from import InitFromError
     from dgan.engine.trainer import ResumeMismatch, Trainer
 
     try:
         trainer = Trainer(cfg, source, lock_run_dir=True)
-    except RunDirLocked as e:
+    except (RunDirLocked, InitFromError) as e:
         raise UserError(str(e)) from None
     b = trainer.backend
     try:
@@ -355,6 +356,18 @@ def cmd_ckpt_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ckpt_import(args: argparse.Namespace) -> int:
+    from dgan.checkpoint import InvalidCheckpoint, nvlabs
+
+    if not Path(args.pkl).is_file():
+        raise UserError(f"{args.pkl}: no such file")
+    try:
+        print(f"dgan: wrote {nvlabs.export(args.pkl, args.out)} to {args.out}")
+    except InvalidCheckpoint as e:
+        raise UserError(str(e)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dgan", description="Train generative adversarial networks, from a laptop CPU to "
@@ -497,6 +510,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "G_ema.torchscript.pt for torch.jit.load; onnx: G_ema.onnx (needs "
                         "pip install 'dgan[onnx]')")
     export.set_defaults(func=cmd_ckpt_export)
+    imp = ckpt_verbs.add_parser(
+        "import", help="NVlabs StyleGAN2 network-snapshot-*.pkl -> an export folder",
+        description="Read an NVlabs stylegan2-ada-pytorch / stylegan3 StyleGAN2 (config F) "
+        "snapshot without running its code and write its G_ema as OUT/G_ema.safetensors, "
+        "OUT/config.yaml and OUT/classes.json. To fine-tune G and D, give the .pkl to "
+        "init.from instead.")
+    imp.add_argument("pkl", help="an NVlabs network-snapshot-*.pkl")
+    imp.add_argument("out", help="output directory")
+    imp.set_defaults(func=cmd_ckpt_import)
     return parser
 
 

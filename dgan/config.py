@@ -160,6 +160,17 @@ class BackendConfig:
     trust_deepspeed_files: bool = False
 
 
+class InitConfig:
+    """`init.from`: weights a new run starts from (dgan.checkpoint.init_from). `from` is a
+    Python keyword, so the field is declared by hand: no generated __init__, __repr__ or __eq__
+    (they would spell `self.from`); OmegaConf reads the class attribute as the default."""
+
+
+InitConfig.__annotations__ = {"from": "Optional[str]"}
+setattr(InitConfig, "from", None)  # a run / checkpoint / export directory or an NVlabs .pkl
+InitConfig = dataclass(init=False, repr=False, eq=False)(InitConfig)  # type: ignore[misc]
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -173,6 +184,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     # auto: the newest valid checkpoint in run.dir, else a fresh start; never: always fresh
     # (run.dir should then be new); or a checkpoint directory / another run's directory
     resume: str = "auto"
@@ -267,6 +279,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"bad value for 'data.channels': {cfg.data.channels}; expected 1 or 3")
     if not str(cfg.resume).strip():
         raise ConfigError("bad value for 'resume': ''; expected auto, never or a checkpoint path")
+    # init.from must exist only when a run starts from it (checked then): a saved config
+    # still loads for sampling after the file it started from is gone
+    if OmegaConf.select(cfg, "init.from") is not None and not str(cfg.init["from"]).strip():
+        raise ConfigError("bad value for 'init.from': ''; expected a dgan run, checkpoint or "
+                          "export directory, or an NVlabs .pkl (or null)")
     if cfg.backend.zero_stage == 3:
         raise ConfigError("backend.zero_stage=3 is not supported: ZeRO-3 partitions D's "
                           "parameters, which G's step uses outside D's engine; use "

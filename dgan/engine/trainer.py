@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from dgan import __version__, checkpoint, runlock
-from dgan.checkpoint import hooks, rng
+from dgan.checkpoint import hooks, init_from, rng
 from dgan.config import to_yaml
 from dgan.data.stream import DataStream
 from dgan.engine import guard
@@ -79,10 +79,16 @@ class Trainer:
         self.task = build_task(cfg, self.c_dim)
         torch.manual_seed(cfg.run.seed)  # model initialisation: identical on every rank
         nets = self.task.build_networks()
+        initial = init_from.initial_weights(cfg)  # None unless init.from starts this run
+        if initial is not None:  # before the backend wraps them (DeepSpeed copies weights)
+            initial.load(nets)
         self.optimizers = self.task.build_optimizers(nets)
         self.backend.prepare(nets, self.optimizers, self.task.groups())
         b = self.backend
         self.emas = {e: make_ema(b.nets[net]) for e, net in self.task.emas.items()}
+        if initial is not None:
+            initial.load(self.emas)
+        self.initialised_from = initial.summary() if initial is not None else None
         self.task.bind(b, self.emas)
         self.guard = guard.NonFiniteGuard(cfg.train.max_bad_steps)
         # what a skipped step puts back
@@ -293,6 +299,7 @@ class Trainer:
                            start_step=self.step, progress=cfg.log.progress)
         logger.config(self.step, to_yaml(cfg))
         start = (f"resumed from {resumed} at step {self.step}" if resumed else
+                 self.initialised_from if self.initialised_from else
                  "fresh start (resume=never)" if cfg.resume == "never" else
                  "fresh start (no valid checkpoint)")
         logger.message(f"dgan: run {self.run_dir}: {start}; backend {b.name}, "
