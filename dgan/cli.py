@@ -158,8 +158,8 @@ def _release(trainer: Any) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from dgan.checkpoint import InvalidCheckpoint
-    from dgan.sample import SampleError, load_generator, parse_seeds, write_interpolation, \
-        write_samples
+    from dgan.sample import VIDEO_INSTALL, SampleError, load_generator, parse_seeds, \
+        write_interpolation, write_samples
 
     try:
         if args.seeds is not None:
@@ -173,9 +173,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         g = load_generator(args.run, args.ckpt)
         kw = dict(class_idx=args.cls, truncation_psi=args.trunc, noise_mode=args.noise_mode)
         if args.interpolate:
-            path = write_interpolation(g, seeds, args.out, args.frames, **kw)
-            print(f"dgan: wrote {path} ({(len(seeds) - 1) * args.frames + 1} frames, "
-                  f"step {g.step})")
+            if args.fps < 1:
+                raise UserError(f"--fps {args.fps}: expected a frame rate >= 1")
+            paths = write_interpolation(g, seeds, args.out, args.frames, video=args.video,
+                                        fps=args.fps, **kw)
+            print(f"dgan: wrote {' and '.join(paths)} ({(len(seeds) - 1) * args.frames + 1} "
+                  f"frames, step {g.step})" + ("" if len(paths) > 1 or args.video is False else
+                                               f"; for a video too: {VIDEO_INSTALL}"))
             return 0
         paths = write_samples(g, seeds, args.out, grid=args.grid, **kw)
     except (InvalidCheckpoint, SampleError) as e:
@@ -412,7 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--ckpt", metavar="STEP|PATH", help="the run's checkpoint of this step, "
                         "or a checkpoint directory (default: the newest valid one)")
     sample.add_argument("--interpolate", action="store_true", help="write OUT/interpolation.png "
-                        "instead: one row walking from each seed to the next")
+                        "instead: one row walking from each seed to the next, and "
+                        "OUT/interpolation.mp4 when a video encoder is installed "
+                        "(pip install 'dgan[video]')")
+    sample.add_argument("--video", action=argparse.BooleanOptionalAction, default=None,
+                        help="--interpolate: --video requires the MP4, --no-video skips it "
+                        "(default: written when the encoder is installed)")
+    sample.add_argument("--fps", type=int, default=24, help="--interpolate: video frame rate")
     sample.add_argument("--frames", type=int, default=8,
                         help="--interpolate: steps from one seed to the next (default 8)")
     sample.add_argument("--out", required=True, help="output directory")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -310,11 +311,67 @@ def write_samples(g: TrainedGenerator, seeds: Sequence[int], out: str, grid: boo
     return paths
 
 
+VIDEO_INSTALL = "pip install 'dgan[video]'"
+
+
+def video_encoder() -> Optional[str]:
+    """The codec `write_video` uses (H.264, else MPEG-4 part 2), or None when PyAV (the
+    `video` extra) is not installed."""
+    try:
+        import av
+    except ImportError:
+        return None
+    for codec in ("libx264", "mpeg4"):
+        try:
+            av.codec.Codec(codec, "w")
+            return codec
+        except Exception:  # av.codec.codec.UnknownCodecError: this FFmpeg build lacks it
+            continue
+    return None
+
+
+def write_video(images: torch.Tensor, path: str, fps: int = 24, min_size: int = 256) -> str:
+    """Write images [T, C, H, W] in [-1, 1] as an MP4 (yuv420p, plays everywhere); small
+    images are enlarged by a whole factor (nearest) to at least `min_size` pixels, sides
+    even as yuv420p needs. Raises SampleError when no encoder is installed."""
+    codec = video_encoder()
+    if codec is None:
+        raise SampleError(f"a video needs an encoder: {VIDEO_INSTALL}")
+    import av
+
+    frames = np.asarray(to_uint8(images))  # [T, H, W, C] uint8
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    factor = max(1, -(-min_size // max(frames.shape[1:3])))
+    frames = frames.repeat(factor, 1).repeat(factor, 2)
+    h, w = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
+    frames = np.ascontiguousarray(frames[:, :h, :w])
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "18"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():  # flush
+            container.mux(packet)
+    return path
+
+
 def write_interpolation(g: TrainedGenerator, seeds: Sequence[int], out: str, frames: int = 8,
-                        **kw: Any) -> str:
-    """Write `interpolate`'s frames as one row, `out/interpolation.png`; returns its path."""
+                        video: Optional[bool] = None, fps: int = 24, **kw: Any) -> list[str]:
+    """Write `interpolate`'s frames as one row, `out/interpolation.png`, and as a video,
+    `out/interpolation.mp4`: video=None writes it when an encoder is installed, True
+    requires one (SampleError naming the install command), False never. Returns the paths
+    written."""
+    if video and video_encoder() is None:
+        raise SampleError(f"--video needs an encoder: {VIDEO_INSTALL}")
     images = interpolate(g, seeds, frames, **kw)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "interpolation.png")
     save_png(make_grid(images, cols=len(images)), path)
-    return path
+    paths = [path]
+    if video is not False and video_encoder() is not None:
+        paths.append(write_video(images, os.path.join(out, "interpolation.mp4"), fps))
+    return paths

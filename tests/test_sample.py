@@ -190,3 +190,40 @@ def test_ckpt_inspect(run_dir, capsys):
     assert main(["ckpt", "inspect", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "step         6" in out and "world size   1" in out and "backend      ddp" in out
+
+
+def test_interpolation_video(run_dir, tmp_path, capsys):
+    """With PyAV installed the strip comes with an MP4 of the same frames: as many frames,
+    enlarged to >= 256 px, the ends the seeds' own images (to lossy-codec error)."""
+    av = pytest.importorskip("av", reason="the video extra is not installed")
+    assert sample(run_dir, tmp_path / "v", "--seeds", "1,2", "--interpolate", "--frames", "6",
+                  "--fps", "12", "--video") == 0
+    assert "interpolation.mp4" in capsys.readouterr().out
+    assert sample(run_dir, tmp_path / "ends", "--seeds", "1,2") == 0
+    with av.open(str(tmp_path / "v" / "interpolation.mp4")) as container:
+        stream = container.streams.video[0]
+        assert float(stream.average_rate) == 12
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    assert len(frames) == 7 and frames[0].shape == (280, 280, 3)  # 28 px x 10
+    for frame, seed in ((frames[0], 1), (frames[-1], 2)):
+        small = frame[5::10, 5::10, 0].astype(np.float64)  # centre of each 10x10 block
+        want = pixels(tmp_path / "ends" / f"seed{seed:06d}.png").astype(np.float64)
+        assert np.abs(small - want.reshape(small.shape)).mean() < 8
+    assert sample(run_dir, tmp_path / "nv", "--seeds", "1,2", "--interpolate",
+                  "--no-video") == 0
+    assert sorted(p.name for p in (tmp_path / "nv").iterdir()) == ["interpolation.png"]
+
+
+def test_interpolation_video_without_an_encoder(run_dir, tmp_path, capsys, monkeypatch):
+    import dgan.sample
+
+    monkeypatch.setattr(dgan.sample, "video_encoder", lambda: None)
+    assert sample(run_dir, tmp_path / "a", "--seeds", "1,2", "--interpolate") == 0
+    assert "pip install 'dgan[video]'" in capsys.readouterr().out  # told how to get one
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["interpolation.png"]
+    assert sample(run_dir, tmp_path / "b", "--seeds", "1,2", "--interpolate", "--video") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'dgan[video]'" in err[0]
+    assert not (tmp_path / "b").exists()
+    assert sample(run_dir, tmp_path / "c", "--seeds", "1,2", "--interpolate", "--fps", "0") == 2
+    assert "--fps 0" in capsys.readouterr().err
