@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 
 _API = ("TrainedGenerator", "generate", "interpolate", "load_generator")
+_TRANSLATE_API = ("TrainedTranslator", "load_translator", "translate_files")
 
 
 def __getattr__(name: str):  # lazy: `import dgan` (and the CLI's start) stays free of torch
@@ -11,4 +12,8 @@ def __getattr__(name: str):  # lazy: `import dgan` (and the CLI's start) stays f
         from dgan import sample
 
         return getattr(sample, name)
+    if name in _TRANSLATE_API:
+        from dgan import translate
+
+        return getattr(translate, name)
     raise AttributeError(f"module 'dgan' has no attribute {name!r}")

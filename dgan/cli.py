@@ -201,6 +201,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dgan.metrics.run_eval import evaluate_generator, select_metrics
     from dgan.sample import load_generator
 
+    if _is_translation_run(args.run):
+        return _eval_translation(args)
     try:
         loaded = load_generator(args.run)
     except InvalidCheckpoint as e:
@@ -233,6 +235,59 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = os.path.join(args.run, f"eval-{step:08d}.json")
     with open(out, "w") as f:
         json.dump({"step": step, **results}, f, indent=1)
+    return 0
+
+
+def _is_translation_run(run: str) -> bool:
+    from dgan.config import config_from_yaml_text
+    from dgan.translate import TRANSLATION_TASKS, _task_of
+
+    config_file = os.path.join(run, "config.yaml")
+    if not os.path.isfile(config_file):
+        return False
+    return _task_of(config_from_yaml_text(open(config_file).read())) in TRANSLATION_TASKS
+
+
+def _eval_translation(args: argparse.Namespace) -> int:
+    """dgan eval of a translation run: PSNR, SSIM, L1 of G's outputs against the targets of
+    data.path's pairs (or --data's: held-out pairs)."""
+    import json
+
+    import torch
+
+    from dgan.checkpoint import InvalidCheckpoint
+    from dgan.metrics.evaluate import format_table
+    from dgan.metrics.translation import evaluate_translation
+    from dgan.translate import TranslateError, load_translator
+
+    try:
+        t = load_translator(args.run)
+    except (InvalidCheckpoint, TranslateError) as e:
+        raise UserError(str(e)) from None
+    cfg = t.config
+    if args.data:
+        cfg.data.path = args.data
+    stored = None if args.data or args.trust_pipe else os.path.join(args.run, "config.yaml")
+    allowed = ("psnr", "ssim", "l1")
+    metrics = args.metrics.split(",") if args.metrics else [
+        m for m in cfg.eval.metrics if m in allowed] or list(allowed)
+    if set(metrics) - set(allowed):
+        raise UserError(f"--metrics {args.metrics}: a translation run computes "
+                        f"{','.join(allowed)}, not {','.join(sorted(set(metrics) - set(allowed)))}")
+    source = _resolve_data(cfg, stored)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    src, tgt = ("a", "b") if t.direction == "AtoB" else ("b", "a")
+    try:
+        results = evaluate_translation(cfg, t.net.to(device), source, device, src, tgt, metrics,
+                                       args.n or cfg.eval.n)
+    except ValueError as e:
+        raise UserError(f"data.path {cfg.data.path}: {e}") from None
+    print(f"run {args.run}, step {t.step}, {int(results['pairs'])} pairs of "
+          f"{cfg.data.path} ({t.direction})")
+    print(format_table({k: v for k, v in results.items() if k != "pairs"}))
+    out = os.path.join(args.run, f"eval-{t.step:08d}.json")
+    with open(out, "w") as f:
+        json.dump({"step": t.step, **results}, f, indent=1)
     return 0
 
 
@@ -355,9 +410,38 @@ def cmd_ckpt_export(args: argparse.Namespace) -> int:
         weights = write_export(state, chosen, out, args.format)
     except ExportError as e:
         raise UserError(f"{chosen}: {e}") from None
-    print(f"dgan: wrote G_ema of {chosen.name} (step {state['step']}) to "
-          f"{weights}, {out / 'config.yaml'} and {out / EXPORT_CLASSES}")
+    written = [weights, out / "config.yaml"] + (
+        [out / EXPORT_CLASSES] if (out / EXPORT_CLASSES).is_file() else [])
+    print(f"dgan: wrote {weights.name.split('.')[0]} of {chosen.name} (step {state['step']}) "
+          f"to {', '.join(map(str, written[:-1]))} and {written[-1]}")
     return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from dgan.checkpoint import InvalidCheckpoint
+    from dgan.translate import TranslateError, load_translator, translate_files
+
+    try:
+        t = load_translator(args.run, args.ckpt)
+        if args.direction and args.direction != t.direction:
+            raise TranslateError(f"--direction {args.direction}: {args.run} was trained "
+                                 f"{t.direction} (task.direction), and pix2pix's G goes one way")
+        written, skipped = translate_files(t, args.input, args.out)
+    except (InvalidCheckpoint, TranslateError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    for path, why in skipped:
+        print(f"dgan: skipped {path}: {why}", file=sys.stderr)
+    if not written and not skipped:
+        raise UserError(f"{args.input}: no images (expected {', '.join(_image_exts())})")
+    print(f"dgan: translated {len(written)} image(s) {t.direction} (step {t.step}) into "
+          f"{args.out}" + (f"; skipped {len(skipped)} (listed above)" if skipped else ""))
+    return 1 if skipped and not written else 0
+
+
+def _image_exts() -> tuple[str, ...]:
+    from dgan.translate import IMAGE_EXTS
+
+    return IMAGE_EXTS
 
 
 def cmd_ckpt_import(args: argparse.Namespace) -> int:
@@ -428,6 +512,20 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="output directory")
     sample.add_argument("--grid", action="store_true", help="also write grid.png")
     sample.set_defaults(func=cmd_sample)
+
+    tr = verbs.add_parser(
+        "translate", help="translate images with a translation run's G (pix2pix)",
+        description="Translate IN (a folder, recursively, or one image; any size) with G of "
+        "RUN (a run, checkpoint or export directory) into OUT as PNGs with the same relative "
+        "names. An alpha channel is carried over unchanged.")
+    tr.add_argument("--run", required=True, help="run, checkpoint or export directory")
+    tr.add_argument("input", metavar="IN", help="an image or a folder of images")
+    tr.add_argument("out", metavar="OUT", help="output folder")
+    tr.add_argument("--direction", choices=["AtoB", "BtoA"],
+                    help="checked against the run's task.direction (default: that one)")
+    tr.add_argument("--ckpt", metavar="STEP|PATH", help="the run's checkpoint of this step, "
+                    "or a checkpoint directory (default: the newest valid one)")
+    tr.set_defaults(func=cmd_translate)
 
     ev = verbs.add_parser("eval", help="compute metrics of a run's G_ema",
                           description="FD/KID/precision-recall (Inception features when the "

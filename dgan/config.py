@@ -51,18 +51,23 @@ class DataConfig:
 
 @dataclass
 class TaskConfig:
-    # what is trained, one file in dgan/tasks/ each: dcgan | stylegan2; null: the task of
-    # model.name (dcgan -> dcgan, stylegan2 -> stylegan2)
+    # what is trained, one file in dgan/tasks/ each: dcgan | stylegan2 | pix2pix; null: the
+    # task of model.name (dcgan -> dcgan, stylegan2 -> stylegan2, pix2pix -> pix2pix)
     name: Optional[str] = None
+    # pix2pix: AtoB learns each sample's image b from its image a; BtoA the reverse
+    direction: str = "AtoB"
 
 
 @dataclass
 class ModelConfig:
-    name: str = "dcgan"  # dcgan | stylegan2 (the architecture; task.name says how it trains)
+    # dcgan | stylegan2 | pix2pix (U-Net G, PatchGAN D); task.name says how it trains
+    name: str = "dcgan"
     z_dim: int = 64
     # dcgan
     g_width: int = 32  # channels of G's last hidden layer; doubles towards low resolution
     d_width: int = 32  # channels of D's first layer; doubles towards low resolution
+    # pix2pix: stride-2 layers of the PatchGAN D (3: 70x70 patches)
+    d_layers: int = 3
     # stylegan2
     w_dim: int = 512
     channel_base: int = 16384  # channels at resolution r: min(channel_base / r, channel_max)
@@ -85,6 +90,7 @@ class LossConfig:
     augment: str = "none"  # stylegan2: none | ada (adaptive p) | fixed (DiffAugment-style p)
     augment_p: float = 0.0  # initial (ada) or fixed augmentation probability
     ada_target: float = 0.6  # ada: target sign(D(real)) mean
+    l1_weight: float = 100.0  # pix2pix: weight of |G(x) - y|_1 beside the adversarial loss
 
 
 @dataclass
@@ -93,6 +99,9 @@ class OptimConfig:
     lr_d: float = 4e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    # from this step on, every learning rate falls linearly to 0 at train.steps (pix2pix's
+    # and CycleGAN's schedule: half the run constant, half decaying); 0: constant
+    lr_decay_from: int = 0
 
 
 @dataclass
@@ -194,22 +203,24 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "backend.name": ("ddp", "deepspeed"),
     "backend.zero_stage": (0, 1, 2, 3),
-    "model.name": ("dcgan", "stylegan2"),
+    "model.name": ("dcgan", "stylegan2", "pix2pix"),
+    "task.direction": ("AtoB", "BtoA"),
     "model.ops": ("auto", "fused", "reference"),
     "loss.name": ("nonsaturating",),
     "loss.augment": ("none", "ada", "fixed"),
     "log.progress": ("auto", "bar", "lines", "off"),
 }
-RESOLUTIONS = {"dcgan": (28, 32, 64), "stylegan2": (32, 64, 128, 256, 512, 1024)}
+RESOLUTIONS = {"dcgan": (28, 32, 64), "stylegan2": (32, 64, 128, 256, 512, 1024),
+               "pix2pix": (32, 64, 128, 256, 512)}
 POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.keep",
             "log.every", "log.grid", "data.channels", "model.z_dim", "model.g_width",
             "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum", "data.max_member_mb",
-            "run.lock_stale_after")
+            "run.lock_stale_after", "model.d_layers")
 NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma", "eval.every",
                 "loss.pl_weight", "loss.style_mixing", "loss.augment_p", "train.ema_kimg",
                 "backend.expect_world_size", "checkpoint.milestone",
-                "train.max_bad_steps")
-METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes")
+                "train.max_bad_steps", "loss.l1_weight", "optim.lr_decay_from")
+METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes", "psnr", "ssim", "l1")
 
 
 def all_keys(node: Any = Config, prefix: str = "") -> list[str]:
@@ -325,6 +336,12 @@ def validate(cfg: DictConfig) -> None:
     if os.path.exists(str(cfg.run.dir)) and not os.path.isdir(str(cfg.run.dir)):
         raise ConfigError(f"bad value for 'run.dir': {cfg.run.dir} exists and is not a "
                           "directory; expected a directory (it is created if missing)")
+    if cfg.optim.lr_decay_from >= cfg.train.steps:
+        raise ConfigError(f"bad value for 'optim.lr_decay_from': {cfg.optim.lr_decay_from}; "
+                          f"expected 0 (constant) or a step before train.steps={cfg.train.steps}")
+    if cfg.optim.lr_decay_from and cfg.backend.name == "deepspeed":
+        raise ConfigError("optim.lr_decay_from is not supported with backend.name=deepspeed "
+                          "(its engines own the learning rate); use backend.name=ddp")
     if not 0.0 <= cfg.train.ema_beta < 1.0:
         raise ConfigError(f"bad value for 'train.ema_beta': {cfg.train.ema_beta}; expected [0, 1)")
     from dgan.tasks import validate_task  # the task's own keys, grad_accum and compile

@@ -36,6 +36,7 @@ from torch import nn
 FORMATS = ("safetensors", "torchscript", "onnx")
 DEFAULT_FORMAT = "safetensors"
 EXPORT_WEIGHTS = "G_ema.safetensors"
+TRANSLATOR_WEIGHTS = "G.safetensors"  # a translation task's G (pix2pix: no EMA)
 EXPORT_CLASSES = "classes.json"
 FILES = {"safetensors": EXPORT_WEIGHTS, "torchscript": "G_ema.torchscript.pt",
          "onnx": "G_ema.onnx"}
@@ -99,6 +100,9 @@ def write_export(state: dict[str, Any], source: Path, out: Path,
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    cfg = state["config"]
+    if str((cfg.get("task") or {}).get("name") or cfg["model"]["name"]) == "pix2pix":
+        return _write_translator(state, source, out, fmt)
     c_dim = int(state.get("c_dim", 0))
     meta = {"step": str(state["step"]), "images_seen": str(state["images_seen"]),
             "c_dim": str(c_dim), "source": str(source)}
@@ -116,6 +120,22 @@ def write_export(state: dict[str, Any], source: Path, out: Path,
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
     names = state.get("class_names") or [str(i) for i in range(c_dim)]
     (out / EXPORT_CLASSES).write_text(json.dumps(names) + "\n")
+    return weights
+
+
+def _write_translator(state: dict[str, Any], source: Path, out: Path, fmt: str) -> Path:
+    """A translation run's G as G.safetensors with config.yaml (what dgan translate reads)."""
+    if fmt != "safetensors":
+        raise ExportError(f"--format {fmt}: a translation run exports safetensors only "
+                          "(G.safetensors, read by dgan translate / dgan.load_translator)")
+    from safetensors.torch import save
+
+    meta = {"step": str(state["step"]), "images_seen": str(state["images_seen"]),
+            "source": str(source)}
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / TRANSLATOR_WEIGHTS
+    weights.write_bytes(save({k: v.contiguous() for k, v in state["G"].items()}, metadata=meta))
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
     return weights
 
 

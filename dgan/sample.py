@@ -139,8 +139,17 @@ def load_generator(path: str | os.PathLike, ckpt: Optional[str | int] = None
         raise SampleError(f"{path}: holds {' and '.join(graphs)}, a graph for torch.jit.load / "
                           f"ONNX runtimes; dgan reads a safetensors export ({EXPORT_WEIGHTS}: "
                           "dgan ckpt export --format safetensors)")
+    from dgan.export import TRANSLATOR_WEIGHTS
+
+    if (path / TRANSLATOR_WEIGHTS).is_file():
+        raise SampleError(f"{path}: an export of a translation run (G translates images); "
+                          "use dgan translate / dgan.load_translator")
     chosen, state = _state_of(path, ckpt)
     cfg = config_from_yaml_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
+    if "G_ema" not in state:
+        raise SampleError(f"{chosen}: a task.name={cfg.task.name or cfg.model.name} run "
+                          "translates images, it does not generate from noise; use "
+                          "dgan translate / dgan.load_translator")
     c_dim = int(state.get("c_dim", 0))
     # checkpoints written before class names were saved: their indices
     names = state.get("class_names") or [str(i) for i in range(c_dim)]

@@ -1,5 +1,6 @@
-"""Built-in datasets shipped with the package (no download): MNIST (5,000 digits), and
-Stacked MNIST made from it (three digits as R, G, B; 1,000 modes). The mode-count metric
+"""Built-in datasets shipped with the package (no download): MNIST (5,000 digits),
+Stacked MNIST made from it (three digits as R, G, B; 1,000 modes), and MNIST edges (pairs:
+a digit's outline as image "a", the digit as image "b", for the translation demo). The mode-count metric
 that reads Stacked MNIST samples is dgan.metrics.stacked; data never imports metrics."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 from dgan.cache import cache_root
 from dgan.data.shards import INDEX, encode_image, write_shards
 
-BUILTIN = ("mnist", "stacked_mnist")
+BUILTIN = ("mnist", "stacked_mnist", "mnist_edges")
+PAIRED = ("a", "b")  # the image keys of paired samples
 DIGITS = [str(d) for d in range(10)]
 STACKED_SAMPLES = 60_000  # ~60 per mode of the 1,000: every mode is present
 
@@ -66,6 +68,17 @@ def stacked_mnist(n: int, seed: int, resolution: int = 28) -> tuple[np.ndarray, 
     return np.ascontiguousarray(images), labels
 
 
+def outlines(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) uint8 digits -> their outer outlines (N, H, W) uint8: the pixels a 3x3
+    dilation of the digit (thresholded at 128) adds, 255 on the outline: a hollow digit."""
+    on = np.pad(images >= 128, ((0, 0), (1, 1), (1, 1)))
+    h, w = images.shape[1:]
+    shifts = [on[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+              for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    dilated = np.logical_or.reduce(shifts)
+    return ((dilated & ~on[:, 1:-1, 1:-1]) * 255).astype(np.uint8)
+
+
 def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
                  per_shard: int = 1000, seed: int = 0, samples: int | None = None) -> dict:
     """Write a built-in dataset as shards into `out`. Samples are shuffled (fixed seed).
@@ -79,6 +92,16 @@ def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
         encoded = ((encode_image(images[i]), "png", int(labels[i])) for i in order)
         return write_shards(encoded, out, name, resolution=resolution, channels=1,
                             labels=DIGITS, per_shard=per_shard, extra=lambda: {"builtin": name})
+    if name == "mnist_edges":
+        images, labels = load_mnist()
+        images = fit_resolution(images, resolution)
+        edges = outlines(images)
+        order = np.random.default_rng(seed).permutation(len(images))
+        paired = (({"a": encode_image(edges[i]), "b": encode_image(images[i])}, "png",
+                   int(labels[i])) for i in order)
+        return write_shards(paired, out, name, resolution=resolution, channels=1,
+                            labels=DIGITS, per_shard=per_shard,
+                            extra=lambda: {"builtin": name, "images": list(PAIRED)})
     if name == "stacked_mnist":
         # Three digits as the R, G and B channels: 1,000 modes (label 100 r + 10 g + b).
         images, labels = stacked_mnist(samples or STACKED_SAMPLES, seed, resolution=resolution)

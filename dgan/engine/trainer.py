@@ -35,7 +35,7 @@ from dgan.engine.backend import build_backend, parameter_digest
 from dgan.engine.ema import make_ema, update_ema
 from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag, kill_at_step_hook
 from dgan.logging import RunLogger, memory_peak, optimizer_lrs
-from dgan.tasks import Batch, build_task, one_hot
+from dgan.tasks import Batch, build_task, one_hot, task_class
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,19 @@ def configure_cuda(device: torch.device, tf32: bool) -> None:
     torch.backends.cudnn.benchmark = True
 
 
+def linear_decay(optimizers: dict[str, torch.optim.Optimizer], start: int, steps: int
+                 ) -> dict[str, Any]:
+    """Per optimizer group: the learning rate constant until step `start`, then falling
+    linearly to 0 at step `steps` ({} when start is 0)."""
+    if not start:
+        return {}
+
+    def factor(step: int) -> float:
+        return 1.0 - max(0, step - start) / (steps - start)
+
+    return {g: torch.optim.lr_scheduler.LambdaLR(opt, factor) for g, opt in optimizers.items()}
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, source: Any, lock_run_dir: bool = False) -> None:
         """`lock_run_dir`: rank 0 takes run.dir's lock (`dgan train` does; the caller
@@ -74,7 +87,7 @@ class Trainer:
         self.run_lock = (runlock.lock_run_dir(self.run_dir, self.backend, cfg.run.lock_stale_after)
                          if lock_run_dir else None)
         configure_cuda(self.backend.device, cfg.train.tf32)
-        self.c_dim = class_count(cfg, source)
+        self.c_dim = class_count(cfg, source) if task_class(cfg).takes_labels else 0
         self.class_names = list(source.labels) if self.c_dim else []  # saved for sampling
         self.task = build_task(cfg, self.c_dim)
         torch.manual_seed(cfg.run.seed)  # model initialisation: identical on every rank
@@ -101,7 +114,9 @@ class Trainer:
         self.step = 0
         self.images_seen = 0
         self.augment: dict[str, Any] = {}  # augmentation state (ADA p), filled by augmenters
-        self.lr_schedules: dict[str, Any] = {}  # name -> torch LR scheduler, saved when present
+        # name -> torch LR scheduler, saved when present; stepped once per training step
+        self.lr_schedules: dict[str, Any] = linear_decay(self.optimizers, cfg.optim.lr_decay_from,
+                                                         cfg.train.steps)
         c = cfg.checkpoint
         self.checkpointer = checkpoint.Checkpointer(
             self.run_dir, rank=b.rank, world_size=b.world_size, keep=c.keep,
@@ -326,6 +341,8 @@ class Trainer:
                 self.buffers.take()
                 metrics = self.train_step(batch)
                 self.step += 1
+                for schedule in self.lr_schedules.values():
+                    schedule.step()
                 if b.skipped:  # the same on every rank: see dgan.engine.guard
                     self.buffers.restore()
                     if self.guard.in_a_row == 0:

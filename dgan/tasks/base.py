@@ -63,8 +63,17 @@ class Task:
     # config keys that only some tasks read: the ones of this task (a key of another task
     # set away from its default is an error, see validate_config)
     own_keys: ClassVar[tuple[str, ...]] = ()
+    # keys no task lists as its own that this task does not read (e.g. loss.r1_gamma for
+    # pix2pix): set away from their defaults, they are an error naming the task
+    ignored_keys: ClassVar[tuple[str, ...]] = ()
     supports_grad_accum: ClassVar[bool] = True
     supports_compile: ClassVar[bool] = False
+    # False: the shards' labels are not the model's classes (c_dim is 0)
+    takes_labels: ClassVar[bool] = True
+    # the eval.metrics this task computes; with eval.metrics at its default the task
+    # evaluates `default_metrics`
+    metrics: ClassVar[tuple[str, ...]] = ("fd", "kid", "pr", "fd_digits", "coverage", "modes")
+    default_metrics: ClassVar[tuple[str, ...]] = ("fd", "coverage")
 
     def __init__(self, cfg: DictConfig, c_dim: int = 0) -> None:
         self.cfg, self.c_dim = cfg, c_dim
@@ -126,6 +135,11 @@ class Task:
     def evaluate(self, source: Any) -> dict[str, float]:
         return {}
 
+    def eval_metrics(self) -> list[str]:
+        """eval.metrics, or `default_metrics` when eval.metrics names none of this task's."""
+        chosen = [m for m in self.cfg.eval.metrics if m in self.metrics]
+        return chosen or list(self.default_metrics)
+
     # -- configuration ------------------------------------------------------------------
     @classmethod
     def validate_config(cls, cfg: DictConfig, defaults: DictConfig,
@@ -146,6 +160,16 @@ class Task:
                     problems.append(f"'{key}'={value} does nothing for task.name={cls.name} "
                                     f"(a {other} key); remove it")
                     mine.add(key)
+        for key in cls.ignored_keys:
+            value = OmegaConf.select(cfg, key)
+            if value != OmegaConf.select(defaults, key):
+                problems.append(f"'{key}'={value} does nothing for task.name={cls.name}; "
+                                "remove it")
+        if list(cfg.eval.metrics) != list(defaults.eval.metrics):
+            bad = [m for m in cfg.eval.metrics if m not in cls.metrics]
+            if bad:
+                problems.append(f"bad value in 'eval.metrics': {bad} for task.name={cls.name}; "
+                                f"expected any of {list(cls.metrics)}")
         if cfg.train.grad_accum != 1 and not cls.supports_grad_accum:
             problems.append(f"bad value for 'train.grad_accum': {cfg.train.grad_accum}; "
                             f"task.name={cls.name} runs one batch per phase (use 1 and more "

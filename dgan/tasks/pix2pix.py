@@ -1,0 +1,137 @@
+"""`task.name=pix2pix`: paired image-to-image translation (Isola et al. 2017).
+
+Each sample of the shards holds two images, "a" and "b" (`dgan data make --paired`);
+`task.direction` AtoB learns b from a, BtoA the reverse. Networks: "G", a U-Net from the
+input image to the output, and "D", a PatchGAN on (input, output) pairs; one optimizer
+group each, Adam. No EMA: G itself is what translates (the paper's G, in eval mode).
+
+  D (every step): fake = G(x) without grad; minimise 0.5 * (softplus(-D(x, y)) +
+     softplus(D(x, fake))), averaged over patches (the paper's vanilla GAN loss, halved).
+  G (every step): minimise softplus(-D(x, G(x))) + loss.l1_weight * |G(x) - y|_1.
+G's dropout draws from the process's torch generator, whose state checkpoints keep.
+The sample grid shows a fixed set of training pairs (the first ones the run saw, saved
+with the task's state) as input | output | target strips.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dgan.engine import losses
+from dgan.tasks import register
+from dgan.tasks.base import Batch, Phase, Task
+
+GRID_PAIRS = 8  # pairs in the sample grid (fewer when log.grid is smaller)
+
+
+@register
+class Pix2Pix(Task):
+    name = "pix2pix"
+    models = ("pix2pix",)
+    data_keys: ClassVar[tuple[str, ...]] = ("a", "b")
+    own_keys: ClassVar[tuple[str, ...]] = ("model.g_width", "model.d_width", "model.d_layers",
+                                           "loss.l1_weight", "task.direction")
+    ignored_keys: ClassVar[tuple[str, ...]] = ("model.z_dim", "loss.r1_gamma")
+    metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim", "l1")
+    default_metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim", "l1")
+    takes_labels = False
+
+    def __init__(self, cfg: Any, c_dim: int = 0) -> None:
+        super().__init__(cfg, c_dim)
+        self.source_key, self.target_key = (("a", "b") if cfg.task.direction == "AtoB"
+                                            else ("b", "a"))
+        self.grid: dict[str, torch.Tensor] = {}  # "x", "y": the grid's pairs (CPU)
+
+    # -- networks -------------------------------------------------------------------------
+    def network_names(self) -> tuple[str, ...]:
+        return ("G", "D")
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        from dgan.models.pix2pix import PatchDiscriminator, UNetGenerator
+
+        m, ch = self.cfg.model, self.cfg.data.channels
+        return {"G": UNetGenerator(ch, ch, self.cfg.data.resolution, width=m.g_width),
+                "D": PatchDiscriminator(2 * ch, width=m.d_width, layers=m.d_layers)}
+
+    def build_optimizers(self, nets: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        o = self.cfg.optim
+        return {"G": torch.optim.Adam(nets["G"].parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2)),
+                "D": torch.optim.Adam(nets["D"].parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))}
+
+    def phases(self) -> list[Phase]:
+        return [Phase("D", "D", 1, self.d_phase), Phase("G", "G", 1, self.g_phase)]
+
+    def ema_beta(self, step: int, global_batch: int) -> float:
+        return 0.0  # no EMA
+
+    # -- the step -------------------------------------------------------------------------
+    def draw(self, step: int, batch: Batch) -> None:
+        x, y = batch[self.source_key], batch[self.target_key]
+        assert x is not None and y is not None
+        batch.setdefault("x", x)
+        batch.setdefault("y", y)
+        want = min(GRID_PAIRS, self.cfg.log.grid)
+        have = len(self.grid["x"]) if self.grid else 0
+        if have < want:  # the first pairs this rank sees, kept for the whole run
+            take = {"x": x[:want - have].detach().float().cpu(),
+                    "y": y[:want - have].detach().float().cpu()}
+            self.grid = take if not self.grid else {
+                k: torch.cat([self.grid[k], take[k]]) for k in ("x", "y")}
+
+    def d_phase(self, mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        b = self.backend
+        x, y = mb["x"], mb["y"]
+        assert x is not None and y is not None
+        with torch.no_grad(), b.autocast():
+            fake = b.nets["G"](x)
+        with b.autocast():
+            logits = b.wrapped["D"](torch.cat([x, x]), torch.cat([y, fake.to(y.dtype)]))
+        n = x.shape[0]
+        loss = 0.5 * losses.d_loss(logits[:n], logits[n:])
+        logits = logits.detach().float()
+        return loss, {"loss/D": loss.detach(), "D/real": torch.sigmoid(logits[:n]).mean(),
+                      "D/fake": torch.sigmoid(logits[n:]).mean()}
+
+    def g_phase(self, mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        b = self.backend
+        x, y = mb["x"], mb["y"]
+        assert x is not None and y is not None
+        with b.autocast():
+            fake = b.wrapped["G"](x)
+            logits = b.nets["D"](x, fake)
+        adv = losses.g_loss(logits)
+        l1 = F.l1_loss(fake.float(), y.float())
+        loss = adv + self.cfg.loss.l1_weight * l1
+        return loss, {"loss/G": loss.detach(), "loss/G_adv": adv.detach(),
+                      "loss/G_l1": l1.detach()}
+
+    # -- state, grid, evaluation ----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"grid": dict(self.grid)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.grid = {k: v.float().cpu() for k, v in (state.get("grid") or {}).items()}
+
+    @torch.no_grad()
+    def sample_grid(self) -> torch.Tensor:
+        """[n, C, H, 3W]: input | G(input) | target of the grid's pairs."""
+        g = self.backend.nets["G"]
+        was = g.training
+        g.eval()
+        try:
+            x = self.grid["x"].to(self.backend.device)
+            out = g(x).float()
+        finally:
+            g.train(was)
+        return torch.cat([x, out, self.grid["y"].to(out.device)], dim=3)
+
+    def evaluate(self, source: Any) -> dict[str, float]:
+        from dgan.metrics.translation import evaluate_translation
+
+        return evaluate_translation(self.cfg, self.backend.nets["G"], source,
+                                    self.backend.device, self.source_key, self.target_key,
+                                    self.eval_metrics())
