@@ -322,6 +322,9 @@ def validate(cfg: DictConfig) -> None:
         if tracker not in TRACKERS:
             raise ConfigError(f"bad value in 'log.trackers': {tracker!r}; expected any of "
                               f"{list(TRACKERS)}")
+        if list(cfg.log.trackers).count(tracker) > 1:
+            raise ConfigError(f"bad value for 'log.trackers': {tracker!r} is listed twice; "
+                              "expected each tracker once")
     if not str(cfg.log.project).strip():
         raise ConfigError("bad value for 'log.project': ''; expected a W&B project / MLflow "
                           "experiment name")

@@ -181,6 +181,8 @@ def test_unknown_tracker_is_a_one_line_config_error(tmp_path, capsys):
     assert err == ("dgan: error: bad value in 'log.trackers': 'neptune'; expected any of "
                    "['tensorboard', 'wandb', 'mlflow']\n")
     assert not (tmp_path / "run").exists()
+    assert main(["train", "--print-config", "log.trackers=[wandb,wandb]"]) == 2
+    assert "'wandb' is listed twice" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["wandb", "mlflow"])
