@@ -27,8 +27,7 @@ from dgan.config import TRACKERS, ConfigError
 __all__ = ["TRACKERS", "check_trackers", "flatten", "open_sinks", "package_available"]
 
 IDS_FILE = "trackers.json"
-# outcome of a run, as close() is told: finished, preempted (saved, to be requeued), failed
-OUTCOMES = ("finished", "preempted", "failed")
+# a sink's close(outcome): finished, preempted (saved, to be requeued) or failed
 
 
 def package_available(name: str) -> bool:
