@@ -100,6 +100,9 @@ def _train(args: argparse.Namespace, preemption: Any) -> int:
 
     pause_hook("start")
     cfg = load_config(args.config, args.overrides)
+    from dgan.trackers import check_trackers
+
+    check_trackers(cfg.log.trackers)  # W&B / MLflow installed: before the data are built
     stored = None if args.trust_pipe else _stored_config(args.config, args.overrides)
     source = _resolve_data(cfg, stored)
     from dgan.checkpoint import InvalidCheckpoint, SaveFailed

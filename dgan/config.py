@@ -135,6 +135,10 @@ class LogConfig:
     # auto: a progress bar when stderr is a terminal, else one line every `every` steps
     # (SLURM output files, pipes); bar | lines | off. true and false mean auto and off
     progress: str = "auto"
+    # where scalars, sample grids and the resolved config go besides log.jsonl and samples/:
+    # any of tensorboard (run.dir/tb), wandb, mlflow (pip install 'dgan[wandb]' / 'dgan[mlflow]')
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project: str = "dgan"  # wandb project / mlflow experiment
 
 
 @dataclass
@@ -210,6 +214,7 @@ NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma", "eval.ev
                 "backend.expect_world_size", "checkpoint.milestone",
                 "train.max_bad_steps")
 METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # dgan.trackers.TRACKERS
 
 
 def all_keys(node: Any = Config, prefix: str = "") -> list[str]:
@@ -313,6 +318,16 @@ def validate(cfg: DictConfig) -> None:
     for metric in cfg.eval.metrics:
         if metric not in METRICS:
             raise ConfigError(f"bad value in 'eval.metrics': {metric!r}; expected any of {list(METRICS)}")
+    for tracker in cfg.log.trackers:
+        if tracker not in TRACKERS:
+            raise ConfigError(f"bad value in 'log.trackers': {tracker!r}; expected any of "
+                              f"{list(TRACKERS)}")
+        if list(cfg.log.trackers).count(tracker) > 1:
+            raise ConfigError(f"bad value for 'log.trackers': {tracker!r} is listed twice; "
+                              "expected each tracker once")
+    if not str(cfg.log.project).strip():
+        raise ConfigError("bad value for 'log.project': ''; expected a W&B project / MLflow "
+                          "experiment name")
     if cfg.eval.n < 2:
         raise ConfigError(f"bad value for 'eval.n': {cfg.eval.n}; expected >= 2")
     if str(cfg.eval.digit_metrics).lower() not in ("auto", "true", "false"):

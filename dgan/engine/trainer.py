@@ -35,6 +35,7 @@ from dgan.engine.backend import build_backend, parameter_digest
 from dgan.engine.ema import make_ema, update_ema
 from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag, kill_at_step_hook
 from dgan.logging import RunLogger, memory_peak, optimizer_lrs
+from dgan.trackers import check_trackers, flatten
 from dgan.tasks import Batch, build_task, one_hot
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, source: Any, lock_run_dir: bool = False) -> None:
         """`lock_run_dir`: rank 0 takes run.dir's lock (`dgan train` does; the caller
         releases `self.run_lock`), before anything below touches the directory."""
+        check_trackers(cfg.log.trackers)  # a missing W&B / MLflow package: before any work
         self.cfg = cfg
         self.source = source
         self.run_dir = str(cfg.run.dir)
@@ -296,8 +298,11 @@ class Trainer:
             with open(os.path.join(self.run_dir, "config.yaml"), "w") as f:
                 f.write(to_yaml(cfg))
         logger = RunLogger(self.run_dir, enabled=b.is_main, total_steps=cfg.train.steps,
-                           start_step=self.step, progress=cfg.log.progress)
-        logger.config(self.step, to_yaml(cfg))
+                           start_step=self.step, progress=cfg.log.progress,
+                           trackers=list(cfg.log.trackers), project=cfg.log.project,
+                           run_name=cfg.run.name, resume=resumed is not None)
+        logger.config(self.step, to_yaml(cfg),
+                      flatten(OmegaConf.to_container(cfg, resolve=True)))
         start = (f"resumed from {resumed} at step {self.step}" if resumed else
                  self.initialised_from if self.initialised_from else
                  "fresh start (resume=never)" if cfg.resume == "never" else
@@ -318,6 +323,7 @@ class Trainer:
         own_flag = preemption is None
         if preemption is None:
             preemption = PreemptionFlag().install()
+        outcome = "failed"  # what the trackers record as the run's end
         try:
             while self.step < cfg.train.steps:
                 kill_at_step_hook(self.step, b.rank, self.checkpointer.wait)
@@ -372,14 +378,16 @@ class Trainer:
                     if preemption.requested and not b.is_main:
                         print(f"dgan: rank {b.rank}: {preemption.signal_name} at step {self.step}",
                               file=sys.stderr, flush=True)
+                    outcome = "preempted"
                     return REQUEUE_EXIT_CODE
                 if self.step % cfg.checkpoint.every == 0 or done:
                     self.save(blocking=done or not cfg.checkpoint.async_save)
+            outcome = "finished"
         finally:
             if own_flag:
                 preemption.uninstall()
             self.stream.close()
-            logger.close()
+            logger.close(outcome)
             self.checkpointer.close()
         logger.message(f"dgan: finished {self.step} steps ({self.images_seen} images); "
                        f"checkpoints in {checkpoint.checkpoint_dir(self.run_dir)}")
