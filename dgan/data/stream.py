@@ -172,7 +172,8 @@ def check_keys(source: ShardSource, keys: Sequence[str]) -> None:
         raise DataPathError(
             f"{url}: its samples hold the images {list(found)}, but the stream expects "
             f"{list(keys)} (missing {missing}); point data.path at shards made for this task "
-            f"(`dgan data make --paired` writes a and b)")
+            + ("(single-image: `dgan data make SRC OUT`)" if keys == SINGLE else
+               "(paired: `dgan data make --paired DIR_A DIR_B OUT` writes a and b)"))
 
 
 def pack_into(img: Image.Image, out: memoryview) -> None:
