@@ -9,9 +9,10 @@ A slot reads a deterministic sequence of shards: in resampled mode (training def
 epoch e is a permutation of all shards drawn from (seed, s, e), so uneven shard counts never
 starve a rank; in single-pass mode slot s reads shards s, s+S, s+2S, ... once. Samples are
 shuffled in blocks of `shuffle_buffer` with a permutation drawn from (seed, s, block), and
-x-flips (and random-crop offsets, `crop`) drawn with it. Each worker batches its own samples (uint8 HWC, so the inter-process
-copy is 4x smaller than float and filling a batch is a plain copy); `DataStream` moves the
-batch to the training device, where it becomes float [B, C, R, R] in [-1, 1].
+x-flips (and random-crop offsets, `crop`) drawn with it. Each worker batches its own
+samples (uint8 HWC, so the inter-process copy is 4x smaller than float and filling a batch
+is a plain copy); `DataStream` moves the batch to the training device, where it becomes
+float [B, C, R, R] in [-1, 1].
 
 Resume. Every batch carries its worker *role* (the worker index it was produced for) and
 that role's *cursor* (how many shuffled samples, corrupt ones included, the role has used).
