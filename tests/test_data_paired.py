@@ -219,3 +219,20 @@ def test_crop_smaller_than_the_resolution_is_refused(tmp_path):
     data = write_paired(tmp_path / "p", [4])
     with pytest.raises(ValueError, match="crop 6 is smaller than the resolution 8"):
         next(_paired_stream(data, crop=6))
+
+
+def test_paired_labels_are_the_subdirectories_of_a(tmp_path, capsys):
+    a, b, out = tmp_path / "A", tmp_path / "B", tmp_path / "out"
+    for k, cls in enumerate(("cat", "dog")):
+        _save(_pattern(k), a / cls / "1.png")
+        _save(255 - _pattern(k), b / cls / "1.png")
+    _save(_pattern(5), a / "top.png")  # outside a class: refused on either side
+    _save(_pattern(5), b / "top.png")
+    assert main(["data", "make", "--paired", str(a), str(b), str(out), "--resolution", "16",
+                 "--format", "png", "--workers", "0", "--labels", "subdirs"]) == 0
+    assert "skipped 2 (0 unpaired, 0 mismatched, 2 unusable;" in capsys.readouterr().out
+    assert json.loads((out / "index.json").read_text())["labels"] == ["cat", "dog"]
+    samples = [s for tar in sorted(out.glob("*.tar")) for s in iter_tar(str(tar))]
+    for sample in samples:
+        pa = np.asarray(Image.open(io.BytesIO(sample["a.png"])))
+        assert int(sample["cls"]) == [_pattern(k).tobytes() for k in (0, 1)].index(pa.tobytes())

@@ -28,7 +28,7 @@ give the same shards whatever the worker count.
 
 Paired data (`make_paired`, image-to-image translation): two folders or zips A and B whose
 files are paired by relative path without extension (`x/1.jpg` with `x/1.png`), or one
-source of pix2pix-style A|B pictures split at half the width (`side_by_side`). Each pair
+source of pix2pix-style A|B pictures split at half the width (one source). Each pair
 goes through the same steps as a single picture (both images alike) and becomes one
 sample with members `a.<ext>` and `b.<ext>`; index.json says `"images": ["a", "b"]`. A
 file on one side only, two files for one pair on a side, an undecodable image, or a pair
@@ -493,14 +493,16 @@ def make_paired(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
         raise ValueError(f"paired data: expected 2 sources (A, B) or 1 (A|B side by side), "
                          f"got {len(sources)}")
     listings = []
+    # labels are A's: B's own dataset.json (if any) is not read; with subdirs, B's files
+    # outside a subdirectory are refused like A's (not reported as unpaired)
+    b_opts = replace(opts, labels="subdirs" if opts.labels == "subdirs" else "none")
     for k, src in enumerate(sources):
-        # labels are A's: B's own dataset.json (if any) is not read
-        listing, refused = list_source(src, opts if k == 0 else replace(opts, labels="none"))
+        listing, refused = list_source(src, opts if k == 0 else b_opts)
         if listing.kind == "npz":
             raise ValueError(f"{src}: paired data needs image folders or zips, not an .npz")
         listings.append((listing, refused))
     first, refused = listings[0]
-    skipped = list(refused)
+    skipped = list(refused) if len(sources) == 1 else [(n, f"A: {r}") for n, r in refused]
     if len(sources) == 1:
         listing = replace(first, refs=[(r,) for r in first.refs], zip_paths=(first.zip_path,),
                           kind=f"side-by-side {first.kind}")
