@@ -44,6 +44,10 @@ class DataConfig:
     workers: int = 1  # DataLoader worker processes per rank
     shuffle_buffer: int = 1000  # samples shuffled together inside one worker
     xflip: bool = False
+    # random-crop jitter (pix2pix: 286 at resolution 256): resize to crop x crop, then cut
+    # a random resolution x resolution window, the same one for every image of a sample;
+    # 0: off (resize to the resolution)
+    crop: int = 0
     # largest tar member accepted from a streamed shard (pipe:, URL, compressed), in MiB;
     # a local .tar is capped by its own size
     max_member_mb: int = 256
@@ -209,7 +213,7 @@ POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.k
             "log.every", "log.grid", "data.channels", "model.z_dim", "model.g_width",
             "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum", "data.max_member_mb",
             "run.lock_stale_after")
-NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma", "eval.every",
+NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "data.crop", "loss.r1_gamma", "eval.every",
                 "loss.pl_weight", "loss.style_mixing", "loss.augment_p", "train.ema_kimg",
                 "backend.expect_world_size", "checkpoint.milestone",
                 "train.max_bad_steps")
@@ -282,6 +286,9 @@ def validate(cfg: DictConfig) -> None:
                           f"model.name={cfg.model.name} supports {list(allowed)}")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"bad value for 'data.channels': {cfg.data.channels}; expected 1 or 3")
+    if 0 < cfg.data.crop < cfg.data.resolution:
+        raise ConfigError(f"bad value for 'data.crop': {cfg.data.crop}; expected 0 (off) or a "
+                          f"load size >= data.resolution ({cfg.data.resolution})")
     if not str(cfg.resume).strip():
         raise ConfigError("bad value for 'resume': ''; expected auto, never or a checkpoint path")
     # init.from must exist only when a run starts from it (checked then): a saved config

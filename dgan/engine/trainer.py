@@ -99,7 +99,8 @@ class Trainer:
             source, batch_size=cfg.train.batch_size, resolution=cfg.data.resolution,
             channels=cfg.data.channels, seed=cfg.run.seed, rank=b.rank, world_size=b.world_size,
             workers=cfg.data.workers, shuffle_buffer=cfg.data.shuffle_buffer,
-            xflip=cfg.data.xflip, device=b.device, max_member=cfg.data.max_member_mb << 20)
+            xflip=cfg.data.xflip, device=b.device, max_member=cfg.data.max_member_mb << 20,
+            keys=tuple(k for k in self.task.data_keys if k != "label"), crop=cfg.data.crop)
         self.step = 0
         self.images_seen = 0
         self.augment: dict[str, Any] = {}  # augmentation state (ADA p), filled by augmenters
@@ -214,14 +215,20 @@ class Trainer:
     # -- one iteration ------------------------------------------------------------------
     def next_batch(self) -> Batch:
         """This rank's batch of one step from the stream (grad_accum micro-batches,
-        concatenated): "image" [A * B, C, R, R] in [-1, 1] and "label" [A * B, c_dim]
+        concatenated): "image" [A * B, C, R, R] in [-1, 1] (a multi-image task: one such
+        tensor per image key of its `data_keys`, e.g. "a" and "b") and "label" [A * B, c_dim]
         one-hot (None when unconditional)."""
         batches = [next(self.stream) for _ in range(self.cfg.train.grad_accum)]
-        real = torch.cat([x for x, _ in batches])
+        if isinstance(batches[0], dict):  # a multi-image task's keys ("a", "b"), see DataStream
+            images = {k: torch.cat([x[k] for x in batches]) for k in batches[0] if k != "label"}
+            labels = [x["label"] for x in batches]
+        else:
+            images = {"image": torch.cat([x for x, _ in batches])}
+            labels = [y for _, y in batches]
         if not self.c_dim:
-            return {"image": real, "label": None}
-        return {"image": real,
-                "label": one_hot(torch.cat([y for _, y in batches]), self.c_dim).to(real.device)}
+            return {**images, "label": None}
+        device = next(iter(images.values())).device
+        return {**images, "label": one_hot(torch.cat(labels), self.c_dim).to(device)}
 
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Every phase of the task due at this step, on this rank's share of the global batch.
