@@ -100,6 +100,9 @@ def _train(args: argparse.Namespace, preemption: Any) -> int:
 
     pause_hook("start")
     cfg = load_config(args.config, args.overrides)
+    from dgan.trackers import check_trackers
+
+    check_trackers(cfg.log.trackers)  # W&B / MLflow installed: before the data are built
     stored = None if args.trust_pipe else _stored_config(args.config, args.overrides)
     source = _resolve_data(cfg, stored)
     from dgan.checkpoint import InvalidCheckpoint, SaveFailed
@@ -309,20 +312,37 @@ def cmd_data_make(args: argparse.Namespace) -> int:
         print(f"dgan: wrote {index['total']} samples in {len(index['shards'])} shards to "
               f"{args.paths[0]}")
         return 0
-    if len(args.paths) != 2:
-        raise UserError("dgan data make SRC OUT (or --builtin NAME OUT)")
-    from dgan.data.make import SKIPPED, MakeOptions, make_dataset
+    from dgan.data.make import SKIPPED, MakeOptions, make_dataset, make_paired
 
-    src, out = args.paths
+    if args.paired and args.side_by_side:
+        raise UserError("dgan data make: give --paired DIR_A DIR_B OUT or --side-by-side "
+                        "DIR OUT, not both")
+    need = 3 if args.paired else 2
+    if len(args.paths) != need:
+        raise UserError("dgan data make --paired DIR_A DIR_B OUT" if args.paired else
+                        "dgan data make --side-by-side DIR OUT" if args.side_by_side else
+                        "dgan data make SRC OUT (or --builtin NAME OUT)")
+    *srcs, out = args.paths
     opts = MakeOptions(resolution=args.resolution, channels=args.channels, format=args.format,
                        quality=args.quality, per_shard=args.per_shard, workers=args.workers,
                        labels=args.labels, crop=args.crop, small=args.small,
                        background=args.background, seed=args.seed, name=args.name)
     try:
-        index = make_dataset(src, out, opts)
+        if args.paired or args.side_by_side:
+            index = make_paired(srcs, out, opts)
+        else:
+            index = make_dataset(srcs[0], out, opts)
     except ValueError as e:
         raise UserError(str(e)) from None
     source = index["source"]
+    if "images" in index:
+        kinds = ", ".join(f"{n} {k}" for k, n in source["skipped_by"].items())
+        print(f"dgan: wrote {index['total']} pairs ({', '.join(index['images'])}; "
+              f"{index['resolution']}x{index['resolution']}, {index['channels']} channels, "
+              f"{source['options']['format']}) in {len(index['shards'])} shards to {out}; "
+              f"skipped {source['skipped']} ({kinds}; listed in {os.path.join(out, SKIPPED)}); "
+              f"ignored {source['ignored']} non-image files")
+        return 0
     print(f"dgan: wrote {index['total']} samples ({index['resolution']}x{index['resolution']}, "
           f"{index['channels']} channels, {source['options']['format']}) in "
           f"{len(index['shards'])} shards to {out}; skipped {source['skipped']} (listed in "
@@ -556,7 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
         "'images' NHW/NHWC and optional 'labels') into WebDataset shards, "
         "index.json and skipped.txt in OUT. See docs/data.md.")
     make.add_argument("paths", nargs="+", metavar="SRC OUT", help="source and output directory "
-                      "(only OUT with --builtin)")
+                      "(only OUT with --builtin; DIR_A DIR_B OUT with --paired)")
+    make.add_argument("--paired", action="store_true",
+                      help="DIR_A DIR_B OUT: image-to-image pairs, files matched by relative "
+                      "path without extension; samples hold a.<ext> and b.<ext>")
+    make.add_argument("--side-by-side", action="store_true",
+                      help="DIR OUT: pix2pix-style A|B pictures, split at half the width into "
+                      "a and b (width must be 2 x height)")
     make.add_argument("--builtin", choices=["mnist", "stacked_mnist"],
                       help="a built-in dataset instead of SRC")
     make.add_argument("--resolution", type=int,

@@ -44,6 +44,10 @@ class DataConfig:
     workers: int = 1  # DataLoader worker processes per rank
     shuffle_buffer: int = 1000  # samples shuffled together inside one worker
     xflip: bool = False
+    # random-crop jitter (pix2pix: 286 at resolution 256): resize to crop x crop, then cut
+    # a random resolution x resolution window, the same one for every image of a sample;
+    # 0: off (resize to the resolution)
+    crop: int = 0
     # largest tar member accepted from a streamed shard (pipe:, URL, compressed), in MiB;
     # a local .tar is capped by its own size
     max_member_mb: int = 256
@@ -144,6 +148,10 @@ class LogConfig:
     # auto: a progress bar when stderr is a terminal, else one line every `every` steps
     # (SLURM output files, pipes); bar | lines | off. true and false mean auto and off
     progress: str = "auto"
+    # where scalars, sample grids and the resolved config go besides log.jsonl and samples/:
+    # any of tensorboard (run.dir/tb), wandb, mlflow (pip install 'dgan[wandb]' / 'dgan[mlflow]')
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project: str = "dgan"  # wandb project / mlflow experiment
 
 
 @dataclass
@@ -216,11 +224,12 @@ POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.k
             "log.every", "log.grid", "data.channels", "model.z_dim", "model.g_width",
             "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum", "data.max_member_mb",
             "run.lock_stale_after", "model.d_layers")
-NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "loss.r1_gamma", "eval.every",
+NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "data.crop", "loss.r1_gamma", "eval.every",
                 "loss.pl_weight", "loss.style_mixing", "loss.augment_p", "train.ema_kimg",
                 "backend.expect_world_size", "checkpoint.milestone",
                 "train.max_bad_steps", "loss.l1_weight", "optim.lr_decay_from")
 METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes", "psnr", "ssim", "l1")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # dgan.trackers.TRACKERS
 
 
 def all_keys(node: Any = Config, prefix: str = "") -> list[str]:
@@ -288,6 +297,9 @@ def validate(cfg: DictConfig) -> None:
                           f"model.name={cfg.model.name} supports {list(allowed)}")
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"bad value for 'data.channels': {cfg.data.channels}; expected 1 or 3")
+    if 0 < cfg.data.crop < cfg.data.resolution:
+        raise ConfigError(f"bad value for 'data.crop': {cfg.data.crop}; expected 0 (off) or a "
+                          f"load size >= data.resolution ({cfg.data.resolution})")
     if not str(cfg.resume).strip():
         raise ConfigError("bad value for 'resume': ''; expected auto, never or a checkpoint path")
     # init.from must exist only when a run starts from it (checked then): a saved config
@@ -324,6 +336,16 @@ def validate(cfg: DictConfig) -> None:
     for metric in cfg.eval.metrics:
         if metric not in METRICS:
             raise ConfigError(f"bad value in 'eval.metrics': {metric!r}; expected any of {list(METRICS)}")
+    for tracker in cfg.log.trackers:
+        if tracker not in TRACKERS:
+            raise ConfigError(f"bad value in 'log.trackers': {tracker!r}; expected any of "
+                              f"{list(TRACKERS)}")
+        if list(cfg.log.trackers).count(tracker) > 1:
+            raise ConfigError(f"bad value for 'log.trackers': {tracker!r} is listed twice; "
+                              "expected each tracker once")
+    if not str(cfg.log.project).strip():
+        raise ConfigError("bad value for 'log.project': ''; expected a W&B project / MLflow "
+                          "experiment name")
     if cfg.eval.n < 2:
         raise ConfigError(f"bad value for 'eval.n': {cfg.eval.n}; expected >= 2")
     if str(cfg.eval.digit_metrics).lower() not in ("auto", "true", "false"):

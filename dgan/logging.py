@@ -1,4 +1,5 @@
-"""Run logging on the main process: TensorBoard, a JSONL file, and progress on the console.
+"""Run logging on the main process: TensorBoard, a JSONL file, progress on the console, and
+the optional W&B / MLflow trackers (`log.trackers`, dgan.trackers).
 
 Progress (`log.progress`): a tqdm bar on a terminal; one line per `log.every` steps where
 stderr is not a terminal (SLURM output files, pipes), since a bar there is a file of
@@ -12,7 +13,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Optional, TextIO
+from typing import Any, Optional, Sequence, TextIO
 
 import torch
 
@@ -72,20 +73,31 @@ def format_line(step: int, total_steps: int, values: dict[str, float]) -> str:
 
 
 class RunLogger:
-    """Scalars and sample grids for one run. Does nothing on ranks other than the main one."""
+    """Scalars and sample grids for one run. Does nothing on ranks other than the main one.
+
+    `trackers`: where they go besides log.jsonl and samples/ (`log.trackers`): tensorboard
+    (dgan's own writer, run_dir/tb), wandb, mlflow (dgan.trackers; `project` is their
+    project / experiment, `run_name` the run's name, and `resume` continues the runs whose
+    ids run_dir/trackers.json holds)."""
 
     def __init__(self, run_dir: str, *, enabled: bool, total_steps: int, start_step: int,
-                 progress: str = "auto") -> None:
+                 progress: str = "auto", trackers: Sequence[str] = ("tensorboard",),
+                 project: str = "dgan", run_name: Optional[str] = None,
+                 resume: bool = False) -> None:
         self.enabled = enabled
         self.run_dir = run_dir
         self.total_steps = total_steps
         self.bar = None
         self.lines = False
+        self.tb = None
+        self.sinks: list[Any] = []
+        self.closed = False
         if not enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter
+        if "tensorboard" in trackers:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
+            self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
         self.jsonl = open(os.path.join(run_dir, "log.jsonl"), "a", buffering=1)
         os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
         mode = progress_mode(progress)
@@ -95,28 +107,48 @@ class RunLogger:
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                             desc="train")
+        if any(t != "tensorboard" for t in trackers):
+            from dgan.trackers import open_sinks
 
-    def config(self, step: int, text: str) -> None:
-        """The resolved config as a TensorBoard text summary (tag `config`), once per start."""
+            try:
+                self.sinks = open_sinks(trackers, run_dir, project=project, resume=resume,
+                                        run_name=run_name or os.path.basename(
+                                            os.path.abspath(run_dir)), say=self.message)
+            except BaseException:
+                self.close("failed")
+                raise
+
+    def config(self, step: int, text: str, params: Optional[dict[str, Any]] = None) -> None:
+        """The resolved config, once per start: YAML `text` as a TensorBoard text summary (tag
+        `config`), and `params` (dotted keys, dgan.trackers.flatten) as the other trackers'
+        hyperparameters."""
         if not self.enabled:
             return
-        # indented: TensorBoard renders text as Markdown, and a code block keeps the YAML
-        self.tb.add_text("config", "".join("    " + line for line in text.splitlines(True)), step)
-        self.tb.flush()
+        if self.tb is not None:
+            # indented: TensorBoard renders text as Markdown, and a code block keeps the YAML
+            self.tb.add_text("config", "".join("    " + line for line in text.splitlines(True)),
+                             step)
+            self.tb.flush()
+        for sink in self.sinks:
+            sink.config(step, text, params or {})
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        for key, value in values.items():
-            self.tb.add_scalar(key, value, step)
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, step)
+            self.tb.flush()
         record: dict[str, Any] = {"step": step, "time": round(time.time(), 3)}
         record.update({k: round(float(v), 6) for k, v in values.items()})
         self.jsonl.write(json.dumps(record) + "\n")
-        self.tb.flush()
+        if values:
+            for sink in self.sinks:
+                sink.scalars(step, values)
 
     def grid(self, step: int, images: torch.Tensor, tag: str = "samples/G_ema",
              classes: Optional[list[str]] = None) -> Optional[str]:
-        """Log an image grid to TensorBoard and write samples/grid-<step>.png; returns its path.
+        """Log an image grid to the trackers and write samples/grid-<step>.png; returns its path.
 
         `classes`: the label names of a conditional model whose image i is of class
         i % len(classes); each class with images also gets its own grid, tagged
@@ -124,13 +156,17 @@ class RunLogger:
         if not self.enabled:
             return None
         grid = make_grid(images)
-        self.tb.add_image(tag, grid, step, dataformats="HWC")
+        grids = {tag: grid}
         width = len(str(len(classes) - 1)) if classes else 0
         for k, name in enumerate((classes or [])[:len(images)]):
             safe = re.sub(r"[^\w.-]+", "_", str(name))
-            self.tb.add_image(f"{tag}_by_class/{k:0{width}d}_{safe}",
-                              make_grid(images[k::len(classes)]), step, dataformats="HWC")
-        self.tb.flush()
+            grids[f"{tag}_by_class/{k:0{width}d}_{safe}"] = make_grid(images[k::len(classes)])
+        if self.tb is not None:
+            for key, value in grids.items():
+                self.tb.add_image(key, value, step, dataformats="HWC")
+            self.tb.flush()
+        for sink in self.sinks:
+            sink.images(step, grids)
         path = os.path.join(self.run_dir, "samples", f"grid-{step:08d}.png")
         save_png(grid, path)
         return path
@@ -157,10 +193,17 @@ class RunLogger:
         else:
             print(text, flush=True)
 
-    def close(self) -> None:
-        if not self.enabled:
+    def close(self, outcome: str = "finished") -> None:
+        """Close the writers and finish the trackers' runs; `outcome` (finished, preempted,
+        failed) is what W&B and MLflow record as the run's end. Safe to call twice."""
+        if not self.enabled or self.closed:
             return
+        self.closed = True
         if self.bar is not None:
             self.bar.close()
-        self.tb.close()
+        if self.tb is not None:
+            self.tb.close()
         self.jsonl.close()
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.close(outcome)

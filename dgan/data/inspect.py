@@ -15,7 +15,7 @@ from PIL import Image
 
 from dgan.data.shards import INDEX, read_index, sha256_file
 from dgan.data.sources import resolve_source
-from dgan.data.stream import IMAGE_EXTS, decode
+from dgan.data.stream import IMAGE_EXTS, decode, image_keys
 from dgan.data.tario import iter_tar
 
 
@@ -28,7 +28,8 @@ class Report:
     bytes: int = 0
     sizes: Counter = field(default_factory=Counter)  # (width, height) -> samples
     modes: Counter = field(default_factory=Counter)  # Pillow mode -> samples
-    formats: Counter = field(default_factory=Counter)  # image member extension -> samples
+    formats: Counter = field(default_factory=Counter)  # image member extension -> images
+    keys: Counter = field(default_factory=Counter)  # image keys of a sample -> samples
     quality: int | None = None  # jpg/webp quality index.json records for `dgan data make`
     labels: Counter = field(default_factory=Counter)  # label index (-1: none) -> samples
     label_names: list[str] | None = None
@@ -46,6 +47,7 @@ class Report:
                          for k, n in sorted(self.labels.items()) if k >= 0)
         out = [f"shards      {self.shards} ({self.bytes / 2**20:.1f} MiB)",
                f"samples     {self.samples}",
+               f"images      {self._keys()}",
                f"resolution  {self.resolution} (stored sizes {size or '-'})",
                f"channels    {self.channels} (stored modes {mode or '-'})",
                f"format      {self._format()}",
@@ -62,6 +64,12 @@ class Report:
             out.append("index.json  ok (counts and sha256 of every shard)")
         return out
 
+
+    def _keys(self) -> str:
+        """The image keys of the samples: `image` (single-image), `a, b` (paired)."""
+        if not self.keys:
+            return "-"
+        return "; ".join(f"{', '.join(k) or 'none'}: {n}" for k, n in self.keys.most_common())
 
     def _format(self) -> str:
         """The image encodings stored: png is lossless; jpg and webp (as written) lossy."""
@@ -127,14 +135,19 @@ def inspect_shards(path: str, grid: str | os.PathLike | None, n_grid: int = 64,
 
 
 def _read_header(sample: dict, report: Report) -> None:
-    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    """Count the sample's image keys, and each image's format, size and mode."""
+    keys = image_keys(sample)
+    report.keys[keys] += 1
+    members = [(f"{k}." if k != "image" else "", k) for k in keys]
     try:
-        if ext is None:
+        if not keys:
             raise ValueError("no image member")
-        report.formats[ext] += 1
-        with Image.open(io.BytesIO(sample[ext])) as img:
-            report.sizes[img.size] += 1
-            report.modes[img.mode] += 1
+        for prefix, key in members:
+            ext = next(e for e in IMAGE_EXTS if prefix + e in sample)
+            report.formats[ext] += 1
+            with Image.open(io.BytesIO(sample[prefix + ext])) as img:
+                report.sizes[img.size] += 1
+                report.modes[img.mode] += 1
     except Exception as e:  # noqa: BLE001 - any decoder failure is reported, not raised
         report.problems.append(f"{sample.get('__url__')}: sample {sample['__key__']}: {e}")
 
@@ -145,21 +158,27 @@ def _common_size(report: Report) -> int:
 
 def write_grid(samples: list[dict], path: str | os.PathLike, channels: int,
                resolution: int) -> None:
-    """Tile decodable samples (uint8) into a near-square grid with 2-pixel gaps, as PNG."""
+    """Tile decodable samples (uint8) into a near-square grid with 2-pixel gaps, as PNG.
+
+    A multi-image sample is one tile of its images side by side (a|b), in key order; the
+    grid shows the image keys of the first sample that has any."""
     tiles = []
+    keys = next((k for k in map(image_keys, samples) if k), ())
     for sample in samples:
         # An undecodable sample was already reported by the header pass; leave it out.
         with contextlib.suppress(Exception):
-            image, _ = decode(sample, channels, resolution)
-            tiles.append(image if image.ndim == 3 else image[:, :, None])
+            images = [decode(sample, channels, resolution, key=k)[0] for k in keys]
+            tile = np.concatenate(images, axis=1)
+            tiles.append(tile if tile.ndim == 3 else tile[:, :, None])
     if not tiles:
         return
     cols = int(np.ceil(np.sqrt(len(tiles))))
     rows = -(-len(tiles) // cols)
-    step = resolution + 2
-    canvas = np.zeros((rows * step - 2, cols * step - 2, tiles[0].shape[2]), np.uint8)
+    step, width = resolution + 2, len(keys) * resolution
+    canvas = np.zeros((rows * step - 2, cols * (width + 2) - 2, tiles[0].shape[2]), np.uint8)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, cols)
-        canvas[r * step:r * step + resolution, c * step:c * step + resolution] = tile
+        x = c * (width + 2)
+        canvas[r * step:r * step + resolution, x:x + width] = tile
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas[:, :, 0] if channels == 1 else canvas).save(path)

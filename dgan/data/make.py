@@ -25,6 +25,15 @@ else is a DatasetJsonError naming the file and the entry.
 The input order is shuffled with a fixed seed before encoding, and encoding runs in
 `workers` processes whose results are consumed in order, so the same input and options
 give the same shards whatever the worker count.
+
+Paired data (`make_paired`, image-to-image translation): two folders or zips A and B whose
+files are paired by relative path without extension (`x/1.jpg` with `x/1.png`), or one
+source of pix2pix-style A|B pictures split at half the width (one source). Each pair
+goes through the same steps as a single picture (both images alike) and becomes one
+sample with members `a.<ext>` and `b.<ext>`; index.json says `"images": ["a", "b"]`. A
+file on one side only, two files for one pair on a side, an undecodable image, or a pair
+whose images differ in size (or an A|B picture with an odd width or width != 2 x height)
+goes to skipped.txt with the reason. Labels (`subdirs`, dataset.json) are A's.
 """
 
 from __future__ import annotations
@@ -35,8 +44,8 @@ import multiprocessing
 import os
 import warnings
 import zipfile
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +59,7 @@ from dgan.data.shards import INDEX, encode_image, write_shards
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif",
                             ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".ico"})
 SKIPPED = "skipped.txt"
+PAIR_KEYS = ("a", "b")  # the image keys of a paired sample
 LABEL_MODES = (None, "none", "subdirs", DATASET_JSON)
 
 
@@ -149,33 +159,70 @@ def open_picture(data: bytes | np.ndarray) -> Image.Image:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(opts: dict[str, Any], zip_path: str | None) -> None:
+def _init_worker(opts: dict[str, Any], zip_paths: Sequence[str | None]) -> None:
     _worker.clear()
-    _worker.update(opts=opts, zip=zipfile.ZipFile(zip_path) if zip_path else None)
+    _worker.update(opts=opts, zips=[zipfile.ZipFile(z) if z else None for z in zip_paths])
 
 
-def _read(ref: str | np.ndarray) -> bytes | np.ndarray:
+def _read(ref: str | np.ndarray, side: int = 0) -> bytes | np.ndarray:
     if isinstance(ref, np.ndarray):
         return ref
-    if _worker["zip"] is not None:
-        return _worker["zip"].read(ref)
+    if _worker["zips"][side] is not None:
+        return _worker["zips"][side].read(ref)
     return Path(ref).read_bytes()
 
 
-def _convert(task: tuple[str | np.ndarray, int | None]) -> tuple[str, Any, int | None]:
-    """(ref, label) -> ("ok", encoded bytes, label) or ("skip", reason, None)."""
+def _undecodable(e: Exception) -> str:
+    return f"cannot decode: {type(e).__name__}: {e}".replace("\n", " ")
+
+
+def _open_pair(refs: tuple[str, ...], split: bool) -> list[Image.Image]:
+    """The A and B pictures of a pair (two files, or one A|B file when `split`)."""
+    pictures = []
+    for side, ref in enumerate(refs):
+        try:
+            pictures.append(open_picture(_read(ref, side)))
+        except Exception as e:  # noqa: BLE001 - as for a single picture
+            side_of = f"{'AB'[side]}: " if len(refs) > 1 else ""  # an A|B file: no side
+            why = str(e) if isinstance(e, SkipFile) else _undecodable(e)
+            raise SkipFile(side_of + why) from None
+    if split:
+        (img,) = pictures
+        w, h = img.size
+        if w % 2:
+            raise SkipFile(f"odd width {w} ({w}x{h}): not an A|B pair side by side")
+        if w != 2 * h:
+            raise SkipFile(f"{w}x{h}: not two square halves side by side (width != 2 x "
+                           "height)")
+        return [img.crop((0, 0, w // 2, h)), img.crop((w // 2, 0, w, h))]
+    (wa, ha), (wb, hb) = pictures[0].size, pictures[1].size
+    if (wa, ha) != (wb, hb):
+        raise SkipFile(f"mismatched sizes: A {wa}x{ha}, B {wb}x{hb}")
+    return pictures
+
+
+def _convert(task: tuple[Any, int | None]) -> tuple[str, Any, int | None]:
+    """(ref, label) -> ("ok", encoded bytes, label) or ("skip", reason, None). A tuple
+    ref is a pair: the bytes are then {"a": ..., "b": ...}."""
     ref, label = task
     o = _worker["opts"]
     try:
-        img = open_picture(_read(ref))
-        img = to_channels(img, o["channels"], o["bg"])
-        img = fit_square(img, o["resolution"], o["crop"], o["small"], o["bg"])
-        data = encode_image(np.asarray(img), o["format"], o["quality"])
+        if isinstance(ref, tuple):
+            pictures = _open_pair(ref, o.get("split", False))
+        else:
+            pictures = [open_picture(_read(ref))]
+        encoded = []
+        for img in pictures:
+            img = to_channels(img, o["channels"], o["bg"])
+            img = fit_square(img, o["resolution"], o["crop"], o["small"], o["bg"])
+            encoded.append(encode_image(np.asarray(img), o["format"], o["quality"]))
     except SkipFile as e:
         return "skip", str(e), None
     except Exception as e:  # noqa: BLE001 - any decoder failure is a skipped file, not a crash
-        return "skip", f"cannot decode: {type(e).__name__}: {e}".replace("\n", " "), None
-    return "ok", data, label
+        return "skip", _undecodable(e), None
+    if isinstance(ref, tuple):
+        return "ok", dict(zip(PAIR_KEYS, encoded)), label
+    return "ok", encoded[0], label
 
 
 # -- listing the source -------------------------------------------------------------------
@@ -192,6 +239,12 @@ class Listing:
     channels: int
     resolution: int
     zip_path: str | None = None
+    # paired listings: one zip (or None) per side; refs are then tuples of one ref per side
+    zip_paths: tuple[str | None, ...] | None = None
+
+    @property
+    def zips(self) -> tuple[str | None, ...]:
+        return self.zip_paths if self.zip_paths is not None else (self.zip_path,)
 
 
 def _label_of(rel: str, mode: str) -> str | None:
@@ -299,19 +352,29 @@ def _results(listing: Listing, order: np.ndarray, opts: dict[str, Any],
              workers: int) -> Iterator[tuple[str, Any, int | None]]:
     tasks = ((listing.refs[i], listing.labels[i]) for i in order)
     if workers <= 1:
-        _init_worker(opts, listing.zip_path)
+        _init_worker(opts, listing.zips)
         try:
             yield from map(_convert, tasks)
         finally:
-            if _worker["zip"] is not None:
-                _worker["zip"].close()
+            for z in _worker["zips"]:
+                if z is not None:
+                    z.close()
             _worker.clear()
         return
     # spawn, not fork: forking a process whose torch threads hold locks can deadlock
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, _init_worker, (opts, listing.zip_path)) as pool:
+    with ctx.Pool(workers, _init_worker, (opts, listing.zips)) as pool:
         # imap keeps input order, so the shards do not depend on the worker count.
         yield from pool.imap(_convert, tasks, chunksize=8)
+
+
+def _check_options(opts: MakeOptions) -> None:
+    for key, allowed in (("labels", LABEL_MODES), ("crop", ("center", "pad",
+                         "stretch")), ("small", ("upscale", "skip")),
+                         ("format", (None, "png", "jpg", "webp")), ("channels", (None, 1, 3))):
+        if getattr(opts, key) not in allowed:
+            choices = [a for a in allowed if a is not None]
+            raise ValueError(f"bad {key} {getattr(opts, key)!r}; expected one of {choices}")
 
 
 def make_dataset(src: str | os.PathLike, out: str | os.PathLike,
@@ -322,17 +385,24 @@ def make_dataset(src: str | os.PathLike, out: str | os.PathLike,
     and ignored files). Raises ValueError when no picture is usable.
     """
     opts = opts or MakeOptions()
-    for key, allowed in (("labels", LABEL_MODES), ("crop", ("center", "pad",
-                         "stretch")), ("small", ("upscale", "skip")),
-                         ("format", (None, "png", "jpg", "webp")), ("channels", (None, 1, 3))):
-        if getattr(opts, key) not in allowed:
-            choices = [a for a in allowed if a is not None]
-            raise ValueError(f"bad {key} {getattr(opts, key)!r}; expected one of {choices}")
+    _check_options(opts)
     listing, refused = list_source(src, opts)
+    return _write_dataset(listing, refused, str(Path(src).resolve()),
+                          opts.name or Path(src).stem or "data", out, opts, src)
+
+
+def _write_dataset(listing: Listing, refused: list[tuple[str, str]], path: Any, name: str,
+                   out: str | os.PathLike, opts: MakeOptions, src: Any,
+                   split: bool = False, images: Sequence[str] | None = None) -> dict:
+    """Encode `listing` into shards + index.json + skipped.txt in `out` (see make_dataset).
+
+    `images`: the image keys of a multi-image sample (index.json "images"); `split`: each
+    ref is one A|B picture (worker option)."""
     fmt = opts.format or ("png" if listing.kind == "npz" or listing.channels == 1 else "jpg")
     worker_opts = {"channels": listing.channels, "resolution": listing.resolution,
                    "crop": opts.crop, "small": opts.small, "format": fmt,
-                   "quality": opts.quality, "bg": ImageColor.getrgb(opts.background)[:3]}
+                   "quality": opts.quality, "bg": ImageColor.getrgb(opts.background)[:3],
+                   "split": split}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng(opts.seed).permutation(len(listing.refs))
@@ -348,17 +418,23 @@ def make_dataset(src: str | os.PathLike, out: str | os.PathLike,
             else:
                 skipped.append((listing.names[i], payload))
 
-    name = opts.name or Path(src).stem or "data"
-    source = {"path": str(Path(src).resolve()), "kind": listing.kind, "files": len(order),
+    source = {"path": path, "kind": listing.kind, "files": len(order),
               "ignored": listing.ignored,
               "options": {**asdict(opts), "format": fmt, "channels": listing.channels,
                           "resolution": listing.resolution}}
     source["options"].pop("workers")
+
+    def extra() -> dict:
+        more: dict[str, Any] = {"source": {**source, "skipped": len(skipped)}}
+        if images is not None:
+            more["images"] = list(images)
+            more["source"]["skipped_by"] = skip_kinds(skipped)
+        return more
+
     try:
         index = write_shards(good(), out, name, resolution=listing.resolution,
                              channels=listing.channels, labels=listing.label_names,
-                             per_shard=opts.per_shard,
-                             extra=lambda: {"source": {**source, "skipped": len(skipped)}})
+                             per_shard=opts.per_shard, extra=extra)
     finally:
         bar.close()
         (out / SKIPPED).write_text("".join(f"{n}\t{r}\n" for n, r in skipped))
@@ -367,3 +443,83 @@ def make_dataset(src: str | os.PathLike, out: str | os.PathLike,
         raise ValueError(f"{src}: no usable pictures ({len(skipped)} skipped, "
                          f"{listing.ignored} ignored); see {out / SKIPPED}")
     return index
+
+
+# -- paired data --------------------------------------------------------------------------
+def skip_kinds(skipped: list[tuple[str, str]]) -> dict[str, int]:
+    """Skipped pairs by kind: unpaired (one side only, or two files for one side),
+    mismatched (sizes, or an A|B layout that does not split), unusable (the rest)."""
+    kinds = {"unpaired": 0, "mismatched": 0, "unusable": 0}
+    for _, reason in skipped:
+        if reason.startswith(("only in ", "several files")):
+            kinds["unpaired"] += 1
+        elif reason.startswith(("mismatched", "odd width")) or "not two square halves" in reason:
+            kinds["mismatched"] += 1
+        else:
+            kinds["unusable"] += 1
+    return kinds
+
+
+def _stems(listing: Listing, side: str, skipped: list[tuple[str, str]]
+           ) -> dict[str, tuple[int, str]]:
+    """Relative path without extension -> (index in `listing`, relative path); several
+    files for one stem are skipped, each with the reason."""
+    by_stem: dict[str, list[int]] = {}
+    for i, rel in enumerate(listing.names):
+        stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
+        by_stem.setdefault(stem, []).append(i)
+    one = {}
+    for stem, found in by_stem.items():
+        if len(found) > 1:
+            names = ", ".join(listing.names[i] for i in found)
+            skipped += [(listing.names[i], f"several files for one pair in {side}: {names}")
+                        for i in found]
+        else:
+            one[stem] = (found[0], listing.names[found[0]])
+    return one
+
+
+def make_paired(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
+                opts: MakeOptions | None = None) -> dict:
+    """Paired shards (members a.<ext>, b.<ext>) in `out`; see the module docstring.
+
+    `sources`: (A, B), two folders or zips paired by relative path without extension, or
+    (AB,), one folder or zip of A|B pictures side by side. Returns the index, whose
+    "source" gains "skipped_by" (see `skip_kinds`). ValueError when no pair is usable.
+    """
+    opts = opts or MakeOptions()
+    _check_options(opts)
+    if len(sources) not in (1, 2):
+        raise ValueError(f"paired data: expected 2 sources (A, B) or 1 (A|B side by side), "
+                         f"got {len(sources)}")
+    listings = []
+    # labels are A's: B's own dataset.json (if any) is not read; with subdirs, B's files
+    # outside a subdirectory are refused like A's (not reported as unpaired)
+    b_opts = replace(opts, labels="subdirs" if opts.labels == "subdirs" else "none")
+    for k, src in enumerate(sources):
+        listing, refused = list_source(src, opts if k == 0 else b_opts)
+        if listing.kind == "npz":
+            raise ValueError(f"{src}: paired data needs image folders or zips, not an .npz")
+        listings.append((listing, refused))
+    first, refused = listings[0]
+    skipped = list(refused) if len(sources) == 1 else [(n, f"A: {r}") for n, r in refused]
+    if len(sources) == 1:
+        listing = replace(first, refs=[(r,) for r in first.refs], zip_paths=(first.zip_path,),
+                          kind=f"side-by-side {first.kind}")
+        path: Any = str(Path(sources[0]).resolve())
+    else:
+        other, refused_b = listings[1]
+        skipped += [(n, f"B: {r}") for n, r in refused_b]
+        a, b = _stems(first, "A", skipped), _stems(other, "B", skipped)
+        keep = sorted(set(a) & set(b))
+        skipped += [(a[s][1], f"only in A: no B file {s}.*") for s in sorted(set(a) - set(b))]
+        skipped += [(b[s][1], f"only in B: no A file {s}.*") for s in sorted(set(b) - set(a))]
+        listing = replace(
+            first, kind=f"paired {first.kind}/{other.kind}",
+            refs=[(first.refs[a[s][0]], other.refs[b[s][0]]) for s in keep],
+            names=[a[s][1] for s in keep], labels=[first.labels[a[s][0]] for s in keep],
+            ignored=first.ignored + other.ignored, zip_paths=(first.zip_path, other.zip_path))
+        path = [str(Path(s).resolve()) for s in sources]
+    name = opts.name or Path(sources[0]).stem or "data"
+    return _write_dataset(listing, skipped, path, name, out, opts, sources[0],
+                          split=len(sources) == 1, images=PAIR_KEYS)

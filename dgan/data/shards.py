@@ -6,8 +6,10 @@ A dataset directory holds `<name>-000000.tar ...` and `index.json`:
      "total": N, "resolution": R, "channels": C, "labels": [names] or null}
 
 Each sample is a tar member pair `<key>.<ext>` (png/jpg/webp image) plus `<key>.cls` (the
-label index as text) when the dataset has labels. index.json is written last, so its
-presence means the shards are complete.
+label index as text) when the dataset has labels. A multi-image sample (paired data) has
+one member per image instead, `<key>.a.<ext>`, `<key>.b.<ext>`, and index.json lists the
+image keys: `"images": ["a", "b"]` (absent: single-image samples). index.json is written
+last, so its presence means the shards are complete.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def write_shards(
-    samples: Iterable[tuple[bytes, str, int | None]],
+    samples: Iterable[tuple[bytes | dict[str, bytes], str, int | None]],
     out: str | os.PathLike,
     name: str,
     *,
@@ -63,7 +65,8 @@ def write_shards(
 ) -> dict:
     """Write (encoded image, extension, label) samples into shards plus index.json.
 
-    Returns the index. Keys are the running sample number, zero-padded. `extra` is called
+    Returns the index. Keys are the running sample number, zero-padded. A dict of encoded
+    images ({"a": ..., "b": ...}) gives members `a.<ext>`, `b.<ext>`. `extra` is called
     after the last sample and returns more index fields (facts known only at the end).
     """
     import webdataset as wds  # imports torch: keep `dgan` start-up and path checks fast
@@ -77,7 +80,11 @@ def write_shards(
         for i, (data, ext, label) in enumerate(samples):
             if i % per_shard == 0:
                 counts.append(0)
-            sample = {"__key__": f"{i:09d}", ext: data}
+            sample = {"__key__": f"{i:09d}"}
+            if isinstance(data, dict):
+                sample.update({f"{k}.{ext}": v for k, v in data.items()})
+            else:
+                sample[ext] = data
             if label is not None:
                 sample["cls"] = str(int(label)).encode()
             sink.write(sample)

@@ -47,6 +47,9 @@ class ShardSource:
     # the built-in dataset the shards were made from (index.json says so), else None:
     # evaluation computes digit metrics only on digits (docs/metrics.md)
     builtin: str | None = None
+    # the image keys of each sample (index.json "images", e.g. ["a", "b"]); None: not
+    # recorded (single-image shards have a bare `<key>.png`, key "image")
+    images: list[str] | None = None
     # url -> why it cannot be read (found before training); the stream leaves these out
     problems: dict[str, str] = field(default_factory=dict)
     _counted: dict[int, int] = field(default_factory=dict, repr=False)
@@ -154,9 +157,13 @@ def _from_index(directory: Path) -> ShardSource:
     missing = [u for u in urls if not os.path.isfile(u)]
     if missing:
         raise DataPathError(f"data.path {directory}: index.json lists missing shard {missing[0]}")
+    images = index.get("images")
+    if images is not None and (not isinstance(images, list) or not images or
+                               not all(isinstance(k, str) and k for k in images)):
+        raise DataPathError(f"{where}: \"images\" must be a list of image keys, got {images!r}")
     return ShardSource(urls, [int(s["count"]) for s in shards],
                        index["resolution"], index["channels"], index.get("labels"),
-                       builtin_name(index))
+                       builtin_name(index), images=images)
 
 
 def builtin_name(index: dict) -> str | None:

@@ -9,9 +9,10 @@ A slot reads a deterministic sequence of shards: in resampled mode (training def
 epoch e is a permutation of all shards drawn from (seed, s, e), so uneven shard counts never
 starve a rank; in single-pass mode slot s reads shards s, s+S, s+2S, ... once. Samples are
 shuffled in blocks of `shuffle_buffer` with a permutation drawn from (seed, s, block), and
-x-flips drawn with it. Each worker batches its own samples (uint8 HWC, so the inter-process
-copy is 4x smaller than float and filling a batch is a plain copy); `DataStream` moves the
-batch to the training device, where it becomes float [B, C, R, R] in [-1, 1].
+x-flips (and random-crop offsets, `crop`) drawn with it. Each worker batches its own
+samples (uint8 HWC, so the inter-process copy is 4x smaller than float and filling a batch
+is a plain copy); `DataStream` moves the batch to the training device, where it becomes
+float [B, C, R, R] in [-1, 1].
 
 Resume. Every batch carries its worker *role* (the worker index it was produced for) and
 that role's *cursor* (how many shuffled samples, corrupt ones included, the role has used).
@@ -24,6 +25,16 @@ uninterrupted run would have produced, also when corrupt samples were skipped. W
 size, worker count or batch size change, the position cannot be mapped: the stream starts
 fresh slot sequences from the seed plus the number of images the job had seen
 (documented approximation: a new random order, no exact continuation of the epoch).
+
+Several images per sample. `keys` names the images a sample carries: ("image",) (the
+default) is the bare `<key>.png` member of single-image shards, and the stream yields
+exactly what it always did; ("a", "b") reads the members `<key>.a.png` and `<key>.b.png` of
+paired shards (`dgan data make --paired`). Every image of a sample is decoded to the same
+resolution with the same x-flip and the same crop window (one draw per sample), so a
+translation pair stays aligned; a multi-image batch is uint8 [K, B, R, R, C] in the worker
+and a dict {key: float [B, C, R, R], "label": int64 [B]} from `DataStream`. The draws of
+the crop come after the permutation and flips of the same block generator, so the order,
+the flips and resume are those of a stream without crop.
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dgan.data.sources import NoSamplesError, ShardSource
+from dgan.data.sources import DataPathError, NoSamplesError, ShardSource
 from dgan.data.tario import MAX_MEMBER, iter_tar
 
 log = logging.getLogger(__name__)
@@ -60,19 +71,43 @@ MODES = {1: "L", 3: "RGB"}
 PACK_PIECE = 1 << 16  # bytes per piece of packed pixels, as PIL's tobytes
 
 
-def _encoded(sample: dict[str, bytes]) -> io.BytesIO:
+SINGLE = ("image",)  # the keys of a single-image sample: its bare `<key>.<ext>` member
+# crop window: (load size, x, y): resize to load x load, then cut resolution^2 at (x, y)
+Crop = tuple[int, int, int]
+
+
+def image_keys(sample: dict[str, Any]) -> tuple[str, ...]:
+    """The image keys of a sample, sorted: "image" for a bare `<key>.png` member, "a" for
+    `<key>.a.png` (any extension of IMAGE_EXTS)."""
+    found = set()
+    for name in sample:
+        if name in IMAGE_EXTS:
+            found.add("image")
+        elif "." in name and name.rsplit(".", 1)[1] in IMAGE_EXTS:
+            found.add(name.rsplit(".", 1)[0])
+    return tuple(sorted(found))
+
+
+def _encoded(sample: dict[str, bytes], key: str = "image") -> io.BytesIO:
+    prefix = "" if key == "image" else key + "."
     for ext in IMAGE_EXTS:
-        if ext in sample:
-            return io.BytesIO(sample[ext])
-    raise ValueError("no image member")
+        if prefix + ext in sample:
+            return io.BytesIO(sample[prefix + ext])
+    raise ValueError("no image member" if key == "image" else f"no {key!r} image member")
 
 
-def _prepare(img: Image.Image, channels: int, resolution: int, flip: bool) -> Image.Image:
-    """An opened image in the target mode, size and orientation."""
+def _prepare(img: Image.Image, channels: int, resolution: int, flip: bool,
+             crop: Crop | None = None) -> Image.Image:
+    """An opened image in the target mode, size (or crop window) and orientation."""
     mode = MODES[channels]
     if img.mode != mode:
         img = img.convert(mode)
-    if img.size != (resolution, resolution):
+    if crop is not None:
+        load, x, y = crop
+        if img.size != (load, load):
+            img = img.resize((load, load), Image.Resampling.LANCZOS)
+        img = img.crop((x, y, x + resolution, y + resolution))
+    elif img.size != (resolution, resolution):
         img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
     if flip:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -80,29 +115,66 @@ def _prepare(img: Image.Image, channels: int, resolution: int, flip: bool) -> Im
 
 
 def decode(sample: dict[str, bytes], channels: int, resolution: int,
-           flip: bool = False) -> tuple[np.ndarray, int]:
+           flip: bool = False, key: str = "image",
+           crop: Crop | None = None) -> tuple[np.ndarray, int]:
     """Encoded sample -> (uint8 array HxW for 1 channel or HxWx3, label or -1).
 
     Raises on a corrupt image. Images already in the target mode are not converted (the
     conversion would be a full copy); other sizes are resized with Lanczos. `flip` mirrors
-    left-right (in PIL, which is faster than a reversed numpy copy).
+    left-right (in PIL, which is faster than a reversed numpy copy). `key`: which image of
+    a multi-image sample; `crop`: (load size, x, y), see `Crop`.
     """
-    with Image.open(_encoded(sample)) as img:
-        array = np.asarray(_prepare(img, channels, resolution, flip))
+    with Image.open(_encoded(sample, key)) as img:
+        array = np.asarray(_prepare(img, channels, resolution, flip, crop))
     label = int(sample["cls"]) if "cls" in sample else -1
     return array, label
 
 
 def decode_into(sample: dict[str, bytes], out: memoryview, channels: int, resolution: int,
-                flip: bool = False) -> int:
+                flip: bool = False, key: str = "image", crop: Crop | None = None) -> int:
     """`decode` writing the pixels (HxWxC bytes) into `out`; returns the label or -1.
 
     The batch path: one copy of PIL's packed pixels into the batch, without the numpy
     array `decode` wraps around them. On a corrupt sample `out` may be partly written.
     """
-    with Image.open(_encoded(sample)) as img:
-        pack_into(_prepare(img, channels, resolution, flip), out)
+    with Image.open(_encoded(sample, key)) as img:
+        pack_into(_prepare(img, channels, resolution, flip, crop), out)
     return int(sample["cls"]) if "cls" in sample else -1
+
+
+def check_keys(source: ShardSource, keys: Sequence[str]) -> None:
+    """Fail now (DataPathError, one line) when the shards' samples lack an image of `keys`.
+
+    The image keys come from index.json ("images", written by `dgan data make`; absent:
+    single-image shards) or, for a multi-image stream without an index, from the first
+    sample of the first readable shard. A shard that gives no sample is left to the stream,
+    which reports it. Single-image streams over shards without an index are not checked
+    (that would read a shard before training, which they never did).
+    """
+    keys = tuple(keys)
+    urls = [u for u in source.urls if u not in source.problems]
+    if not urls:
+        return
+    url = urls[0]
+    if source.images is not None:
+        found = tuple(source.images)
+    elif keys == SINGLE:
+        return  # nothing recorded: single-image shards, or not known without reading
+    else:
+        try:
+            first = next(iter_tar(url), None)
+        except (OSError, ValueError, tarfile.TarError):
+            return
+        if first is None:
+            return
+        found = image_keys(first)
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise DataPathError(
+            f"{url}: its samples hold the images {list(found)}, but the stream expects "
+            f"{list(keys)} (missing {missing}); point data.path at shards made for this task "
+            + ("(single-image: `dgan data make SRC OUT`)" if keys == SINGLE else
+               "(paired: `dgan data make --paired DIR_A DIR_B OUT` writes a and b)"))
 
 
 def pack_into(img: Image.Image, out: memoryview) -> None:
@@ -157,6 +229,9 @@ class ShardStream(IterableDataset):
     position = (role, cursor): the worker role that made the batch and how many shuffled
     samples that role had used after it. Resume either from `start_batches` (exact when no
     sample was corrupt) or from `next_role` and `cursors` (one per worker role; exact).
+    With `keys` other than ("image",) the images are uint8 [K, B, R, R, C], in `keys` order.
+    `crop` > 0: every image is resized to crop x crop and a random R x R window is cut from
+    it (the same window for every image of a sample); 0: resized to R x R.
     """
 
     def __init__(self, source: ShardSource, *, batch_size: int, resolution: int, channels: int,
@@ -164,10 +239,18 @@ class ShardStream(IterableDataset):
                  resampled: bool = True, shuffle_buffer: int = 1000, xflip: bool = False,
                  start_batches: int = 0, drop_last: bool = True, next_role: int | None = None,
                  cursors: Sequence[int] | None = None, max_bad_in_a_row: int = 1000,
-                 max_member: int = MAX_MEMBER) -> None:
+                 max_member: int = MAX_MEMBER, keys: Sequence[str] = SINGLE,
+                 crop: int = 0) -> None:
         if not source.urls:
             raise NoSamplesError("no shards to read")  # resampling none would spin forever
+        if not keys or len(set(keys)) != len(keys) or "label" in keys:
+            raise ValueError(f"keys {list(keys)}: expected distinct image keys (not 'label')")
+        if crop and crop < resolution:
+            raise ValueError(f"crop {crop} is smaller than the resolution {resolution}: "
+                             "expected 0 (off) or a load size >= the resolution")
         self.source = source
+        self.keys = tuple(keys)
+        self.crop = int(crop)
         self.max_member = max_member
         self.batch_size = batch_size
         self.resolution = resolution
@@ -244,11 +327,20 @@ class ShardStream(IterableDataset):
 
     def _shuffled(self, slot: int, slots: int,
                   skip: int) -> Iterator[tuple[dict[str, bytes], bool]]:
-        """(sample, x-flip) in block-shuffled order, starting at shuffled position `skip`.
+        """(sample, x-flip) in block-shuffled order, starting at shuffled position `skip`."""
+        for sample, flip, _ in self._augmented(slot, slots, skip):
+            yield sample, flip
 
-        One generator per block, drawn from (seed, slot, block), gives its permutation and
-        flips, so both are functions of the sample's place in the slot's sequence.
+    def _augmented(self, slot: int, slots: int,
+                   skip: int) -> Iterator[tuple[dict[str, bytes], bool, Crop | None]]:
+        """(sample, x-flip, crop window or None) in block-shuffled order, from shuffled
+        position `skip`.
+
+        One generator per block, drawn from (seed, slot, block), gives its permutation,
+        flips and then (with `crop`) the crop offsets, so all are functions of the sample's
+        place in the slot's sequence; the offsets, drawn last, leave the others unchanged.
         """
+        load = self.crop
         block_size = self.shuffle_buffer
         block_no, offset = divmod(skip, block_size)
         raw = self._raw_samples(slot, slots, block_no * block_size)
@@ -259,8 +351,12 @@ class ShardStream(IterableDataset):
             rng = np.random.default_rng([self.seed, slot, 1 + block_no])
             order = rng.permutation(len(block))
             flips = (rng.random(len(block)) < 0.5).tolist()
+            crops: list[Crop | None] = [None] * len(block)
+            if load:
+                xy = rng.integers(0, load - self.resolution + 1, (len(block), 2)).tolist()
+                crops = [(load, x, y) for x, y in xy]
             for i in order[offset:].tolist():
-                yield block[i], flips[i]
+                yield block[i], flips[i], crops[i]
             offset = 0
             block_no += 1
 
@@ -277,16 +373,23 @@ class ShardStream(IterableDataset):
         # consumer's float conversion does the transpose in the same pass.
         shape = (self.batch_size, self.resolution, self.resolution, self.channels)
         per = self.resolution * self.resolution * self.channels  # bytes per image
+        keys = self.keys
+        single = keys == SINGLE
+        if not single:  # one [B, R, R, C] block per key: images[j] is key j's batch
+            shape = (len(keys), *shape)
+        stride = self.batch_size * per  # bytes from one key's block to the next
         xflip, channels, resolution = self.xflip, self.channels, self.resolution
         shared = info is not None  # a DataLoader worker: batches travel in shared memory
         images, labels, k = _new_images(shape, shared), np.empty(self.batch_size, np.int64), 0
         pixels = memoryview(images.numpy()).cast("B")
         bad_in_a_row = 0
-        for sample, flip in self._shuffled(slot, slots, cursor):
+        for sample, flip, crop in self._augmented(slot, slots, cursor):
             cursor += 1
             try:
-                labels[k] = decode_into(sample, pixels[k * per:(k + 1) * per], channels,
-                                        resolution, xflip and flip)
+                for j, key in enumerate(keys):
+                    at = j * stride + k * per
+                    labels[k] = decode_into(sample, pixels[at:at + per], channels, resolution,
+                                            xflip and flip, key, crop)
             except Exception as e:  # a corrupt sample must not end the run
                 bad_in_a_row += 1
                 log.warning("skipping corrupt sample %s in %s: %s", sample.get("__key__"),
@@ -304,7 +407,8 @@ class ShardStream(IterableDataset):
                 pixels = memoryview(images.numpy()).cast("B")
         pixels.release()
         if k and not self.drop_last:
-            yield images[:k], torch.from_numpy(labels[:k]), torch.tensor([role, cursor])
+            images = images[:k] if single else images[:, :k]
+            yield images, torch.from_numpy(labels[:k]), torch.tensor([role, cursor])
 
 
 # Iterators whose workers may still run. Workers ignore SIGTERM (above), so the exit-time
@@ -357,7 +461,9 @@ def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 class DataStream:
     """The rank's iterator of float batches in [-1, 1] on `device`, with a position.
 
-    Yields (images float32 [B, C, R, R] in [-1, 1], labels int64 [B]); infinite unless
+    Yields (images float32 [B, C, R, R] in [-1, 1], labels int64 [B]) for single-image
+    data (`keys` ("image",), the default); for other `keys`, e.g. ("a", "b"), a dict
+    {"a": float32 [B, C, R, R], "b": ..., "label": int64 [B]}. Infinite unless
     `resampled=False`: one pass over the rank's shards, every sample once (the last batch of
     each worker may be short), then StopIteration. `state_dict()` / `load_state_dict()`
     carry the position; loading rebuilds the loader.
@@ -366,13 +472,16 @@ class DataStream:
     def __init__(self, source: ShardSource, *, batch_size: int, resolution: int, channels: int,
                  seed: int, rank: int, world_size: int, workers: int, shuffle_buffer: int,
                  xflip: bool, device: torch.device | str = "cpu", resampled: bool = True,
-                 max_member: int = MAX_MEMBER) -> None:
+                 max_member: int = MAX_MEMBER, keys: Sequence[str] = SINGLE,
+                 crop: int = 0) -> None:
+        check_keys(source, keys)  # a task pointed at the wrong kind of shards: fail now
         self.source = source
+        self.keys = tuple(keys)
         self.kw: dict[str, Any] = {
             "batch_size": batch_size, "resolution": resolution, "channels": channels,
             "seed": seed, "rank": rank, "world_size": world_size, "workers": workers,
             "shuffle_buffer": shuffle_buffer, "xflip": xflip, "resampled": resampled,
-            "max_member": max_member}
+            "max_member": max_member, "keys": self.keys, "crop": crop}
         self.device = torch.device(device)
         self.batches = 0  # consumed by this rank since the stream's current seed started
         self.seed_offset = 0  # images the job had seen when the layout last changed
@@ -407,7 +516,7 @@ class DataStream:
     def __iter__(self) -> DataStream:
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]:
         if self._iter is None:
             self._iter = self._loader()
         try:
@@ -424,7 +533,11 @@ class DataStream:
         self.batches += 1
         self.cursors[int(role)] = int(cursor)
         self.next_role = (int(role) + 1) % len(self.cursors)
-        return to_float(images, self.device), labels.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.keys == SINGLE:
+            return to_float(images, self.device), labels
+        batch = {key: to_float(images[j], self.device) for j, key in enumerate(self.keys)}
+        return {**batch, "label": labels}
 
     def state_dict(self) -> dict[str, Any]:
         """Plain ints (and one list of ints): JSON-able, and per rank."""

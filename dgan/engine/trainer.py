@@ -36,6 +36,7 @@ from dgan.engine.ema import make_ema, update_ema
 from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag, kill_at_step_hook
 from dgan.logging import RunLogger, memory_peak, optimizer_lrs
 from dgan.tasks import Batch, build_task, one_hot, task_class
+from dgan.trackers import check_trackers, flatten
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, source: Any, lock_run_dir: bool = False) -> None:
         """`lock_run_dir`: rank 0 takes run.dir's lock (`dgan train` does; the caller
         releases `self.run_lock`), before anything below touches the directory."""
+        check_trackers(cfg.log.trackers)  # a missing W&B / MLflow package: before any work
         self.cfg = cfg
         self.source = source
         self.run_dir = str(cfg.run.dir)
@@ -110,7 +112,8 @@ class Trainer:
             source, batch_size=cfg.train.batch_size, resolution=cfg.data.resolution,
             channels=cfg.data.channels, seed=cfg.run.seed, rank=b.rank, world_size=b.world_size,
             workers=cfg.data.workers, shuffle_buffer=cfg.data.shuffle_buffer,
-            xflip=cfg.data.xflip, device=b.device, max_member=cfg.data.max_member_mb << 20)
+            xflip=cfg.data.xflip, device=b.device, max_member=cfg.data.max_member_mb << 20,
+            keys=tuple(k for k in self.task.data_keys if k != "label"), crop=cfg.data.crop)
         self.step = 0
         self.images_seen = 0
         self.augment: dict[str, Any] = {}  # augmentation state (ADA p), filled by augmenters
@@ -227,14 +230,20 @@ class Trainer:
     # -- one iteration ------------------------------------------------------------------
     def next_batch(self) -> Batch:
         """This rank's batch of one step from the stream (grad_accum micro-batches,
-        concatenated): "image" [A * B, C, R, R] in [-1, 1] and "label" [A * B, c_dim]
+        concatenated): "image" [A * B, C, R, R] in [-1, 1] (a multi-image task: one such
+        tensor per image key of its `data_keys`, e.g. "a" and "b") and "label" [A * B, c_dim]
         one-hot (None when unconditional)."""
         batches = [next(self.stream) for _ in range(self.cfg.train.grad_accum)]
-        real = torch.cat([x for x, _ in batches])
+        if isinstance(batches[0], dict):  # a multi-image task's keys ("a", "b"), see DataStream
+            images = {k: torch.cat([x[k] for x in batches]) for k in batches[0] if k != "label"}
+            labels = [x["label"] for x in batches]
+        else:
+            images = {"image": torch.cat([x for x, _ in batches])}
+            labels = [y for _, y in batches]
         if not self.c_dim:
-            return {"image": real, "label": None}
-        return {"image": real,
-                "label": one_hot(torch.cat([y for _, y in batches]), self.c_dim).to(real.device)}
+            return {**images, "label": None}
+        device = next(iter(images.values())).device
+        return {**images, "label": one_hot(torch.cat(labels), self.c_dim).to(device)}
 
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Every phase of the task due at this step, on this rank's share of the global batch.
@@ -311,8 +320,11 @@ class Trainer:
             with open(os.path.join(self.run_dir, "config.yaml"), "w") as f:
                 f.write(to_yaml(cfg))
         logger = RunLogger(self.run_dir, enabled=b.is_main, total_steps=cfg.train.steps,
-                           start_step=self.step, progress=cfg.log.progress)
-        logger.config(self.step, to_yaml(cfg))
+                           start_step=self.step, progress=cfg.log.progress,
+                           trackers=list(cfg.log.trackers), project=cfg.log.project,
+                           run_name=cfg.run.name, resume=resumed is not None)
+        logger.config(self.step, to_yaml(cfg),
+                      flatten(OmegaConf.to_container(cfg, resolve=True)))
         start = (f"resumed from {resumed} at step {self.step}" if resumed else
                  self.initialised_from if self.initialised_from else
                  "fresh start (resume=never)" if cfg.resume == "never" else
@@ -333,6 +345,7 @@ class Trainer:
         own_flag = preemption is None
         if preemption is None:
             preemption = PreemptionFlag().install()
+        outcome = "failed"  # what the trackers record as the run's end
         try:
             while self.step < cfg.train.steps:
                 kill_at_step_hook(self.step, b.rank, self.checkpointer.wait)
@@ -389,14 +402,16 @@ class Trainer:
                     if preemption.requested and not b.is_main:
                         print(f"dgan: rank {b.rank}: {preemption.signal_name} at step {self.step}",
                               file=sys.stderr, flush=True)
+                    outcome = "preempted"
                     return REQUEUE_EXIT_CODE
                 if self.step % cfg.checkpoint.every == 0 or done:
                     self.save(blocking=done or not cfg.checkpoint.async_save)
+            outcome = "finished"
         finally:
             if own_flag:
                 preemption.uninstall()
             self.stream.close()
-            logger.close()
+            logger.close(outcome)
             self.checkpointer.close()
         logger.message(f"dgan: finished {self.step} steps ({self.images_seen} images); "
                        f"checkpoints in {checkpoint.checkpoint_dir(self.run_dir)}")
