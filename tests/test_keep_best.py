@@ -1,5 +1,5 @@
-"""checkpoint.keep_best: the best checkpoint by a metric survives rotation, is named in
-best.json, keeps its value across a resume, and load_generator(run, "best") loads it.
+"""checkpoint.keep_best and `dgan eval --best`: the best checkpoint by a metric survives
+rotation, is named in best.json, keeps its value across a resume, and `--ckpt best` loads it.
 
 The metric is scripted (dgan.metrics.run_eval.evaluate_generator monkeypatched), so which
 checkpoint is best does not depend on how well a few CPU steps train."""
@@ -103,3 +103,55 @@ def test_metric_directions():
     assert not best_json.is_better(3.0, {"value": 3.0}, "min")
     assert best_json.is_better(0.9, {"value": 0.5}, "max")
     assert not best_json.is_better(float("nan"), None, "min")
+
+
+@pytest.mark.slow
+def test_dgan_eval_best_writes_best_json_and_sample_uses_it(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    fit(small_config(run, "train.steps=12", "checkpoint.every=4", "checkpoint.keep=3"))
+    assert steps_on_disk(run) == [4, 8, 12]
+    assert not (run / "best.json").exists()
+
+    calls = scripted(monkeypatch, [0.7, 0.9, 0.8], key="coverage_min")  # higher is better
+    assert main(["eval", "--run", str(run), "--best", "coverage_min", "--n", "50"]) == 0
+    out = capsys.readouterr().out
+    assert calls == [50, 50, 50]
+    best_line = [line for line in out.splitlines() if "best" in line and "0.9" in line]
+    assert best_line and best_line[0].split()[0] == "8"
+    record = json.loads((run / "best.json").read_text())
+    assert record == {"metric": "coverage_min", "value": 0.9, "step": 8,
+                      "checkpoint": "step-00000008", "direction": "max"}
+    assert json.loads((run / "eval-00000008.json").read_text())["coverage_min"] == 0.9
+
+    # stored values with the same n are reused: nothing is evaluated again
+    calls = scripted(monkeypatch, [])
+    assert main(["eval", "--run", str(run), "--best", "coverage_min", "--n", "50"]) == 0
+    assert calls == []
+    assert json.loads((run / "best.json").read_text()) == record
+    capsys.readouterr()
+
+    assert main(["sample", "--run", str(run), "--ckpt", "best", "--n", "2",
+                 "--out", str(tmp_path / "s")]) == 0
+    assert "(step 8)" in capsys.readouterr().out
+    assert main(["ckpt", "export", str(run), str(tmp_path / "e"), "--ckpt", "best"]) == 0
+    assert "step-00000008" in capsys.readouterr().out
+
+    (run / "best.json").write_text("{not json")
+    assert main(["sample", "--run", str(run), "--ckpt", "best", "--n", "2",
+                 "--out", str(tmp_path / "s2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "best.json" in err
+    (run / "best.json").unlink()
+    assert main(["sample", "--run", str(run), "--ckpt", "best", "--n", "2",
+                 "--out", str(tmp_path / "s3")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "best.json" in err
+
+
+def test_dgan_eval_best_unknown_metric(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("run:\n  name: x\n")
+    assert main(["eval", "--run", str(run), "--best", "fd_typo"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--best fd_typo" in err
