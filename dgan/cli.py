@@ -193,8 +193,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
     from dgan.checkpoint import InvalidCheckpoint
@@ -202,16 +200,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dgan.metrics.evaluate import format_table
     from dgan.metrics.inception import inception_available, resolve_weights
     from dgan.metrics.run_eval import evaluate_generator, select_metrics
+    from dgan.config import METRIC_KEYS
     from dgan.sample import load_generator
 
     if _is_translation_run(args.run):
+        if args.best is not None:
+            raise UserError(f"--best {args.best}: not for a translation run (keep_best picks "
+                            "by noise-to-image metrics)")
         return _eval_translation(args)
-    try:
-        loaded = load_generator(args.run)
-    except InvalidCheckpoint as e:
-        raise UserError(str(e)) from None
-    g, step = loaded.net, loaded.step
+    if args.best is not None and args.best not in {k for ks in METRIC_KEYS.values() for k in ks}:
+        raise UserError(f"--best {args.best}: unknown metric; expected one of "
+                        f"{', '.join(dict.fromkeys(k for ks in METRIC_KEYS.values() for k in ks))}")
+    loaded = None
+    if args.best is None:
+        try:
+            loaded = load_generator(args.run)
+        except InvalidCheckpoint as e:
+            raise UserError(str(e)) from None
     config_file = os.path.join(args.run, "config.yaml")
+    if not os.path.isfile(config_file):
+        raise UserError(f"{config_file}: no such file (--run takes a run directory)")
     cfg = config_from_yaml_text(open(config_file).read())
     if args.data:  # given here: the user's own, pipe: included
         cfg.data.path = args.data
@@ -219,11 +227,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.digit_metrics:
         cfg.eval.digit_metrics = args.digit_metrics
     metrics = args.metrics.split(",") if args.metrics else list(cfg.eval.metrics)
-    from dgan.config import METRICS
+    from dgan.config import METRICS, metric_keys
+
+    if args.best is not None and not args.metrics:  # only what gives the metric
+        metrics = [args.best if args.best in METRIC_KEYS else
+                   next(m for m, keys in METRIC_KEYS.items() if args.best in keys)]
 
     if set(metrics) - set(METRICS):
         raise UserError(f"--metrics {args.metrics}: unknown {sorted(set(metrics) - set(METRICS))}; "
                         f"expected any of {','.join(METRICS)}")
+    if args.best is not None and args.best not in metric_keys(metrics):
+        raise UserError(f"--best {args.best}: --metrics {args.metrics} does not compute it "
+                        f"(it gives {', '.join(metric_keys(metrics))})")
     if args.inception_weights:
         resolve_weights(args.inception_weights)  # a wrong path is an error, not a fallback
         os.environ["DGAN_INCEPTION_WEIGHTS"] = args.inception_weights
@@ -232,12 +247,93 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not chosen:
         raise UserError(f"nothing to evaluate: {skipped}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results = evaluate_generator(cfg, g.to(device), source, device, metrics, args.n or cfg.eval.n)
-    print(f"run {args.run}, step {step}, {args.n or cfg.eval.n} samples")
+    n = args.n or cfg.eval.n
+    if args.best is not None:
+        return _eval_best(args.run, args.best, cfg, source, device, metrics, n)
+    assert loaded is not None
+    g, step = loaded.net, loaded.step
+    results = evaluate_generator(cfg, g.to(device), source, device, metrics, n)
+    print(f"run {args.run}, step {step}, {n} samples")
     print(format_table(results))
-    out = os.path.join(args.run, f"eval-{step:08d}.json")
-    with open(out, "w") as f:
-        json.dump({"step": step, **results}, f, indent=1)
+    _write_eval(args.run, step, n, results, {})
+    return 0
+
+
+def _stored_eval(run: str, step: int) -> dict[str, Any]:
+    """RUN/eval-<step>.json as written by `dgan eval` ({} when missing or unreadable)."""
+    import json
+
+    try:
+        stored = json.loads(Path(run, f"eval-{step:08d}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def _write_eval(run: str, step: int, n: int, results: dict[str, float],
+                stored: dict[str, Any]) -> None:
+    """RUN/eval-<step>.json: `results` with the step and sample count, over the values of
+    `stored` computed with the same count."""
+    import json
+
+    kept = stored if stored.get("n") == n else {}
+    with open(os.path.join(run, f"eval-{step:08d}.json"), "w") as f:
+        json.dump({**kept, "step": step, "n": n, **results}, f, indent=1)
+
+
+def _eval_best(run: str, metric: str, cfg: Any, source: Any, device: Any,
+               metrics: list[str], n: int) -> int:
+    """`dgan eval --run RUN --best METRIC`: METRIC of every valid checkpoint of RUN (values
+    stored in eval-<step>.json with the same n are reused), a table, and RUN/best.json."""
+    import math
+
+    from dgan.checkpoint import InvalidCheckpoint, layout
+    from dgan.checkpoint import best as best_json
+    from dgan.config import metric_direction
+    from dgan.metrics.run_eval import evaluate_generator
+    from dgan.sample import load_generator
+
+    direction = metric_direction(metric)
+    rows: list[tuple[int, str, float, bool]] = []  # step, checkpoint, value, reused
+    for path in layout.list_checkpoints(run):
+        try:
+            step = int(layout.read_meta(path)["step"])
+        except InvalidCheckpoint as e:
+            sys.stderr.write(f"dgan: eval: skipping {path.name}: {e}\n")
+            continue
+        stored = _stored_eval(run, step)
+        value = stored.get(metric)
+        if stored.get("n") == n and isinstance(value, (int, float)) and math.isfinite(value):
+            rows.append((step, path.name, float(value), True))
+            continue
+        try:
+            g = load_generator(run, str(step))
+        except InvalidCheckpoint as e:
+            sys.stderr.write(f"dgan: eval: skipping {path.name}: {e}\n")
+            continue
+        results = evaluate_generator(cfg, g.net.to(device), source, device, metrics, n)
+        if metric not in results:
+            raise UserError(f"--best {metric}: the evaluation of {path.name} gave no {metric} "
+                            f"(it gave {', '.join(sorted(results)) or 'nothing'})")
+        _write_eval(run, step, n, results, stored)
+        rows.append((step, path.name, float(results[metric]), False))
+    if not rows:
+        raise UserError(f"{run}: no valid checkpoint in {layout.checkpoint_dir(run)}")
+    best: Optional[dict[str, Any]] = None
+    for step, name, value, _ in rows:
+        if best_json.is_better(value, best, direction):
+            best = best_json.make_record(metric, value, step)
+    if best is None:
+        raise UserError(f"--best {metric}: no checkpoint has a finite {metric}")
+    better = "lower" if direction == "min" else "higher"
+    print(f"run {run}, {metric} ({better} is better), {n} samples")
+    width = max(len("step"), *(len(str(r[0])) for r in rows))
+    print(f"{'step':<{width}}  {metric}")
+    for step, name, value, reused in rows:
+        marks = [m for m, on in (("best", step == best["step"]), ("stored", reused)) if on]
+        print(f"{step:<{width}}  {value:.6g}" + (f"  ({', '.join(marks)})" if marks else ""))
+    written = best_json.write_best(run, best)
+    print(f"dgan: wrote {written}: {best['checkpoint']} ({metric} {best['value']:.6g})")
     return 0
 
 
@@ -412,6 +508,16 @@ def cmd_ckpt_export(args: argparse.Namespace) -> int:
 
     path = Path(args.run)
     chosen = _checkpoint_arg(path)
+    if args.ckpt is not None:
+        from dgan.sample import SampleError, checkpoint_of
+
+        if chosen is not None:
+            raise UserError(f"--ckpt {args.ckpt}: {path} is itself a checkpoint; give its run "
+                            "directory to choose another")
+        try:
+            chosen = checkpoint_of(path, args.ckpt)
+        except SampleError as e:
+            raise UserError(str(e)) from None
     if chosen is None:  # the newest checkpoint that loads; damaged ones skipped with a warning
         try:
             found = checkpoint.load_latest(path)
@@ -517,8 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="truncation psi, StyleGAN2 only (default 1: none)")
     sample.add_argument("--noise-mode", choices=["const", "random", "none"],
                         help="StyleGAN2 noise inputs (default const; random: from the seed)")
-    sample.add_argument("--ckpt", metavar="STEP|PATH", help="the run's checkpoint of this step, "
-                        "or a checkpoint directory (default: the newest valid one)")
+    sample.add_argument("--ckpt", metavar="STEP|best|PATH", help="the run's checkpoint of this "
+                        "step, best (the one RUN/best.json names: checkpoint.keep_best or dgan "
+                        "eval --best) or a checkpoint directory (default: the newest valid one)")
     sample.add_argument("--interpolate", action="store_true", help="write OUT/interpolation.png "
                         "instead: one row walking from each seed to the next, and "
                         "OUT/interpolation.mp4 when a video encoder is installed "
@@ -565,6 +672,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--trust-pipe", action="store_true",
                     help="run a pipe: data.path read from the run's config.yaml (refused "
                     "without it; see docs/data.md)")
+    ev.add_argument("--best", metavar="METRIC",
+                    help="evaluate METRIC (a result key, e.g. fd_digits, fid, coverage_min) on "
+                    "every valid checkpoint of the run, reusing values stored in "
+                    "eval-<step>.json with the same --n; print step/value, mark the best and "
+                    "write RUN/best.json (for --ckpt best); see docs/checkpointing.md")
     ev.set_defaults(func=cmd_eval)
 
     data = verbs.add_parser("data", help="make datasets (WebDataset shards)")
@@ -638,6 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
         "See docs/checkpointing.md.")
     export.add_argument("run", help="a run directory or a checkpoint directory")
     export.add_argument("out", help="output directory")
+    export.add_argument("--ckpt", metavar="STEP|best|PATH", help="the run's checkpoint of "
+                        "this step, best (the one RUN/best.json names) or a checkpoint "
+                        "directory (default: the newest valid one)")
     export.add_argument("--format", choices=["safetensors", "torchscript", "onnx"],
                         default="safetensors", help="safetensors: G_ema.safetensors, read by "
                         "dgan sample / dgan.load_generator (default); torchscript: "

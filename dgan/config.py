@@ -139,6 +139,10 @@ class CheckpointConfig:
     keep: int = 2  # newest checkpoints kept ...
     milestone: int = 0  # ... plus every one whose step is a multiple of this (0: none)
     async_save: bool = True  # write in a background thread while training continues
+    # a metric key of the in-training evaluation (e.g. fd_digits, fid, coverage_min): the
+    # checkpoint of the best value so far is kept outside `keep` and named in
+    # <run.dir>/best.json; "" (default): off. Needs eval.every > 0
+    keep_best: str = ""
 
 
 @dataclass
@@ -230,6 +234,38 @@ NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "data.crop", "loss.r1_gam
                 "train.max_bad_steps", "loss.l1_weight", "optim.lr_decay_from")
 METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes", "psnr", "ssim", "l1")
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # dgan.trackers.TRACKERS
+# The result keys each eval.metrics name can give (fd/kid/pr: Inception features when its
+# weights are found, else the digit classifier's, keys ending in _digits); the metric
+# names checkpoint.keep_best and `dgan eval --best` accept.
+METRIC_KEYS: dict[str, tuple[str, ...]] = {
+    "fd": ("fid", "fd_digits"),
+    "kid": ("kid", "kid_digits"),
+    "pr": ("precision", "recall", "precision_digits", "recall_digits"),
+    "fd_digits": ("fd_digits",),
+    "coverage": ("classes_covered", "coverage_min", "confident", "coverage_kl"),
+    "modes": ("modes", "modes_kl"),
+    "psnr": ("psnr",),  # translation tasks (pix2pix)
+    "ssim": ("ssim",),
+    "l1": ("l1",),
+}
+# The one table of directions: keys with these prefixes or suffixes are better when lower
+# (distances, divergences); every other metric key is better when higher.
+LOWER_IS_BETTER_PREFIXES = ("fd", "fid", "kid", "l1")
+LOWER_IS_BETTER_SUFFIXES = ("_kl",)
+
+
+def metric_direction(key: str) -> str:
+    """"min" when a lower value of metric key `key` is better, else "max"."""
+    lower = key.startswith(LOWER_IS_BETTER_PREFIXES) or key.endswith(LOWER_IS_BETTER_SUFFIXES)
+    return "min" if lower else "max"
+
+
+def metric_keys(metrics: list[str] | tuple[str, ...]) -> list[str]:
+    """Every result key that the eval.metrics names `metrics` can give, in table order."""
+    keys: list[str] = []
+    for m in metrics:
+        keys += [k for k in METRIC_KEYS.get(m, ()) if k not in keys]
+    return keys
 
 
 def all_keys(node: Any = Config, prefix: str = "") -> list[str]:
@@ -346,6 +382,15 @@ def validate(cfg: DictConfig) -> None:
     if not str(cfg.log.project).strip():
         raise ConfigError("bad value for 'log.project': ''; expected a W&B project / MLflow "
                           "experiment name")
+    best = str(cfg.checkpoint.keep_best)
+    if best:
+        if best not in metric_keys(list(cfg.eval.metrics)):
+            raise ConfigError(f"bad value for 'checkpoint.keep_best': {best!r}; expected a "
+                              f"metric that eval.metrics={list(cfg.eval.metrics)} computes: "
+                              f"{', '.join(metric_keys(list(cfg.eval.metrics)))} (or '' for off)")
+        if cfg.eval.every <= 0:
+            raise ConfigError(f"checkpoint.keep_best={best} needs eval.every > 0 (the "
+                              "in-training evaluation it is chosen by); set eval.every")
     if cfg.eval.n < 2:
         raise ConfigError(f"bad value for 'eval.n': {cfg.eval.n}; expected >= 2")
     if str(cfg.eval.digit_metrics).lower() not in ("auto", "true", "false"):

@@ -104,7 +104,22 @@ def _state_of(path: Path, ckpt: Optional[str | int]) -> tuple[Path, dict[str, An
                                     f"(no checkpoint in {checkpoint.checkpoint_dir(path)}, "
                                     f"no {layout.META}, no {EXPORT_WEIGHTS})")
         return found
+    chosen = checkpoint_of(path, ckpt)
+    return chosen, checkpoint.load(chosen)
+
+
+def checkpoint_of(path: Path, ckpt: str | int) -> Path:
+    """The checkpoint directory that `ckpt` names in run directory `path`: a step number,
+    `best` (the one <run>/best.json names, see dgan.checkpoint.best) or a checkpoint
+    directory. SampleError when there is no such checkpoint."""
+    from dgan.checkpoint import best
+
     text = str(ckpt)
+    if text == "best":
+        try:
+            return best.best_checkpoint(path)
+        except best.BestError as e:
+            raise SampleError(f"--ckpt best: {e}") from None
     if text.isdigit():
         chosen = checkpoint.checkpoint_dir(path) / layout.step_name(int(text))
         if not chosen.is_dir():
@@ -115,14 +130,16 @@ def _state_of(path: Path, ckpt: Optional[str | int]) -> tuple[Path, dict[str, An
     else:
         chosen = Path(text)
         if not layout.is_checkpoint_dir(chosen):
-            raise SampleError(f"--ckpt {text}: expected a step number or a checkpoint directory")
-    return chosen, checkpoint.load(chosen)
+            raise SampleError(f"--ckpt {text}: expected a step number or a checkpoint directory"
+                              " (or best)")
+    return chosen
 
 
 def load_generator(path: str | os.PathLike, ckpt: Optional[str | int] = None
                    ) -> TrainedGenerator:
-    """G_ema of `path`: a run directory (its newest valid checkpoint, or step / checkpoint
-    directory `ckpt`), a checkpoint directory, or a `dgan ckpt export` folder.
+    """G_ema of `path`: a run directory (its newest valid checkpoint, or `ckpt`: a step, "best"
+    (the checkpoint <run>/best.json names) or a checkpoint directory), a checkpoint
+    directory, or a `dgan ckpt export` folder.
 
     Raises FileNotFoundError, InvalidCheckpoint (every checkpoint damaged or refused),
     SampleError (a bad `ckpt`) and ConfigError (a stored config this dgan cannot read).

@@ -202,13 +202,15 @@ def commit(tmp: Path, meta: dict[str, Any]) -> Path:
 
 
 def prune(run_dir: str | os.PathLike, keep: int, milestone: int,
-          spare: Optional[Path] = None) -> list[Path]:
-    """Delete committed checkpoints beyond the newest `keep`, sparing every `milestone`-th step
-    and `spare` (the one just written, even when older-named ones of another run are newer)."""
+          spare: Optional[Path] = None, also_spare: Collection[Path] = ()) -> list[Path]:
+    """Delete committed checkpoints beyond the newest `keep`, sparing every `milestone`-th step,
+    `spare` (the one just written, even when older-named ones of another run are newer) and
+    those in `also_spare` (the best one, see dgan.checkpoint.best)."""
     removed = []
+    kept = {Path(p) for p in also_spare} | ({Path(spare)} if spare is not None else set())
     for path in list_checkpoints(run_dir)[:-keep]:
         step = int(NAME.match(path.name).group(1))  # type: ignore[union-attr]
-        if (milestone > 0 and step % milestone == 0) or (spare is not None and path == spare):
+        if (milestone > 0 and step % milestone == 0) or path in kept:
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
+from dgan.checkpoint import best as best_json
 from dgan.checkpoint import layout, store
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class Checkpointer:
     # -- saving -------------------------------------------------------------------------
     def save(self, step: int, state: dict[str, Any], rank_state: dict[str, Any],
              meta: dict[str, Any], blocking: bool = False,
-             write_native: Optional[Callable[[Path], None]] = None) -> None:
+             write_native: Optional[Callable[[Path], None]] = None,
+             best: Optional[dict[str, Any]] = None) -> None:
         """Save `state` (identical on every rank) and this rank's `rank_state` as step `step`.
 
         Both may hold tensors; `rank_state`'s are stored under keys of this rank only (e.g.
@@ -83,6 +85,9 @@ class Checkpointer:
         `write_native(directory)`, called on every rank before the tensors are handed over,
         writes files in a backend's own format into `<checkpoint>/native/`; they are
         committed, listed and validated like the rest.
+        `best`: a best.json record naming this checkpoint (dgan.checkpoint.best), which rank
+        0 writes once the checkpoint is committed and before pruning: from then on pruning
+        spares this checkpoint instead of the previous best.
         """
         self.wait()
         tmp = layout.checkpoint_dir(self.run_dir) / (layout.step_name(step) + layout.TMP_SUFFIX)
@@ -96,12 +101,13 @@ class Checkpointer:
         tensors.update(rank_tensors)
         meta = dict(meta, step=step, world_size=self.world_size, state=skeleton)
         if blocking or self._pool is None:
-            self._write(tmp, step, tensors, meta)
+            self._write(tmp, step, tensors, meta, best)
         else:
             self._pending = self._pool.submit(self._write, tmp, step,
-                                              store.stage_to_cpu(tensors), meta)
+                                              store.stage_to_cpu(tensors), meta, best)
 
-    def _write(self, tmp: Path, step: int, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
+    def _write(self, tmp: Path, step: int, tensors: dict[str, Any], meta: dict[str, Any],
+               best: Optional[dict[str, Any]] = None) -> None:
         error: Optional[BaseException] = None
         final = None
         try:
@@ -110,6 +116,8 @@ class Checkpointer:
                 if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
                     os.kill(os.getpid(), signal.SIGKILL)
                 final = layout.commit(tmp, meta)
+                if best is not None:
+                    best_json.write_best(self.run_dir, best)
         except (OSError, CheckpointException) as e:  # disk full, read-only, quota, I/O error
             error = e
         # Also the barrier: nobody returns (and perhaps exits) before rank 0 has committed.
@@ -122,7 +130,9 @@ class Checkpointer:
                              f"{describe(error) if error else 'failed on another rank'}; "
                              f"the previous checkpoint is unchanged (latest: {kept})")
         if final is not None:
-            removed = layout.prune(self.run_dir, self.keep, self.milestone, spare=final)
+            kept = best_json.kept_by_best(self.run_dir)
+            removed = layout.prune(self.run_dir, self.keep, self.milestone, spare=final,
+                                   also_spare=[kept] if kept is not None else [])
             log.info("saved checkpoint %s%s", final,
                      f" (removed {', '.join(p.name for p in removed)})" if removed else "")
         self.last_saved_step = step

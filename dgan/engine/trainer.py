@@ -27,8 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from dgan import __version__, checkpoint, runlock
+from dgan.checkpoint import best as best_json
 from dgan.checkpoint import hooks, init_from, rng
-from dgan.config import to_yaml
+from dgan.config import metric_direction, to_yaml
 from dgan.data.stream import DataStream
 from dgan.engine import guard
 from dgan.engine.backend import build_backend, parameter_digest
@@ -120,6 +121,11 @@ class Trainer:
         # name -> torch LR scheduler, saved when present; stepped once per training step
         self.lr_schedules: dict[str, Any] = linear_decay(self.optimizers, cfg.optim.lr_decay_from,
                                                          cfg.train.steps)
+        # checkpoint.keep_best: the best.json record of the best evaluation so far (None: none
+        # yet); saved in every checkpoint, so a resume continues from the exact value
+        self.keep_best = str(cfg.checkpoint.keep_best)
+        self.best: Optional[dict[str, Any]] = None
+        self._best_missing_said = False
         c = cfg.checkpoint
         self.checkpointer = checkpoint.Checkpointer(
             self.run_dir, rank=b.rank, world_size=b.world_size, keep=c.keep,
@@ -141,6 +147,7 @@ class Trainer:
             "augment": dict(self.augment),
             "guard": self.guard.state_dict(),
             "task": self.task.state_dict(),
+            "best": dict(self.best) if self.best is not None else None,
             "step": self.step,
             "images_seen": self.images_seen,
             "world_size": self.backend.world_size,
@@ -187,6 +194,9 @@ class Trainer:
         self.task.load_state_dict(state.get("task", state.get("recipe", {})))
         self.step = int(state["step"])
         self.images_seen = int(state["images_seen"])
+        saved_best = state.get("best")
+        self.best = (dict(saved_best) if self.keep_best and isinstance(saved_best, dict)
+                     and saved_best.get("metric") == self.keep_best else None)
         if rank_state is not None:
             rng.restore(rank_state["rng"])
             self.stream.load_state_dict(rank_state["data"])
@@ -219,6 +229,7 @@ class Trainer:
         # and load_state_dict must have the last word on each rank's own buffers
         hooks.load_native(self.backend, path / checkpoint.NATIVE, meta)
         self.load_state_dict(state, own, first)
+        self._resume_best(path)
         saved_world = int(meta["world_size"])
         if saved_world != self.backend.world_size:
             log.warning("checkpoint %s was written by %d process(es), resuming on %d: weights and "
@@ -226,6 +237,53 @@ class Trainer:
                         "stream starts a new shuffled order (docs/checkpointing.md)",
                         path, saved_world, self.backend.world_size, self.images_seen)
         return str(path)
+
+    def _resume_best(self, path: Any) -> None:
+        """After loading a checkpoint: with keep_best and no record in it (one written before
+        keep_best was set), adopt <run.dir>/best.json when it is of the same metric and not
+        newer than the resumed step; then make best.json agree with the record (rank 0)."""
+        if not self.keep_best or self.best is not None and not self.backend.is_main:
+            return
+        on_disk: Optional[dict[str, Any]] = None
+        if self.backend.is_main:
+            try:
+                on_disk = best_json.read_best(self.run_dir)
+            except best_json.BestError:
+                pass
+        if self.best is None:  # the same on every rank (from the checkpoint's shared state)
+            if (on_disk is not None and on_disk["metric"] == self.keep_best
+                    and int(on_disk["step"]) <= self.step):
+                self.best = dict(on_disk)
+            group = self.checkpointer.group
+            if group is not None:  # rank 0 read the file: it tells the others
+                box = [self.best]
+                torch.distributed.broadcast_object_list(box, src=0, group=group)
+                self.best = box[0]
+        if (self.backend.is_main and self.best is not None and on_disk != self.best
+                and (checkpoint.checkpoint_dir(self.run_dir) / self.best["checkpoint"]).is_dir()):
+            best_json.write_best(self.run_dir, self.best)
+
+    def _update_best(self, results: dict[str, float], logger: RunLogger) -> bool:
+        """checkpoint.keep_best: whether this step's evaluation `results` (the same on every
+        rank) beat the best so far; if so the record names this step's checkpoint."""
+        metric = self.keep_best
+        if not metric:
+            return False
+        if metric not in results:
+            if not self._best_missing_said:
+                self._best_missing_said = True
+                logger.message(f"dgan: step {self.step}: checkpoint.keep_best={metric}: the "
+                               f"evaluation gave no {metric} (it gave "
+                               f"{', '.join(sorted(results)) or 'nothing'}); no best kept")
+            return False
+        value = float(results[metric])
+        if not best_json.is_better(value, self.best, metric_direction(metric)):
+            return False
+        was = f" (was {self.best['value']:.6g} at step {self.best['step']})" if self.best else ""
+        self.best = best_json.make_record(metric, value, self.step)
+        logger.message(f"dgan: step {self.step}: new best {metric} {value:.6g}{was}; keeping "
+                       f"{self.best['checkpoint']} ({best_json.BEST})")
+        return True
 
     # -- one iteration ------------------------------------------------------------------
     def next_batch(self) -> Batch:
@@ -287,9 +345,10 @@ class Trainer:
         return self.task.sample_grid()
 
     # -- the run ------------------------------------------------------------------------
-    def save(self, blocking: bool = True) -> None:
+    def save(self, blocking: bool = True, new_best: bool = False) -> None:
         """Checkpoint the current step on every rank (async when not `blocking` and enabled);
-        NonFiniteError instead when any weight or buffer is not finite (on any rank)."""
+        NonFiniteError instead when any weight or buffer is not finite (on any rank).
+        `new_best`: this step is the best so far (keep_best): best.json names it once saved."""
         cfg, b = self.cfg, self.backend
         nets = self._buffer_owners()
         tensors = [t for net in nets.values() for t in (*net.parameters(), *net.buffers())]
@@ -303,7 +362,8 @@ class Trainer:
                 "versions": {"dgan": __version__, "torch": torch.__version__,
                              "python": platform.python_version()}}
         self.checkpointer.save(self.step, self.state_dict(), self.rank_state_dict(), meta,
-                               blocking=blocking, write_native=hooks.native_writer(self.backend))
+                               blocking=blocking, write_native=hooks.native_writer(self.backend),
+                               best=dict(self.best) if new_best and self.best else None)
 
     def fit(self, preemption: Optional[PreemptionFlag] = None) -> int:
         """Train to `train.steps`; 0 when done, REQUEUE_EXIT_CODE when preempted (saved).
@@ -386,15 +446,17 @@ class Trainer:
                                 classes=self.source.labels if self.c_dim else None)
                     logger.status(self.step, values)
                     sums, counts, last_step, last_time = {}, {}, self.step, time.perf_counter()
+                new_best = False
                 if cfg.eval.every and (self.step % cfg.eval.every == 0 or done):
                     results = self.evaluate()
                     logger.scalars(self.step, {f"metrics/{k}": v for k, v in results.items()})
                     if results:  # {} when every metric was left out (said once)
                         logger.message(f"dgan: step {self.step}: " + ", ".join(
                             f"{k} {v:.4g}" for k, v in results.items() if "/" not in k))
+                    new_best = self._update_best(results, logger)
                 if not done and preemption.agreed(b.all_reduce, b.device):
                     # every rank leaves here at the same step
-                    self.save(blocking=True)
+                    self.save(blocking=True, new_best=new_best)
                     got = preemption.signal_name
                     seen = f" ({got} on this rank)" if preemption.requested else ""
                     logger.message(f"dgan: preempted{seen}: saved step {self.step}, exiting with "
@@ -404,8 +466,9 @@ class Trainer:
                               file=sys.stderr, flush=True)
                     outcome = "preempted"
                     return REQUEUE_EXIT_CODE
-                if self.step % cfg.checkpoint.every == 0 or done:
-                    self.save(blocking=done or not cfg.checkpoint.async_save)
+                # a new best (keep_best) is saved at its own step, also between checkpoint.every
+                if self.step % cfg.checkpoint.every == 0 or done or new_best:
+                    self.save(blocking=done or not cfg.checkpoint.async_save, new_best=new_best)
             outcome = "finished"
         finally:
             if own_flag:
