@@ -338,13 +338,18 @@ def _eval_best(run: str, metric: str, cfg: Any, source: Any, device: Any,
 
 
 def _is_translation_run(run: str) -> bool:
-    from dgan.config import config_from_yaml_text
-    from dgan.translate import TRANSLATION_TASKS, _task_of
+    """Whether run directory `run`'s config.yaml names a translation task (read as plain
+    YAML: its own errors are for the command's usual path to report)."""
+    from omegaconf import OmegaConf
 
-    config_file = os.path.join(run, "config.yaml")
-    if not os.path.isfile(config_file):
+    from dgan.translate import TRANSLATION_TASKS
+
+    try:
+        cfg = OmegaConf.load(os.path.join(run, "config.yaml"))
+        name = OmegaConf.select(cfg, "task.name") or OmegaConf.select(cfg, "model.name")
+    except Exception:  # missing, unreadable or not YAML
         return False
-    return _task_of(config_from_yaml_text(open(config_file).read())) in TRANSLATION_TASKS
+    return str(name) in TRANSLATION_TASKS
 
 
 def _eval_translation(args: argparse.Namespace) -> int:
