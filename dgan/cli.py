@@ -700,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--side-by-side", action="store_true",
                       help="DIR OUT: pix2pix-style A|B pictures, split at half the width into "
                       "a and b (width must be 2 x height)")
-    make.add_argument("--builtin", choices=["mnist", "stacked_mnist"],
+    make.add_argument("--builtin", choices=["mnist", "stacked_mnist", "mnist_edges"],
                       help="a built-in dataset instead of SRC")
     make.add_argument("--resolution", type=int,
                       help="square output size (default: 256; npz: its size; built-in: 28)")

@@ -104,7 +104,8 @@ class OptimConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     # from this step on, every learning rate falls linearly to 0 at train.steps (pix2pix's
-    # and CycleGAN's schedule: half the run constant, half decaying); 0: constant
+    # and CycleGAN's schedule: half the run constant, half decaying; it follows the current
+    # train.steps, also after a resume that raised it); 0: constant
     lr_decay_from: int = 0
 
 

@@ -174,8 +174,9 @@ def test_trainer_saves_lr_schedules_augment_state_and_rank_state(tmp_path):
     assert meta["state"]["augment"] == {"p": 0.25, "adjust": [1, 2]}
     again = build()
     assert again.resume().endswith("step-00000006")
-    assert again.lr_schedules["G"].last_epoch == 3
-    assert again.optimizers["G"].param_groups[0]["lr"] == cfg.optim.lr_g / 2
+    # 3 steps by hand, then one per training step
+    assert again.lr_schedules["G"].last_epoch == 3 + 6
+    assert again.optimizers["G"].param_groups[0]["lr"] == cfg.optim.lr_g / 2 ** 4
     assert again.augment == {"p": 0.25, "adjust": [1, 2]} and again.images_seen == 6 * 16
     assert again.stream.state_dict() == first.stream.state_dict()
     rank_file = json.loads((layout.checkpoint_dir(tmp_path / "run") / "step-00000006" /

@@ -188,6 +188,12 @@ class Trainer:
             set_model_state_dict(net, state[e])
         for k, s in self.lr_schedules.items():
             s.load_state_dict(state["lr_schedules"][k])
+            if isinstance(s, torch.optim.lr_scheduler.LambdaLR):
+                # optim.lr_decay_from: the lr is a function of the step under the current
+                # config (a raised train.steps stretches the decay), not the saved lr
+                for group, base, factor in zip(s.optimizer.param_groups, s.base_lrs,
+                                               s.lr_lambdas):
+                    group["lr"] = base * factor(s.last_epoch)
         self.augment = dict(state.get("augment", {}))
         self.guard.load_state_dict(state.get("guard", {}))
         # "recipe": StyleGAN2's state in checkpoints written before tasks existed

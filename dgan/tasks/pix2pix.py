@@ -8,7 +8,9 @@ group each, Adam. No EMA: G itself is what translates (the paper's G, in eval mo
   D (every step): fake = G(x) without grad; minimise 0.5 * (softplus(-D(x, y)) +
      softplus(D(x, fake))), averaged over patches (the paper's vanilla GAN loss, halved).
   G (every step): minimise softplus(-D(x, G(x))) + loss.l1_weight * |G(x) - y|_1.
-G's dropout draws from the process's torch generator, whose state checkpoints keep.
+G's dropout draws from torch's global generator, seeded at the start of every step from
+(run.seed, rank, step) (dgan.engine.seeding), so a resumed run drops what the uninterrupted
+one dropped.
 The sample grid shows a fixed set of training pairs (the first ones the run saw, saved
 with the task's state) as input | output | target strips.
 """
@@ -22,10 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgan.engine import losses
+from dgan.engine.seeding import seed_global
 from dgan.tasks import register
 from dgan.tasks.base import Batch, Phase, Task
 
 GRID_PAIRS = 8  # pairs in the sample grid (fewer when log.grid is smaller)
+GLOBAL_RNG_PHASE = 17  # dgan.engine.seeding phase of the step's global torch RNG (dropout)
 
 
 @register
@@ -67,6 +71,9 @@ class Pix2Pix(Task):
 
     def ema_beta(self, step: int, global_batch: int) -> float:
         return 0.0  # no EMA
+
+    def begin_step(self, step: int) -> None:
+        seed_global(self.cfg.run.seed, self.backend.rank, step, GLOBAL_RNG_PHASE)
 
     # -- the step -------------------------------------------------------------------------
     def draw(self, step: int, batch: Batch) -> None:
