@@ -92,7 +92,13 @@ class Task:
         raise NotImplementedError
 
     def build_optimizers(self, nets: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
-        raise NotImplementedError
+        """By default one Adam per network (its group): optim.lr_g for generators (names
+        starting with G), optim.lr_d for the others, betas (optim.beta1, optim.beta2)."""
+        o = self.cfg.optim
+        return {name: torch.optim.Adam(net.parameters(),
+                                       lr=o.lr_g if name.startswith("G") else o.lr_d,
+                                       betas=(o.beta1, o.beta2))
+                for name, net in nets.items()}
 
     # -- after backend.prepare ----------------------------------------------------------
     def bind(self, backend: Any, ema_nets: dict[str, nn.Module]) -> None:

@@ -28,12 +28,6 @@ class DCGAN(NoiseTask):
     models = ("dcgan",)
     own_keys: ClassVar[tuple[str, ...]] = ("model.g_width", "model.d_width", "train.ema_beta")
 
-    def build_optimizers(self, nets: dict[str, torch.nn.Module]
-                         ) -> dict[str, torch.optim.Optimizer]:
-        o = self.cfg.optim
-        return {"G": torch.optim.Adam(nets["G"].parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2)),
-                "D": torch.optim.Adam(nets["D"].parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))}
-
     def phases(self) -> list[Phase]:
         return [Phase("D", "D", 1, self.d_phase), Phase("G", "G", 1, self.g_phase)]
 

@@ -61,11 +61,6 @@ class Pix2Pix(Task):
         return {"G": UNetGenerator(ch, ch, self.cfg.data.resolution, width=m.g_width),
                 "D": PatchDiscriminator(2 * ch, width=m.d_width, layers=m.d_layers)}
 
-    def build_optimizers(self, nets: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
-        o = self.cfg.optim
-        return {"G": torch.optim.Adam(nets["G"].parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2)),
-                "D": torch.optim.Adam(nets["D"].parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))}
-
     def phases(self) -> list[Phase]:
         return [Phase("D", "D", 1, self.d_phase), Phase("G", "G", 1, self.g_phase)]
 
