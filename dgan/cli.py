@@ -371,8 +371,10 @@ def _eval_translation(args: argparse.Namespace) -> int:
     cfg = t.config
     if args.data:
         cfg.data.path = args.data
+    if args.digit_metrics:
+        cfg.eval.digit_metrics = args.digit_metrics
     stored = None if args.data or args.trust_pipe else os.path.join(args.run, "config.yaml")
-    allowed = ("psnr", "ssim", "l1")
+    allowed = ("psnr", "ssim", "l1", "digit_class")
     metrics = args.metrics.split(",") if args.metrics else [
         m for m in cfg.eval.metrics if m in allowed] or list(allowed)
     if set(metrics) - set(allowed):

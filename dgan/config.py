@@ -233,7 +233,8 @@ NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "data.crop", "loss.r1_gam
                 "loss.pl_weight", "loss.style_mixing", "loss.augment_p", "train.ema_kimg",
                 "backend.expect_world_size", "checkpoint.milestone",
                 "train.max_bad_steps", "loss.l1_weight", "optim.lr_decay_from")
-METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes", "psnr", "ssim", "l1")
+METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes", "psnr", "ssim", "l1",
+           "digit_class")
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # dgan.trackers.TRACKERS
 # The result keys each eval.metrics name can give (fd/kid/pr: Inception features when its
 # weights are found, else the digit classifier's, keys ending in _digits); the metric
@@ -248,6 +249,7 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
     "psnr": ("psnr",),  # translation tasks (pix2pix)
     "ssim": ("ssim",),
     "l1": ("l1",),
+    "digit_class": ("digit_class",),
 }
 # The one table of directions: keys with these prefixes or suffixes are better when lower
 # (distances, divergences); every other metric key is better when higher.

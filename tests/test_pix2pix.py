@@ -166,12 +166,16 @@ def test_export_translates_like_the_run(run, tmp_path):
     assert torch.equal(load_translator(tmp_path / "exp")(x), load_translator(run)(x))
 
 
-def test_eval_reports_psnr_ssim_l1(run, capsys):
+def test_eval_reports_psnr_ssim_l1_and_the_digit_class(run, capsys):
     assert main(["eval", "--run", str(run), "--n", "32"]) == 0
     out = capsys.readouterr().out
-    assert "32 pairs" in out and all(m in out for m in ("psnr", "ssim", "l1"))
+    assert "32 pairs" in out and all(m in out for m in ("psnr", "ssim", "l1", "digit_class"))
     saved = json.loads((run / "eval-00000004.json").read_text())
-    assert saved["pairs"] == 32 and 0 < saved["psnr"] < 100
+    assert saved["pairs"] == 32 and 0 < saved["psnr"] < 100 and 0 <= saved["digit_class"] <= 1
+    # not digits by the user's word: left out with a line saying why
+    assert main(["eval", "--run", str(run), "--n", "32", "--digit-metrics", "false"]) == 0
+    io = capsys.readouterr()
+    assert "digit_class" not in io.out and "skipped digit_class" in io.err
 
 
 @pytest.mark.slow  # about 15 s on 2 CPU cores
@@ -188,3 +192,10 @@ def test_it_learns_to_fill_outlines(tmp_path):
     got = psnr(out, b).mean()
     assert got > psnr(-torch.ones_like(b), b).mean() + 1 and got > psnr(a, b).mean() + 4
     assert ssim(out, b).mean() > 0.2 > ssim(a, b).mean()
+    from dgan.metrics.digits import DigitClassifier
+
+    judge = DigitClassifier.load_or_train(verbose=False)
+    labels = torch.from_numpy(load_mnist()[1][-256:]).long()
+    kept = (judge.predict(out)[:, 0] == labels).float().mean()
+    # the classifier knows the outlines' digit less often (0.57 on these) than G's fillings
+    assert kept > (judge.predict(a)[:, 0] == labels).float().mean() + 0.05

@@ -1,5 +1,7 @@
 """Metrics of a paired translation G against its targets: PSNR, SSIM (dgan.metrics.quality)
-and mean absolute error (`l1`, in [-1, 1] units), per image, averaged over up to `n` pairs.
+and mean absolute error (`l1`, in [-1, 1] units), per image, averaged over up to `n` pairs;
+on digits (the built-in demos, or eval.digit_metrics=true) also `digit_class`: the share of
+outputs that the built-in digit classifier assigns the sample's own label.
 
 The pairs come in one pass over the shards (every pair once, in a fixed order), split over
 the ranks; each rank sums its own and the sums are all-reduced, so the result does not
@@ -39,7 +41,23 @@ def evaluate_translation(cfg: DictConfig, g: nn.Module, source: Any, device: tor
     "pairs" (how many were compared). Call on every rank."""
     from dgan.data.stream import DataStream
 
-    chosen = list(metrics or ("psnr", "ssim", "l1"))
+    from dgan.metrics.run_eval import data_are_digits
+
+    chosen = list(metrics or ("psnr", "ssim", "l1", "digit_class"))
+    if "digit_class" in chosen and not data_are_digits(cfg, source):
+        chosen.remove("digit_class")
+        if rank_and_world()[0] == 0:
+            sys.stderr.write(f"dgan: eval: skipped digit_class: data.path {cfg.data.path} is "
+                             "not dgan's built-in digits (eval.digit_metrics=true if it holds "
+                             "digits)\n")
+    if not chosen:
+        return {}
+    classifier = None
+    if "digit_class" in chosen:
+        from dgan.metrics.digits import DigitClassifier
+
+        with torch.enable_grad():  # trained on first use (then cached)
+            classifier = DigitClassifier.load_or_train(device)
     limit = n or cfg.eval.n
     rank, world = rank_and_world()
     stream = DataStream(source, batch_size=EVAL_BATCH, resolution=cfg.data.resolution,
@@ -50,7 +68,7 @@ def evaluate_translation(cfg: DictConfig, g: nn.Module, source: Any, device: tor
     was = g.training
     g.eval()
     start = time.perf_counter()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # pairs, psnr, ssim, l1
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # pairs, psnr, ssim, l1, class
     per_rank = -(-limit // world)  # this rank's share of the first `limit` pairs
     try:
         for batch in stream:
@@ -64,6 +82,9 @@ def evaluate_translation(cfg: DictConfig, g: nn.Module, source: Any, device: tor
             if "ssim" in chosen:
                 sums[2] += ssim(out, y).double().sum()
             sums[3] += (out - y.float()).abs().flatten(1).mean(1).double().sum()
+            if classifier is not None:
+                label = batch["label"][:left].to(device)
+                sums[4] += (classifier.predict(out)[:, 0] == label).double().sum()
     finally:
         stream.close()
         g.train(was)
@@ -72,7 +93,7 @@ def evaluate_translation(cfg: DictConfig, g: nn.Module, source: Any, device: tor
     if count == 0:
         raise ValueError("no pairs to evaluate: the shards yielded none")
     values = {"psnr": sums[1].item() / count, "ssim": sums[2].item() / count,
-              "l1": sums[3].item() / count}
+              "l1": sums[3].item() / count, "digit_class": sums[4].item() / count}
     if rank == 0:
         sys.stderr.write(f"dgan: eval: {count} pairs in {time.perf_counter() - start:.1f} s\n")
     return {**{m: values[m] for m in chosen}, "pairs": float(count)}
