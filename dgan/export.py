@@ -100,8 +100,10 @@ def write_export(state: dict[str, Any], source: Path, out: Path,
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
-    cfg = state["config"]
-    if str((cfg.get("task") or {}).get("name") or cfg["model"]["name"]) == "pix2pix":
+    from dgan.tasks import task_name
+    from dgan.translate import TRANSLATION_TASKS
+
+    if task_name(OmegaConf.create(state["config"])) in TRANSLATION_TASKS:
         return _write_translator(state, source, out, fmt)
     c_dim = int(state.get("c_dim", 0))
     meta = {"step": str(state["step"]), "images_seen": str(state["images_seen"]),

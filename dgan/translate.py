@@ -35,11 +35,6 @@ class TranslateError(ValueError):
     """A bad input or option of `dgan translate`: one line naming it."""
 
 
-def _task_of(cfg: DictConfig) -> str:
-    name = OmegaConf.select(cfg, "task.name")
-    return str(name if name is not None else cfg.model.name)
-
-
 class TrainedTranslator(nn.Module):
     """G of a translation run in eval mode, with its config: input domain -> output domain."""
 
@@ -99,12 +94,12 @@ def load_translator(path: str | os.PathLike, ckpt: Optional[str | int] = None
             raise TranslateError(str(e)) from None
         cfg = config_from_yaml_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
         weights, step = state.get("G"), int(state["step"])
-    if _task_of(cfg) not in TRANSLATION_TASKS:
-        raise TranslateError(f"{path}: a task.name={_task_of(cfg)} run generates from noise; "
+    from dgan.tasks import build_task, task_name
+
+    if task_name(cfg) not in TRANSLATION_TASKS:
+        raise TranslateError(f"{path}: a task.name={task_name(cfg)} run generates from noise; "
                              "dgan translate takes a translation run (task.name pix2pix); "
                              "use dgan sample")
-    from dgan.tasks import build_task
-
     net = build_task(cfg).build_networks()["G"]
     net.load_state_dict(weights)
     return TrainedTranslator(net, cfg, step, chosen)

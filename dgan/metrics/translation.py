@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from dgan.metrics.distributed import rank_and_world
+from dgan.metrics.distributed import rank_and_world, split_count
 from dgan.metrics.quality import psnr, ssim
 
 EVAL_SEED = 99991  # the order pairs are read in (single pass: each pair once either way)
@@ -69,7 +69,7 @@ def evaluate_translation(cfg: DictConfig, g: nn.Module, source: Any, device: tor
     g.eval()
     start = time.perf_counter()
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # pairs, psnr, ssim, l1, class
-    per_rank = -(-limit // world)  # this rank's share of the first `limit` pairs
+    per_rank = split_count(limit, rank, world)  # this rank's share of the first `limit` pairs
     try:
         for batch in stream:
             left = per_rank - int(sums[0].item())
