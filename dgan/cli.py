@@ -31,8 +31,9 @@ class UserError(Exception):
     """A problem the user can fix; printed as one line."""
 
 
-def _resolve_data(cfg, stored_in: Optional[str] = None) -> object:
-    """The ShardSource of `data.path`, checked against data.resolution and data.channels.
+def _resolve_data(cfg, stored_in: Optional[str] = None, key: str = "path") -> object:
+    """The ShardSource of `data.path` (or of `data.<key>`, e.g. path_b), checked against
+    data.resolution and data.channels.
 
     `stored_in`: the stored file (a run's config.yaml) data.path was read from, when the
     user neither gave it nor confirmed it with --trust-pipe: its `pipe:` commands are refused.
@@ -40,35 +41,48 @@ def _resolve_data(cfg, stored_in: Optional[str] = None) -> object:
     from dgan.data.builtin import BUILTIN, builtin_shards
     from dgan.data.sources import DataPathError, resolve_source
 
-    path = cfg.data.path or "builtin:mnist"
+    given = cfg.data[key]
+    path = given or "builtin:mnist"
     if path.startswith("builtin:"):
         name = path.split(":", 1)[1]
         if name not in BUILTIN:
-            raise UserError(f"data.path {path}: unknown built-in dataset; expected one of "
+            raise UserError(f"data.{key} {path}: unknown built-in dataset; expected one of "
                             f"{', '.join('builtin:' + b for b in BUILTIN)}")
         try:
             path = str(builtin_shards(name, cfg.data.resolution))
         except ValueError as e:
-            raise UserError(f"data.path {cfg.data.path}: {e}") from None
+            raise UserError(f"data.{key} {given}: {e}") from None
     try:
         source = resolve_source(path, stored_in=stored_in)
     except (DataPathError, FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     if source.channels is not None and source.channels != cfg.data.channels:
-        raise UserError(f"data.path {path} has {source.channels}-channel images but "
+        raise UserError(f"data.{key} {path} has {source.channels}-channel images but "
                         f"data.channels={cfg.data.channels}")
     if source.resolution is not None and source.resolution != cfg.data.resolution:
-        raise UserError(f"data.path {path} holds {source.resolution}x{source.resolution} images "
-                        f"but data.resolution={cfg.data.resolution}; set data.resolution="
+        raise UserError(f"data.{key} {path} holds {source.resolution}x{source.resolution} "
+                        f"images but data.resolution={cfg.data.resolution}; set data.resolution="
                         f"{source.resolution} or rebuild the shards with --resolution")
     return source
 
 
-def _stored_config(config: Optional[str], overrides: list[str]) -> Optional[str]:
-    """`config` when data.path comes from it and it is a stored run's own file (it sits in a
-    run directory, beside checkpoints/): resuming a run received from someone else must
-    not run their `pipe:` command unconfirmed. None when the user gave data.path."""
-    if config is None or any(o.split("=", 1)[0] == "data.path" for o in overrides):
+def _resolve_second(cfg, stored_in: Optional[str] = None) -> object:
+    """data.path_b's ShardSource for a task that reads a second shard set (CycleGAN's
+    domain B), else None; resolved and refused like data.path."""
+    from dgan.tasks import task_class
+
+    if task_class(cfg).second_source_key is None:
+        return None
+    return _resolve_data(cfg, stored_in, key="path_b")
+
+
+def _stored_config(config: Optional[str], overrides: list[str], key: str = "data.path"
+                   ) -> Optional[str]:
+    """`config` when data.path (or `key`, e.g. data.path_b) comes from it and it is a stored
+    run's own file (it sits in a run directory, beside checkpoints/): resuming a run received
+    from someone else must not run their `pipe:` command unconfirmed. None when the user gave
+    the key."""
+    if config is None or any(o.split("=", 1)[0] == key for o in overrides):
         return None
     from dgan.checkpoint import layout
 
@@ -105,13 +119,16 @@ def _train(args: argparse.Namespace, preemption: Any) -> int:
     check_trackers(cfg.log.trackers)  # W&B / MLflow installed: before the data are built
     stored = None if args.trust_pipe else _stored_config(args.config, args.overrides)
     source = _resolve_data(cfg, stored)
+    stored_b = (None if args.trust_pipe else
+                _stored_config(args.config, args.overrides, "data.path_b"))
+    source_b = _resolve_second(cfg, stored_b)
     from dgan.checkpoint import InvalidCheckpoint, SaveFailed
     from dgan.engine.guard import NonFiniteError
     from dgan.checkpoint.init_from import InitFromError
     from dgan.engine.trainer import ResumeMismatch, Trainer
 
     try:
-        trainer = Trainer(cfg, source, lock_run_dir=True)
+        trainer = Trainer(cfg, source, source_b, lock_run_dir=True)
     except (RunDirLocked, InitFromError) as e:
         raise UserError(str(e)) from None
     b = trainer.backend
@@ -364,11 +381,16 @@ def _eval_translation(args: argparse.Namespace) -> int:
     from dgan.metrics.translation import evaluate_translation
     from dgan.translate import TranslateError, load_translator
 
+    from dgan.tasks import task_name
+    from dgan.translate import BOTH_WAYS
+
     try:
         t = load_translator(args.run)
     except (InvalidCheckpoint, TranslateError) as e:
         raise UserError(str(e)) from None
     cfg = t.config
+    if task_name(cfg) in BOTH_WAYS:
+        return _eval_cycle(args, t.step)
     if args.data:
         cfg.data.path = args.data
     if args.digit_metrics:
@@ -394,6 +416,43 @@ def _eval_translation(args: argparse.Namespace) -> int:
     out = os.path.join(args.run, f"eval-{t.step:08d}.json")
     with open(out, "w") as f:
         json.dump({"step": t.step, **results}, f, indent=1)
+    return 0
+
+
+def _eval_cycle(args: argparse.Namespace, step: int) -> int:
+    """dgan eval of an unpaired translation run (CycleGAN): cycle_l1 over data.path (domain A;
+    --data: other A images) and data.path_b (domain B)."""
+    import json
+
+    import torch
+
+    from dgan.metrics.evaluate import format_table
+    from dgan.metrics.translation import evaluate_cycle
+    from dgan.translate import load_translation_networks
+
+    net, cfg, step, _ = load_translation_networks(args.run)
+    config_file = os.path.join(args.run, "config.yaml")
+    if args.data:
+        cfg.data.path = args.data
+    if args.metrics and set(args.metrics.split(",")) - {"cycle_l1"}:
+        raise UserError(f"--metrics {args.metrics}: an unpaired translation run computes "
+                        "cycle_l1 only")
+    stored = None if args.data or args.trust_pipe else config_file
+    source = _resolve_data(cfg, stored)
+    source_b = _resolve_data(cfg, None if args.trust_pipe else config_file, key="path_b")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        results = evaluate_cycle(cfg, net.to(device), source, source_b, device,
+                                 args.n or cfg.eval.n)
+    except ValueError as e:
+        raise UserError(f"data.path {cfg.data.path}, data.path_b {cfg.data.path_b}: {e}"
+                        ) from None
+    print(f"run {args.run}, step {step}, {int(results['images'])} images of each domain "
+          f"({cfg.data.path}, {cfg.data.path_b})")
+    print(format_table({k: v for k, v in results.items() if k != "images"}))
+    out = os.path.join(args.run, f"eval-{step:08d}.json")
+    with open(out, "w") as f:
+        json.dump({"step": step, **results}, f, indent=1)
     return 0
 
 
@@ -555,10 +614,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from dgan.translate import TranslateError, load_translator, translate_files
 
     try:
-        t = load_translator(args.run, args.ckpt)
-        if args.direction and args.direction != t.direction:
-            raise TranslateError(f"--direction {args.direction}: {args.run} was trained "
-                                 f"{t.direction} (task.direction), and pix2pix's G goes one way")
+        t = load_translator(args.run, args.ckpt, args.direction)
         written, skipped = translate_files(t, args.input, args.out)
     except (InvalidCheckpoint, TranslateError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
@@ -648,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(func=cmd_sample)
 
     tr = verbs.add_parser(
-        "translate", help="translate images with a translation run's G (pix2pix)",
+        "translate", help="translate images with a translation run's G (pix2pix, cyclegan)",
         description="Translate IN (a folder, recursively, or one image; any size) with G of "
         "RUN (a run, checkpoint or export directory) into OUT as PNGs with the same relative "
         "names. An alpha channel is carried over unchanged.")
@@ -656,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("input", metavar="IN", help="an image or a folder of images")
     tr.add_argument("out", metavar="OUT", help="output folder")
     tr.add_argument("--direction", choices=["AtoB", "BtoA"],
-                    help="checked against the run's task.direction (default: that one)")
+                    help="cyclegan: G_AB (AtoB, the default) or G_BA; pix2pix: checked "
+                    "against the run's task.direction (default: that one)")
     tr.add_argument("--ckpt", metavar="STEP|PATH", help="the run's checkpoint of this step, "
                     "or a checkpoint directory (default: the newest valid one)")
     tr.set_defaults(func=cmd_translate)

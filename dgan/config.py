@@ -39,6 +39,9 @@ class DataConfig:
     # shards (directory with index.json, brace pattern, pipe: URL) or builtin:NAME
     # (mnist, stacked_mnist: built once into the cache); None means builtin:mnist
     path: Optional[str] = None
+    # unpaired tasks (cyclegan): domain B's single-image shards, resolved like data.path
+    # (data.path is domain A); each domain streams with its own resumable position
+    path_b: Optional[str] = None
     resolution: int = 28
     channels: int = 1
     workers: int = 1  # DataLoader worker processes per rank
@@ -55,8 +58,8 @@ class DataConfig:
 
 @dataclass
 class TaskConfig:
-    # what is trained, one file in dgan/tasks/ each: dcgan | stylegan2 | pix2pix; null: the
-    # task of model.name (dcgan -> dcgan, stylegan2 -> stylegan2, pix2pix -> pix2pix)
+    # what is trained, one file in dgan/tasks/ each: dcgan | stylegan2 | pix2pix | cyclegan;
+    # null: the task of model.name (dcgan -> dcgan, stylegan2 -> stylegan2, ...)
     name: Optional[str] = None
     # pix2pix: AtoB learns each sample's image b from its image a; BtoA the reverse
     direction: str = "AtoB"
@@ -64,7 +67,8 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    # dcgan | stylegan2 | pix2pix (U-Net G, PatchGAN D); task.name says how it trains
+    # dcgan | stylegan2 | pix2pix (U-Net G, PatchGAN D) | cyclegan (ResNet G, PatchGAN D);
+    # task.name says how it trains
     name: str = "dcgan"
     z_dim: int = 64
     # dcgan
@@ -72,6 +76,8 @@ class ModelConfig:
     d_width: int = 32  # channels of D's first layer; doubles towards low resolution
     # pix2pix: stride-2 layers of the PatchGAN D (3: 70x70 patches)
     d_layers: int = 3
+    # cyclegan: residual blocks of the ResNet G (the paper: 9 at 256, 6 at 128)
+    g_blocks: int = 9
     # stylegan2
     w_dim: int = 512
     channel_base: int = 16384  # channels at resolution r: min(channel_base / r, channel_max)
@@ -95,6 +101,10 @@ class LossConfig:
     augment_p: float = 0.0  # initial (ada) or fixed augmentation probability
     ada_target: float = 0.6  # ada: target sign(D(real)) mean
     l1_weight: float = 100.0  # pix2pix: weight of |G(x) - y|_1 beside the adversarial loss
+    cycle_weight: float = 10.0  # cyclegan: weight of the cycle L1 (each way)
+    # cyclegan: identity L1 |G_AB(b) - b| (and BA) weight, times loss.cycle_weight; 0: off
+    identity_weight: float = 0.5
+    pool_size: int = 50  # cyclegan: fakes kept per domain for D's updates; 0: no pool
 
 
 @dataclass
@@ -216,7 +226,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "backend.name": ("ddp", "deepspeed"),
     "backend.zero_stage": (0, 1, 2, 3),
-    "model.name": ("dcgan", "stylegan2", "pix2pix"),
+    "model.name": ("dcgan", "stylegan2", "pix2pix", "cyclegan"),
     "task.direction": ("AtoB", "BtoA"),
     "model.ops": ("auto", "fused", "reference"),
     "loss.name": ("nonsaturating",),
@@ -224,17 +234,18 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "log.progress": ("auto", "bar", "lines", "off"),
 }
 RESOLUTIONS = {"dcgan": (28, 32, 64), "stylegan2": (32, 64, 128, 256, 512, 1024),
-               "pix2pix": (32, 64, 128, 256, 512)}
+               "pix2pix": (32, 64, 128, 256, 512), "cyclegan": (32, 64, 128, 256, 512)}
 POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.keep",
             "log.every", "log.grid", "data.channels", "model.z_dim", "model.g_width",
             "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum", "data.max_member_mb",
-            "run.lock_stale_after", "model.d_layers")
+            "run.lock_stale_after", "model.d_layers", "model.g_blocks")
 NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "data.crop", "loss.r1_gamma", "eval.every",
                 "loss.pl_weight", "loss.style_mixing", "loss.augment_p", "train.ema_kimg",
                 "backend.expect_world_size", "checkpoint.milestone",
-                "train.max_bad_steps", "loss.l1_weight", "optim.lr_decay_from")
+                "train.max_bad_steps", "loss.l1_weight", "optim.lr_decay_from",
+                "loss.cycle_weight", "loss.identity_weight", "loss.pool_size")
 METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes", "psnr", "ssim", "l1",
-           "digit_class")
+           "digit_class", "cycle_l1")
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # dgan.trackers.TRACKERS
 # The result keys each eval.metrics name can give (fd/kid/pr: Inception features when its
 # weights are found, else the digit classifier's, keys ending in _digits); the metric
@@ -250,10 +261,11 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
     "ssim": ("ssim",),
     "l1": ("l1",),
     "digit_class": ("digit_class",),
+    "cycle_l1": ("cycle_l1", "cycle_l1_a", "cycle_l1_b"),  # unpaired translation (cyclegan)
 }
 # The one table of directions: keys with these prefixes or suffixes are better when lower
 # (distances, divergences); every other metric key is better when higher.
-LOWER_IS_BETTER_PREFIXES = ("fd", "fid", "kid", "l1")
+LOWER_IS_BETTER_PREFIXES = ("fd", "fid", "kid", "l1", "cycle_l1")
 LOWER_IS_BETTER_SUFFIXES = ("_kl",)
 
 

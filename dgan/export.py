@@ -36,7 +36,9 @@ from torch import nn
 FORMATS = ("safetensors", "torchscript", "onnx")
 DEFAULT_FORMAT = "safetensors"
 EXPORT_WEIGHTS = "G_ema.safetensors"
-TRANSLATOR_WEIGHTS = "G.safetensors"  # a translation task's G (pix2pix: no EMA)
+# a translation task's G (no EMA): pix2pix's U-Net, or CycleGAN's container of both
+# directions (keys AB.*, BA.*)
+TRANSLATOR_WEIGHTS = "G.safetensors"
 EXPORT_CLASSES = "classes.json"
 FILES = {"safetensors": EXPORT_WEIGHTS, "torchscript": "G_ema.torchscript.pt",
          "onnx": "G_ema.onnx"}
@@ -126,7 +128,8 @@ def write_export(state: dict[str, Any], source: Path, out: Path,
 
 
 def _write_translator(state: dict[str, Any], source: Path, out: Path, fmt: str) -> Path:
-    """A translation run's G as G.safetensors with config.yaml (what dgan translate reads)."""
+    """A translation run's G as G.safetensors with config.yaml (what dgan translate reads;
+    a CycleGAN's holds G_AB and G_BA, keys AB.* and BA.*)."""
     if fmt != "safetensors":
         raise ExportError(f"--format {fmt}: a translation run exports safetensors only "
                           "(G.safetensors, read by dgan translate / dgan.load_translator)")

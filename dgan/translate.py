@@ -2,10 +2,13 @@
 
     T = dgan.load_translator("runs/pix2pix_digits")   # a run, a checkpoint or an export
     y = T(x)                                           # [N, C, H, W] in [-1, 1], any H, W
+    T = dgan.load_translator("runs/cyclegan_digits", direction="BtoA")  # G_BA of a CycleGAN
 
 G is fully convolutional, so any image size works: the input is padded by reflection to a
-multiple of the U-Net's total stride and the output cropped back (instance normalisation
-then sees the padded border too; outputs at the trained resolution are G's own).
+multiple of G's total stride (U-Net: 2^levels, CycleGAN's ResNet G: 4) and the output
+cropped back (instance normalisation then sees the padded border too; outputs at the
+trained resolution are G's own). A pix2pix run translates its task.direction only; a
+CycleGAN run either way (G_AB for AtoB, G_BA for BtoA).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from dgan.config import config_from_yaml_text
 from dgan.images import save_png, to_uint8
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-TRANSLATION_TASKS = ("pix2pix",)
+TRANSLATION_TASKS = ("pix2pix", "cyclegan")
+BOTH_WAYS = ("cyclegan",)  # its "G" holds G_AB ("AB") and G_BA ("BA")
 # most pixels accepted from one input file (PIL's own guard is 89M, with a warning only)
 MAX_PIXELS = 16384 * 16384
 
@@ -38,12 +42,13 @@ class TranslateError(ValueError):
 class TrainedTranslator(nn.Module):
     """G of a translation run in eval mode, with its config: input domain -> output domain."""
 
-    def __init__(self, net: nn.Module, config: DictConfig, step: int, source: Path) -> None:
+    def __init__(self, net: nn.Module, config: DictConfig, step: int, source: Path,
+                 direction: Optional[str] = None) -> None:
         super().__init__()
         self.net = net.eval().requires_grad_(False)
         self.config, self.step, self.source = config, step, source
-        self.direction = str(config.task.direction)
-        self.multiple = 1 << len(net.down)  # type: ignore[arg-type]
+        self.direction = direction or str(config.task.direction)
+        self.multiple = int(net.multiple)  # type: ignore[arg-type]
 
     @property
     def channels(self) -> int:
@@ -64,11 +69,31 @@ class TrainedTranslator(nn.Module):
         return y[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
 
 
-def load_translator(path: str | os.PathLike, ckpt: Optional[str | int] = None
-                    ) -> TrainedTranslator:
+def load_translator(path: str | os.PathLike, ckpt: Optional[str | int] = None,
+                    direction: Optional[str] = None) -> TrainedTranslator:
     """G of `path`: a translation run (newest valid checkpoint, or `ckpt`), a checkpoint
-    directory, or a `dgan ckpt export` folder of one. Raises FileNotFoundError,
-    InvalidCheckpoint, TranslateError."""
+    directory, or a `dgan ckpt export` folder of one. `direction` AtoB | BtoA: a CycleGAN's
+    G_AB (the default) or G_BA; for pix2pix it must be the run's task.direction. Raises
+    FileNotFoundError, InvalidCheckpoint, TranslateError."""
+    from dgan.tasks import task_name
+
+    net, cfg, step, chosen = load_translation_networks(path, ckpt)
+    if direction not in (None, "AtoB", "BtoA"):
+        raise TranslateError(f"--direction {direction}: expected AtoB or BtoA")
+    if task_name(cfg) in BOTH_WAYS:
+        direction = direction or "AtoB"
+        net = net.AB if direction == "AtoB" else net.BA  # type: ignore[assignment]
+    elif direction is not None and direction != cfg.task.direction:
+        raise TranslateError(f"--direction {direction}: {path} was trained "
+                             f"{cfg.task.direction} (task.direction), and pix2pix's G goes "
+                             "one way")
+    return TrainedTranslator(net, cfg, step, chosen, direction)
+
+
+def load_translation_networks(path: str | os.PathLike, ckpt: Optional[str | int] = None
+                              ) -> tuple[nn.Module, DictConfig, int, Path]:
+    """(the task's whole "G" with its weights, config, step, the checkpoint or export read)
+    of a translation run, checkpoint or export; see load_translator."""
     from dgan.export import TRANSLATOR_WEIGHTS
     from dgan.sample import SampleError, _state_of
 
@@ -98,11 +123,12 @@ def load_translator(path: str | os.PathLike, ckpt: Optional[str | int] = None
 
     if task_name(cfg) not in TRANSLATION_TASKS:
         raise TranslateError(f"{path}: a task.name={task_name(cfg)} run generates from noise; "
-                             "dgan translate takes a translation run (task.name pix2pix); "
+                             "dgan translate takes a translation run (task.name pix2pix, "
+                             "cyclegan); "
                              "use dgan sample")
     net = build_task(cfg).build_networks()["G"]
     net.load_state_dict(weights)
-    return TrainedTranslator(net, cfg, step, chosen)
+    return net, cfg, step, chosen
 
 
 def _inputs(src: Path) -> Iterator[tuple[Path, Path]]:

@@ -1,6 +1,9 @@
 """Built-in datasets shipped with the package (no download): MNIST (5,000 digits),
-Stacked MNIST made from it (three digits as R, G, B; 1,000 modes), and MNIST edges (pairs:
-a digit's outline as image "a", the digit as image "b", for the translation demo). The mode-count metric
+Stacked MNIST made from it (three digits as R, G, B; 1,000 modes), MNIST edges (pairs:
+a digit's outline as image "a", the digit as image "b", for the translation demo) and MNIST
+outlines (the same outlines as single images, for the unpaired CycleGAN demo: shuffled by
+another seed than builtin:mnist, so the two streams never pair a digit with its own
+outline by construction; both use all 5,000 digits). The mode-count metric
 that reads Stacked MNIST samples is dgan.metrics.stacked; data never imports metrics."""
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 from dgan.cache import cache_root
 from dgan.data.shards import INDEX, encode_image, write_shards
 
-BUILTIN = ("mnist", "stacked_mnist", "mnist_edges")
+BUILTIN = ("mnist", "stacked_mnist", "mnist_edges", "mnist_outlines")
 PAIRED = ("a", "b")  # the image keys of paired samples
 DIGITS = [str(d) for d in range(10)]
 STACKED_SAMPLES = 60_000  # ~60 per mode of the 1,000: every mode is present
@@ -90,6 +93,13 @@ def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
         images = fit_resolution(images, resolution)
         order = np.random.default_rng(seed).permutation(len(images))
         encoded = ((encode_image(images[i]), "png", int(labels[i])) for i in order)
+        return write_shards(encoded, out, name, resolution=resolution, channels=1,
+                            labels=DIGITS, per_shard=per_shard, extra=lambda: {"builtin": name})
+    if name == "mnist_outlines":
+        images, labels = load_mnist()
+        edges = outlines(fit_resolution(images, resolution))
+        order = np.random.default_rng(seed + 1).permutation(len(images))
+        encoded = ((encode_image(edges[i]), "png", int(labels[i])) for i in order)
         return write_shards(encoded, out, name, resolution=resolution, channels=1,
                             labels=DIGITS, per_shard=per_shard, extra=lambda: {"builtin": name})
     if name == "mnist_edges":

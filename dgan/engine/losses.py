@@ -1,4 +1,4 @@
-"""GAN objectives on D's logits.
+"""GAN objectives on D's logits (and the least-squares ones, LSGAN, at the end).
 
 D maximises log D(x) + log(1 - D(G(z))) = -softplus(-l_real) - softplus(l_fake);
 G minimises the non-saturating -log D(G(z)) = softplus(-l_fake). softplus on logits is the
@@ -25,3 +25,14 @@ def r1_penalty(logits_real: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ||dD(x)/dx||^2; `real` must require grad. Differentiable."""
     (grad,) = torch.autograd.grad(logits_real.float().sum(), real, create_graph=True)
     return grad.float().square().flatten(1).sum(1).mean()
+
+
+def lsgan_d_loss(out_real: torch.Tensor, out_fake: torch.Tensor) -> torch.Tensor:
+    """Least-squares D loss (Mao et al. 2017, CycleGAN's objective): 0.5 * (mean (D(x) - 1)^2
+    + mean D(G(z))^2), halved as in CycleGAN so that D learns at half G's pace."""
+    return 0.5 * ((out_real.float() - 1).square().mean() + out_fake.float().square().mean())
+
+
+def lsgan_g_loss(out_fake: torch.Tensor) -> torch.Tensor:
+    """Least-squares G loss: mean (D(G(z)) - 1)^2."""
+    return (out_fake.float() - 1).square().mean()

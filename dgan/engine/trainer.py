@@ -11,6 +11,9 @@ train.max_bad_steps of them in a row, and weights that are not finite are never 
 Each step consumes train.grad_accum micro-batches of train.batch_size per process; the
 global batch is batch_size x processes x grad_accum. Checkpoints hold every network,
 optimizer group and EMA under its name, and the task's own state under "task".
+A task with a `second_source_key` (unpaired translation) also gets a second single-image
+stream of data.path_b (seed run.seed + 1); each rank's checkpoint state holds both stream
+positions ("data", "data_b") and the task's per-rank state ("task": CycleGAN's pools).
 """
 
 from __future__ import annotations
@@ -79,12 +82,19 @@ def linear_decay(optimizers: dict[str, torch.optim.Optimizer], start: int, steps
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, source: Any, lock_run_dir: bool = False) -> None:
-        """`lock_run_dir`: rank 0 takes run.dir's lock (`dgan train` does; the caller
-        releases `self.run_lock`), before anything below touches the directory."""
+    def __init__(self, cfg: DictConfig, source: Any, source_b: Any = None,
+                 lock_run_dir: bool = False) -> None:
+        """`source_b`: data.path_b's source, for a task that reads a second shard set
+        (`second_source_key`). `lock_run_dir`: rank 0 takes run.dir's lock (`dgan train`
+        does; the caller releases `self.run_lock`), before anything below touches the
+        directory."""
         check_trackers(cfg.log.trackers)  # a missing W&B / MLflow package: before any work
         self.cfg = cfg
         self.source = source
+        self.second_key = task_class(cfg).second_source_key
+        if self.second_key is not None and source_b is None:
+            raise ValueError(f"task.name={task_class(cfg).name} reads a second shard set "
+                             "(data.path_b): pass its source")
         self.run_dir = str(cfg.run.dir)
         self.backend = build_backend(cfg)
         self.run_lock = (runlock.lock_run_dir(self.run_dir, self.backend, cfg.run.lock_stale_after)
@@ -115,6 +125,16 @@ class Trainer:
             workers=cfg.data.workers, shuffle_buffer=cfg.data.shuffle_buffer,
             xflip=cfg.data.xflip, device=b.device, max_member=cfg.data.max_member_mb << 20,
             keys=tuple(k for k in self.task.data_keys if k != "label"), crop=cfg.data.crop)
+        # the second shard set (data.path_b): single images, its own seed and position
+        self.stream_b: Optional[DataStream] = None
+        if self.second_key is not None:
+            self.task.second_source = source_b
+            self.stream_b = DataStream(
+                source_b, batch_size=cfg.train.batch_size, resolution=cfg.data.resolution,
+                channels=cfg.data.channels, seed=cfg.run.seed + 1, rank=b.rank,
+                world_size=b.world_size, workers=cfg.data.workers,
+                shuffle_buffer=cfg.data.shuffle_buffer, xflip=cfg.data.xflip, device=b.device,
+                max_member=cfg.data.max_member_mb << 20, crop=cfg.data.crop)
         self.step = 0
         self.images_seen = 0
         self.augment: dict[str, Any] = {}  # augmentation state (ADA p), filled by augmenters
@@ -161,11 +181,18 @@ class Trainer:
         return {**self.backend.nets, **self.emas}
 
     def rank_state_dict(self) -> dict[str, Any]:
-        """This rank's own state: RNG states, data-stream position, and the networks' buffers
-        (BatchNorm statistics are updated from each rank's own batch, so they differ)."""
+        """This rank's own state: RNG states, data-stream positions (data.path's under
+        "data", data.path_b's under "data_b"), the networks' buffers (BatchNorm statistics are
+        updated from each rank's own batch, so they differ) and the task's own (its pools)."""
         buffers = {name: dict(net.named_buffers()) for name, net in self._buffer_owners().items()}
-        return {"rank": self.backend.rank, "rng": rng.capture(), "data": self.stream.state_dict(),
-                "buffers": buffers}
+        state = {"rank": self.backend.rank, "rng": rng.capture(),
+                 "data": self.stream.state_dict(), "buffers": buffers}
+        task_state = self.task.rank_state_dict()
+        if task_state:  # tasks without per-rank state keep the rank file as it was
+            state["task"] = task_state
+        if self.stream_b is not None:
+            state["data_b"] = self.stream_b.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any], rank_state: Optional[dict[str, Any]] = None,
                         rank0_state: Optional[dict[str, Any]] = None) -> None:
@@ -205,11 +232,16 @@ class Trainer:
                      and saved_best.get("metric") == self.keep_best else None)
         if rank_state is not None:
             rng.restore(rank_state["rng"])
-            self.stream.load_state_dict(rank_state["data"])
-        elif rank0_state is not None:
-            self.stream.load_state_dict(rank0_state["data"])
         own = rank_state or rank0_state
         if own is not None:
+            self.stream.load_state_dict(own["data"])
+            if self.stream_b is not None:
+                if "data_b" not in own:
+                    raise ResumeMismatch("the checkpoint to resume holds no position of a "
+                                         "second data stream (data.path_b); resume it with "
+                                         "the task it was written by")
+                self.stream_b.load_state_dict(own["data_b"])
+            self.task.load_rank_state_dict(own.get("task") or {})
             with torch.no_grad():
                 for name, net in self._buffer_owners().items():
                     for key, buf in net.named_buffers():
@@ -295,7 +327,8 @@ class Trainer:
     def next_batch(self) -> Batch:
         """This rank's batch of one step from the stream (grad_accum micro-batches,
         concatenated): "image" [A * B, C, R, R] in [-1, 1] (a multi-image task: one such
-        tensor per image key of its `data_keys`, e.g. "a" and "b") and "label" [A * B, c_dim]
+        tensor per image key of its `data_keys`, e.g. "a" and "b"; a task with a
+        `second_source_key`: data.path_b's images under it too) and "label" [A * B, c_dim]
         one-hot (None when unconditional)."""
         batches = [next(self.stream) for _ in range(self.cfg.train.grad_accum)]
         if isinstance(batches[0], dict):  # a multi-image task's keys ("a", "b"), see DataStream
@@ -304,6 +337,10 @@ class Trainer:
         else:
             images = {"image": torch.cat([x for x, _ in batches])}
             labels = [y for _, y in batches]
+        if self.stream_b is not None:  # an unpaired task's second shard set (data.path_b)
+            assert self.second_key is not None
+            images[self.second_key] = torch.cat(
+                [next(self.stream_b)[0] for _ in range(self.cfg.train.grad_accum)])
         if not self.c_dim:
             return {**images, "label": None}
         device = next(iter(images.values())).device
@@ -480,6 +517,8 @@ class Trainer:
             if own_flag:
                 preemption.uninstall()
             self.stream.close()
+            if self.stream_b is not None:
+                self.stream_b.close()
             logger.close(outcome)
             self.checkpointer.close()
         logger.message(f"dgan: finished {self.step} steps ({self.images_seen} images); "

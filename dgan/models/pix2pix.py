@@ -29,6 +29,7 @@ class UNetGenerator(nn.Module):
         if resolution % (1 << downs):
             raise ValueError(f"U-Net: resolution {resolution} is not divisible by 2^{downs}")
         widths = [min(width << i, max_width) for i in range(downs)]
+        self.multiple = 1 << downs  # input sides must be multiples of this (dgan translate)
         self.down = nn.ModuleList()
         prev = in_channels
         for i, w in enumerate(widths):
@@ -79,6 +80,7 @@ class PatchDiscriminator(nn.Module):
         seq.append(nn.Conv2d(prev, 1, 4, 1, 1))
         self.net = nn.Sequential(*seq)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Logits [N, 1, h, w], one per patch of the pair (a, b)."""
-        return self.net(torch.cat([a, b], 1))
+    def forward(self, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [N, 1, h, w], one per patch of the pair (a, b), or of the single image a
+        when b is None (CycleGAN's D: in_channels = the image's channels)."""
+        return self.net(a if b is None else torch.cat([a, b], 1))

@@ -1,8 +1,8 @@
 """Training tasks by name (`task.name`): one file each, see dgan.tasks.base.
 
 `task.name` null means the task of `model.name` (dcgan -> dcgan, stylegan2 -> stylegan2,
-pix2pix -> pix2pix),
-so configs written before tasks existed keep working.
+pix2pix -> pix2pix, cyclegan -> cyclegan), so configs written before tasks existed keep
+working.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ __all__ = ["Batch", "Phase", "Task", "build_task", "one_hot", "register", "task_
            "task_name", "validate_task"]
 
 TASKS: dict[str, type[Task]] = {}
-_MODULES = ("dgan.tasks.dcgan", "dgan.tasks.stylegan2", "dgan.tasks.pix2pix")  # imported on first lookup
+# imported on first lookup
+_MODULES = ("dgan.tasks.dcgan", "dgan.tasks.stylegan2", "dgan.tasks.pix2pix",
+            "dgan.tasks.cyclegan")
 
 
 def register(cls: type[Task]) -> type[Task]:

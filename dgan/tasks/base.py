@@ -9,8 +9,11 @@ A task declares, by name:
 - the sample keys it reads from the stream (`data_keys`) and the inputs it draws itself
   each step (`draw`: latents, fake labels), seeded by (run.seed, rank, step, phase);
 - what it shows as a sample grid (`sample_grid`) and how it is evaluated (`evaluate`);
-- its own state (`state_dict` / `load_state_dict`: path-length mean, ADA p, ...) and the
-  modules whose buffers a skipped step puts back (`stateful_modules`);
+- its own state (`state_dict` / `load_state_dict`: path-length mean, ADA p, ...), its
+  per-rank state (`rank_state_dict` / `load_rank_state_dict`: CycleGAN's image pools) and
+  the modules whose buffers a skipped step puts back (`stateful_modules`);
+- whether it reads a second shard set (`second_source_key`: data.path_b's images, streamed
+  apart with their own seed and resumable position, e.g. CycleGAN's domain B);
 - the config keys only it reads (`own_keys`) and what it supports (`supports_grad_accum`,
   `supports_compile`): `validate_config` makes a key that does nothing for the chosen task
   an error naming the task.
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -59,6 +62,10 @@ class Task:
     name: ClassVar[str]
     models: ClassVar[tuple[str, ...]]  # the model.name values this task trains
     data_keys: ClassVar[tuple[str, ...]] = ("image", "label")
+    # unpaired tasks: the batch key under which the trainer puts the images of a second,
+    # single-image stream of data.path_b (its own seed and position, saved in the rank
+    # state); None: the task reads data.path only
+    second_source_key: ClassVar[Optional[str]] = None
     emas: ClassVar[dict[str, str]] = {}  # EMA name -> network it averages
     # config keys that only some tasks read: the ones of this task (a key of another task
     # set away from its default is an error, see validate_config)
@@ -79,6 +86,7 @@ class Task:
         self.cfg, self.c_dim = cfg, c_dim
         self.backend: Any = None
         self.ema_nets: dict[str, nn.Module] = {}
+        self.second_source: Any = None  # data.path_b's source (second_source_key), if read
 
     # -- before the backend -------------------------------------------------------------
     def build_networks(self) -> dict[str, nn.Module]:
@@ -134,6 +142,13 @@ class Task:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
+
+    def rank_state_dict(self) -> dict[str, Any]:
+        """This rank's own state (differs between ranks), saved in its rank state."""
+        return {}
+
+    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `rank_state_dict` returned ({} from a checkpoint without it)."""
 
     def sample_grid(self) -> torch.Tensor:
         raise NotImplementedError
