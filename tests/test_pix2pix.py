@@ -15,7 +15,10 @@ from dgan.cli import _resolve_data, main
 from dgan.config import ConfigError, load_config
 from dgan.data.builtin import fit_resolution, load_mnist, outlines
 from dgan.engine.trainer import Trainer
+from dgan.engine.seeding import sample_seed
 from dgan.metrics.quality import psnr, ssim
+from dgan.models.pix2pix import SampleDropout, UNetGenerator
+from dgan.tasks.pix2pix import DROPOUT_PHASE
 from dgan.translate import load_translator
 
 CONFIG = "configs/pix2pix_digits.yaml"
@@ -80,7 +83,8 @@ def weights(trainer):
 
 def test_resume_is_exact_with_dropout_and_the_lr_decay(tmp_path):
     """4 steps at once = 2 steps, then a new process-like Trainer resuming to 4; the LR
-    falls linearly from step 1 to 0 at step 4, and G's dropout draws from the saved RNG."""
+    falls linearly from step 1 to 0 at step 4, and G's dropout masks come from per-sample
+    seeds of (run.seed, step, index in the global batch), no saved RNG."""
     extra = ["train.steps=4", "optim.lr_decay_from=1", "checkpoint.every=2", "log.every=2"]
     straight = fit(config(tmp_path / "a", *extra))
     fit(config(tmp_path / "b", *extra[1:], "train.steps=2"))
@@ -91,8 +95,36 @@ def test_resume_is_exact_with_dropout_and_the_lr_decay(tmp_path):
     for k in want:
         assert torch.equal(want[k], got[k]), k
     assert any(isinstance(m, torch.nn.Dropout) for m in straight.backend.nets["G"].modules())
+    assert any(isinstance(m, SampleDropout) for m in straight.backend.nets["G"].modules())
     for t in (straight, resumed):  # lr at step 4 of a decay from step 1 to 4: 0
         assert [g["lr"] for g in t.optimizers["G"].param_groups] == [0.0]
+
+
+def test_dropout_masks_are_per_sample_and_drawn_from_its_seed():
+    """A row's masks depend only on its seed: any split of the batch gives the same rows,
+    the global RNG is neither read nor moved, and eval mode drops nothing."""
+    torch.manual_seed(0)
+    g = UNetGenerator(1, 1, 32, width=8)
+    assert sum(isinstance(m, SampleDropout) for m in g.modules()) == 3
+    x = torch.randn(6, 1, 32, 32)
+    seeds = [sample_seed(0, 3, DROPOUT_PHASE, i) for i in range(6)]
+    with torch.no_grad():
+        rng = torch.get_rng_state()
+        whole = g(x, dropout_seeds=seeds)
+        assert torch.equal(torch.get_rng_state(), rng)
+        parts = torch.cat([g(x[:2], dropout_seeds=seeds[:2]), g(x[2:], dropout_seeds=seeds[2:])])
+        assert torch.equal(whole, parts)
+        assert torch.equal(whole, g(x, dropout_seeds=seeds))  # D's and G's phase: same masks
+        other = g(x, dropout_seeds=[sample_seed(0, 4, DROPOUT_PHASE, i) for i in range(6)])
+        assert not torch.equal(whole, other)  # another step, other masks
+        # the same input in two rows with other seeds: other masks
+        twice = g(x[:1].expand(2, -1, -1, -1), dropout_seeds=seeds[:2])
+        assert not torch.equal(twice[0], twice[1])
+        g.eval()
+        assert torch.equal(g(x, dropout_seeds=seeds), g(x))
+        assert not torch.equal(g(x), whole)
+    with pytest.raises(ValueError, match="5 dropout seeds for a batch of 6"):
+        g.train()(x, dropout_seeds=seeds[:5])
 
 
 def test_grid_shows_input_output_target_and_survives_a_resume(run):

@@ -7,11 +7,24 @@ synchronisation between DDP ranks. The U-Net halves the resolution down to 1x1 (
 dropout 0.5 in the three innermost decoder levels (the paper's noise, off in eval mode).
 The PatchGAN classifies overlapping patches of (input, output) pairs: `layers` stride-2
 convolutions then two stride-1 ones, 70x70 patches with layers=3.
+
+Dropout masks are a function of the sample, not of the process (`SampleDropout`): a
+forward in training mode may take `dropout_seeds`, one integer per row of its input; row
+i's masks in all dropout layers of that forward come, in layer order, from one CPU
+generator seeded by `dropout_seeds[i]`. dgan's pix2pix task gives each sample a seed from
+(run.seed, step, its index in the step's global batch) (dgan.tasks.pix2pix), so G drops
+the same units of a sample whichever rank and micro-batch it lands in, and the same in both
+forwards of one step (D's phase and G's phase compute the same fakes, as the paper's code
+computes one G(x) per step for both). The masks hold no state: a resumed run draws what the
+uninterrupted run drew. Without `dropout_seeds` (a plain call in training mode) the layers
+are torch's `nn.Dropout`, drawing from the global RNG. Eval mode: no dropout.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -19,6 +32,22 @@ from torch import nn
 
 def _norm(channels: int) -> nn.Module:
     return nn.InstanceNorm2d(channels, affine=True)
+
+
+class SampleDropout(nn.Dropout):
+    """`nn.Dropout` whose mask, given per-row generators, is drawn row by row from them
+    (shape [C, H, W] per row, uniform u, kept where u >= p, scaled by 1 / (1 - p)), on the
+    CPU and moved, so the mask does not depend on the device nor on the other rows."""
+
+    def forward(self, x: torch.Tensor,
+                generators: Optional[Sequence[torch.Generator]] = None) -> torch.Tensor:
+        if not self.training or self.p == 0 or generators is None:
+            return super().forward(x)
+        if len(generators) != len(x):
+            raise ValueError(f"dropout: {len(generators)} generators for {len(x)} rows")
+        u = torch.stack([torch.rand(x.shape[1:], generator=g) for g in generators])
+        keep = (u >= self.p).to(device=x.device, dtype=x.dtype)
+        return x * keep * (1.0 / (1.0 - self.p))
 
 
 class UNetGenerator(nn.Module):
@@ -50,17 +79,27 @@ class UNetGenerator(nn.Module):
                 layers = [nn.ReLU(), nn.ConvTranspose2d(inner, widths[i - 1], 4, 2, 1, bias=False),
                           _norm(widths[i - 1])]
                 if dropout and downs - 1 - min(3, downs - 2) <= i < downs - 1:
-                    layers.append(nn.Dropout(dropout))  # the 3 levels below the innermost
+                    layers.append(SampleDropout(dropout))  # the 3 levels below the innermost
             self.up.append(nn.Sequential(*layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dropout_seeds: Optional[Sequence[int]] = None
+                ) -> torch.Tensor:
+        """G(x). `dropout_seeds`: one seed per row of x for the dropout masks in training
+        mode (see the module's docstring); ignored in eval mode."""
+        gens = None
+        if dropout_seeds is not None and self.training:
+            if len(dropout_seeds) != len(x):
+                raise ValueError(f"U-Net: {len(dropout_seeds)} dropout seeds for a batch of "
+                                 f"{len(x)}")
+            gens = [torch.Generator().manual_seed(int(s)) for s in dropout_seeds]
         skips = []
         for block in self.down:
             x = block(x)
             skips.append(x)
         skips.pop()  # the bottleneck is the decoder's input, not a skip
         for block in self.up:
-            x = block(x)
+            for layer in block:
+                x = layer(x, gens) if isinstance(layer, SampleDropout) else layer(x)
             if skips:
                 x = torch.cat([x, skips.pop()], 1)
         return x

@@ -8,9 +8,14 @@ group each, Adam. No EMA: G itself is what translates (the paper's G, in eval mo
   D (every step): fake = G(x) without grad; minimise 0.5 * (softplus(-D(x, y)) +
      softplus(D(x, fake))), averaged over patches (the paper's vanilla GAN loss, halved).
   G (every step): minimise softplus(-D(x, G(x))) + loss.l1_weight * |G(x) - y|_1.
-G's dropout draws from torch's global generator, seeded at the start of every step from
-(run.seed, rank, step) (dgan.engine.seeding), so a resumed run drops what the uninterrupted
-one dropped.
+G's dropout masks are a function of the sample's place in the step's global batch: each
+sample gets a seed from (run.seed, step, DROPOUT_PHASE, its global index) (`draw`,
+dgan.engine.seeding.sample_seed; index = rank x batch_size x grad_accum + its row in the
+rank's batch, so micro-batch m of rank r starts at r x B x A + m x B), and G draws that
+row's masks from it (dgan.models.pix2pix.SampleDropout). So 2 ranks drop what 1 rank with
+the doubled batch drops, D's phase and G's phase of a step use the same masks (the same
+fakes, as the paper's one G(x) per step), and a resumed run drops what the uninterrupted
+one dropped, with no RNG state to save.
 The sample grid shows a fixed set of training pairs (the first ones the run saw, saved
 with the task's state) as input | output | target strips.
 """
@@ -24,12 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgan.engine import losses
-from dgan.engine.seeding import seed_global
+from dgan.engine.seeding import sample_seed
 from dgan.tasks import register
 from dgan.tasks.base import Batch, Phase, Task
 
 GRID_PAIRS = 8  # pairs in the sample grid (fewer when log.grid is smaller)
-GLOBAL_RNG_PHASE = 17  # dgan.engine.seeding phase of the step's global torch RNG (dropout)
+# dgan.engine.seeding phase of G's dropout masks (per sample of the global batch); 17, the
+# step's global torch RNG, was the phase of the dropout of earlier versions
+DROPOUT_PHASE = 18
 
 
 @register
@@ -67,15 +74,17 @@ class Pix2Pix(Task):
     def ema_beta(self, step: int, global_batch: int) -> float:
         return 0.0  # no EMA
 
-    def begin_step(self, step: int) -> None:
-        seed_global(self.cfg.run.seed, self.backend.rank, step, GLOBAL_RNG_PHASE)
-
     # -- the step -------------------------------------------------------------------------
     def draw(self, step: int, batch: Batch) -> None:
         x, y = batch[self.source_key], batch[self.target_key]
         assert x is not None and y is not None
         batch.setdefault("x", x)
         batch.setdefault("y", y)
+        if "dropout_seed" not in batch:  # one per row, by its index in the global batch
+            first = self.backend.rank * self.cfg.train.batch_size * self.cfg.train.grad_accum
+            batch["dropout_seed"] = torch.tensor(
+                [sample_seed(self.cfg.run.seed, step, DROPOUT_PHASE, first + i)
+                 for i in range(len(x))], dtype=torch.int64)
         want = min(GRID_PAIRS, self.cfg.log.grid)
         have = len(self.grid["x"]) if self.grid else 0
         if have < want:  # the first pairs this rank sees, kept for the whole run
@@ -84,12 +93,18 @@ class Pix2Pix(Task):
             self.grid = take if not self.grid else {
                 k: torch.cat([self.grid[k], take[k]]) for k in ("x", "y")}
 
+    @staticmethod
+    def dropout_seeds(mb: Batch) -> list[int]:
+        seeds = mb["dropout_seed"]
+        assert seeds is not None
+        return seeds.tolist()
+
     def d_phase(self, mb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         b = self.backend
         x, y = mb["x"], mb["y"]
         assert x is not None and y is not None
         with torch.no_grad(), b.autocast():
-            fake = b.nets["G"](x)
+            fake = b.nets["G"](x, dropout_seeds=self.dropout_seeds(mb))
         with b.autocast():
             logits = b.wrapped["D"](torch.cat([x, x]), torch.cat([y, fake.to(y.dtype)]))
         n = x.shape[0]
@@ -103,7 +118,7 @@ class Pix2Pix(Task):
         x, y = mb["x"], mb["y"]
         assert x is not None and y is not None
         with b.autocast():
-            fake = b.wrapped["G"](x)
+            fake = b.wrapped["G"](x, dropout_seeds=self.dropout_seeds(mb))
             logits = b.nets["D"](x, fake)
         adv = losses.g_loss(logits)
         l1 = F.l1_loss(fake.float(), y.float())
