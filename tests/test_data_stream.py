@@ -118,6 +118,19 @@ def test_single_pass_resume_after_a_worker_ran_out(tmp_path):
     assert head + [lb.tolist() for _, lb in resumed] == whole
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_stream_leaves_the_global_torch_rng_alone(tmp_path, workers):
+    """A resume restores the global RNG before the stream starts; a draw there (DataLoader's
+    workers' base seed at iter()) would leave the resumed run one draw ahead."""
+    data = write_numbered(tmp_path / "d", SIZES)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    s = _stream(data, workers=workers)
+    next(s)
+    s.close()
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_layout_change_starts_a_new_order_keyed_by_images_seen(tmp_path, caplog):
     data = write_numbered(tmp_path / "d", SIZES)
     old = _stream(data, workers=2)

@@ -496,7 +496,12 @@ class DataStream:
         dataset = ShardStream(self.source, next_role=self.next_role, cursors=self.cursors,
                               drop_last=self.kw["resampled"], **kw)
         workers = self.kw["workers"]
+        # A generator of its own: DataLoader draws its workers' base seed from it at every
+        # iter(), instead of from the global torch RNG, which a resume restores before the
+        # stream starts (the draw would put a resumed run's global RNG one draw ahead of the
+        # uninterrupted run's). dgan's draws do not use the workers' torch seeds.
         loader = DataLoader(dataset, batch_size=None, num_workers=workers,
+                            generator=torch.Generator().manual_seed(kw["seed"]),
                             pin_memory=self.device.type == "cuda",
                             persistent_workers=False, prefetch_factor=4 if workers else None,
                             worker_init_fn=_ignore_signals if workers else None)
