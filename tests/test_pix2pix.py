@@ -14,8 +14,8 @@ from PIL import Image
 from dgan.cli import _resolve_data, main
 from dgan.config import ConfigError, load_config
 from dgan.data.builtin import fit_resolution, load_mnist, outlines
-from dgan.engine.trainer import Trainer
 from dgan.engine.seeding import sample_seed
+from dgan.engine.trainer import Trainer
 from dgan.metrics.quality import psnr, ssim
 from dgan.models.pix2pix import SampleDropout, UNetGenerator
 from dgan.tasks.pix2pix import DROPOUT_PHASE
