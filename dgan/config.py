@@ -421,9 +421,6 @@ def validate(cfg: DictConfig) -> None:
     if cfg.optim.lr_decay_from >= cfg.train.steps:
         raise ConfigError(f"bad value for 'optim.lr_decay_from': {cfg.optim.lr_decay_from}; "
                           f"expected 0 (constant) or a step before train.steps={cfg.train.steps}")
-    if cfg.optim.lr_decay_from and cfg.backend.name == "deepspeed":
-        raise ConfigError("optim.lr_decay_from is not supported with backend.name=deepspeed "
-                          "(its engines own the learning rate); use backend.name=ddp")
     if not 0.0 <= cfg.train.ema_beta < 1.0:
         raise ConfigError(f"bad value for 'train.ema_beta': {cfg.train.ema_beta}; expected [0, 1)")
     from dgan.tasks import validate_task  # the task's own keys, grad_accum and compile

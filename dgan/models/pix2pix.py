@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 from torch import nn
@@ -40,7 +39,7 @@ class SampleDropout(nn.Dropout):
     CPU and moved, so the mask does not depend on the device nor on the other rows."""
 
     def forward(self, x: torch.Tensor,
-                generators: Optional[Sequence[torch.Generator]] = None) -> torch.Tensor:
+                generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
         if not self.training or self.p == 0 or generators is None:
             return super().forward(x)
         if len(generators) != len(x):
@@ -82,7 +81,7 @@ class UNetGenerator(nn.Module):
                     layers.append(SampleDropout(dropout))  # the 3 levels below the innermost
             self.up.append(nn.Sequential(*layers))
 
-    def forward(self, x: torch.Tensor, dropout_seeds: Optional[Sequence[int]] = None
+    def forward(self, x: torch.Tensor, dropout_seeds: Sequence[int] | None = None
                 ) -> torch.Tensor:
         """G(x). `dropout_seeds`: one seed per row of x for the dropout masks in training
         mode (see the module's docstring); ignored in eval mode."""
