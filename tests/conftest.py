@@ -4,10 +4,33 @@ import pytest
 import torch
 
 
+MAX_WORKERS = 8
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): one worker per core, at most MAX_WORKERS."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def pytest_configure(config):
+    # Under xdist each worker gets its share of the cores for torch's intra-op threads
+    # (the suite's tensors are small: workers side by side beat threads within one).
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _dgan_cache(tmp_path_factory):
-    """Built-in shards and cached artefacts go to a per-session directory, not ~/.cache."""
-    os.environ["DGAN_CACHE"] = str(tmp_path_factory.mktemp("dgan-cache"))
+    """Built-in shards and cached artefacts go to a per-session directory, not ~/.cache;
+    under xdist one directory shared by the workers (every cache write is atomic: a temp
+    file or folder renamed into place)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's root, above the workers' own folders
+    cache = base / "dgan-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["DGAN_CACHE"] = str(cache)
     yield
 
 
