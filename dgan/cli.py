@@ -222,8 +222,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if _is_translation_run(args.run):
         if args.best is not None:
-            raise UserError(f"--best {args.best}: not for a translation run (keep_best picks "
-                            "by noise-to-image metrics)")
+            raise UserError(f"--best {args.best}: not for a translation run yet (during "
+                            "training checkpoint.keep_best picks by its metrics)")
         return _eval_translation(args)
     if args.best is not None and args.best not in {k for ks in METRIC_KEYS.values() for k in ks}:
         raise UserError(f"--best {args.best}: unknown metric; expected one of "

@@ -185,3 +185,27 @@ def test_the_cyclegan_demo_domains_are_disjoint_halves(tmp_path):
                 wds.WebDataset(sorted(str(p) for p in (tmp_path / name).glob("*.tar")),
                                shardshuffle=False)]
         assert len(seen) == 2500 and set(seen) == known, name
+
+
+@pytest.mark.parametrize("config, overrides, keys", [
+    (P2P, ["model.g_width=8", "model.d_width=8", "train.batch_size=4"],
+     ("metrics/psnr", "metrics/digit_class", "metrics/fd_digits", "metrics/kid_digits")),
+    (CYC, ["model.g_width=4", "model.d_width=4", "model.g_blocks=1", "train.batch_size=2"],
+     ("metrics/cycle_l1", "metrics/digit_class_ab", "metrics/fd_digits_ab",
+      "metrics/kid_digits_ba")),
+])
+def test_the_demo_configs_train_and_evaluate_through_the_cli(tmp_path, config, overrides, keys):
+    """Each demo config, made tiny, trains a few steps through `dgan train` and logs its
+    in-training evaluation (eval.every), so the shipped configs stay valid."""
+    import json
+
+    from dgan.cli import main
+
+    assert main(["train", config, f"run.dir={tmp_path / 'r'}", *overrides, "train.steps=3",
+                 "optim.lr_decay_from=1", "eval.every=3", "eval.n=8", "checkpoint.every=3",
+                 "log.every=3", "log.progress=off", "data.workers=0"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if any(k.startswith("metrics/") for k in r)]
+    assert evals and evals[-1]["step"] == 3
+    for key in keys:
+        assert np.isfinite(evals[-1][key]), key

@@ -150,8 +150,10 @@ class _Distances:
                     out[fd_key + tail] = frechet_distance_from_stats(
                         feature_stats(fake[f]), feature_stats(real[r]))
                 if self.kid:
-                    mean, std = kernel_inception_distance(fake[f], real[r], KID_SUBSETS,
-                                                          KID_SUBSET_SIZE)
+                    # subsets of at most half of each set, so that they differ and the
+                    # spread (kid..._std) says something
+                    size = max(2, min(KID_SUBSET_SIZE, len(fake[f]) // 2, len(real[r]) // 2))
+                    mean, std = kernel_inception_distance(fake[f], real[r], KID_SUBSETS, size)
                     out[f"kid{self.suffix}{tail}"] = mean
                     out[f"kid{self.suffix}{tail}_std"] = std
         return broadcast_object(out)
