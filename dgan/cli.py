@@ -222,8 +222,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if _is_translation_run(args.run):
         if args.best is not None:
-            raise UserError(f"--best {args.best}: not for a translation run (keep_best picks "
-                            "by noise-to-image metrics)")
+            raise UserError(f"--best {args.best}: not for a translation run yet (during "
+                            "training checkpoint.keep_best picks by its metrics)")
         return _eval_translation(args)
     if args.best is not None and args.best not in {k for ks in METRIC_KEYS.values() for k in ks}:
         raise UserError(f"--best {args.best}: unknown metric; expected one of "
@@ -369,16 +369,26 @@ def _is_translation_run(run: str) -> bool:
     return str(name) in TRANSLATION_TASKS
 
 
+def _inception_weights(args: argparse.Namespace) -> None:
+    """--inception-weights PATH: FID Inception features for fd/kid (a wrong path is an error,
+    not a fallback)."""
+    from dgan.metrics.inception import resolve_weights
+
+    if args.inception_weights:
+        resolve_weights(args.inception_weights)
+        os.environ["DGAN_INCEPTION_WEIGHTS"] = args.inception_weights
+
+
 def _eval_translation(args: argparse.Namespace) -> int:
-    """dgan eval of a translation run: PSNR, SSIM, L1 of G's outputs against the targets of
-    data.path's pairs (or --data's: held-out pairs)."""
+    """dgan eval of a translation run: PSNR, SSIM, L1, FD/KID of G's outputs against the
+    targets of data.path's pairs (or --data's: held-out pairs), digit_class on digits."""
     import json
 
     import torch
 
     from dgan.checkpoint import InvalidCheckpoint
     from dgan.metrics.evaluate import format_table
-    from dgan.metrics.translation import evaluate_translation
+    from dgan.metrics.translation import PAIRED_METRICS, evaluate_translation
     from dgan.translate import TranslateError, load_translator
 
     from dgan.tasks import task_name
@@ -396,12 +406,13 @@ def _eval_translation(args: argparse.Namespace) -> int:
     if args.digit_metrics:
         cfg.eval.digit_metrics = args.digit_metrics
     stored = None if args.data or args.trust_pipe else os.path.join(args.run, "config.yaml")
-    allowed = ("psnr", "ssim", "l1", "digit_class")
+    allowed = PAIRED_METRICS
     metrics = args.metrics.split(",") if args.metrics else [
         m for m in cfg.eval.metrics if m in allowed] or list(allowed)
     if set(metrics) - set(allowed):
         raise UserError(f"--metrics {args.metrics}: a translation run computes "
                         f"{','.join(allowed)}, not {','.join(sorted(set(metrics) - set(allowed)))}")
+    _inception_weights(args)
     source = _resolve_data(cfg, stored)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     src, tgt = ("a", "b") if t.direction == "AtoB" else ("b", "a")
@@ -420,30 +431,37 @@ def _eval_translation(args: argparse.Namespace) -> int:
 
 
 def _eval_cycle(args: argparse.Namespace, step: int) -> int:
-    """dgan eval of an unpaired translation run (CycleGAN): cycle_l1 over data.path (domain A;
+    """dgan eval of an unpaired translation run (CycleGAN): cycle_l1, FD/KID of each way's
+    translations against the other domain, digit_class on digits, over data.path (domain A;
     --data: other A images) and data.path_b (domain B)."""
     import json
 
     import torch
 
     from dgan.metrics.evaluate import format_table
-    from dgan.metrics.translation import evaluate_cycle
+    from dgan.metrics.translation import CYCLE_METRICS, evaluate_cycle
     from dgan.translate import load_translation_networks
 
     net, cfg, step, _ = load_translation_networks(args.run)
     config_file = os.path.join(args.run, "config.yaml")
     if args.data:
         cfg.data.path = args.data
-    if args.metrics and set(args.metrics.split(",")) - {"cycle_l1"}:
+    if args.digit_metrics:
+        cfg.eval.digit_metrics = args.digit_metrics
+    metrics = args.metrics.split(",") if args.metrics else [
+        m for m in cfg.eval.metrics if m in CYCLE_METRICS] or list(CYCLE_METRICS)
+    if set(metrics) - set(CYCLE_METRICS):
         raise UserError(f"--metrics {args.metrics}: an unpaired translation run computes "
-                        "cycle_l1 only")
+                        f"{','.join(CYCLE_METRICS)}, not "
+                        f"{','.join(sorted(set(metrics) - set(CYCLE_METRICS)))}")
+    _inception_weights(args)
     stored = None if args.data or args.trust_pipe else config_file
     source = _resolve_data(cfg, stored)
     source_b = _resolve_data(cfg, None if args.trust_pipe else config_file, key="path_b")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         results = evaluate_cycle(cfg, net.to(device), source, source_b, device,
-                                 args.n or cfg.eval.n)
+                                 args.n or cfg.eval.n, metrics)
     except ValueError as e:
         raise UserError(f"data.path {cfg.data.path}, data.path_b {cfg.data.path_b}: {e}"
                         ) from None
@@ -759,7 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--side-by-side", action="store_true",
                       help="DIR OUT: pix2pix-style A|B pictures, split at half the width into "
                       "a and b (width must be 2 x height)")
-    make.add_argument("--builtin", choices=["mnist", "stacked_mnist", "mnist_edges"],
+    from dgan.data.builtin import BUILTIN
+
+    make.add_argument("--builtin", choices=list(BUILTIN),
                       help="a built-in dataset instead of SRC")
     make.add_argument("--resolution", type=int,
                       help="square output size (default: 256; npz: its size; built-in: 28)")

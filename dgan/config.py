@@ -251,8 +251,10 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")  # dgan.trackers.TRACKERS
 # weights are found, else the digit classifier's, keys ending in _digits); the metric
 # names checkpoint.keep_best and `dgan eval --best` accept.
 METRIC_KEYS: dict[str, tuple[str, ...]] = {
-    "fd": ("fid", "fd_digits"),
-    "kid": ("kid", "kid_digits"),
+    # translation tasks too: pix2pix's outputs against the targets under the same keys,
+    # cyclegan's G_AB(a) against domain B (..._ab) and G_BA(b) against A (..._ba)
+    "fd": ("fid", "fd_digits", "fid_ab", "fid_ba", "fd_digits_ab", "fd_digits_ba"),
+    "kid": ("kid", "kid_digits", "kid_ab", "kid_ba", "kid_digits_ab", "kid_digits_ba"),
     "pr": ("precision", "recall", "precision_digits", "recall_digits"),
     "fd_digits": ("fd_digits",),
     "coverage": ("classes_covered", "coverage_min", "confident", "coverage_kl"),
@@ -260,7 +262,7 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
     "psnr": ("psnr",),  # translation tasks (pix2pix)
     "ssim": ("ssim",),
     "l1": ("l1",),
-    "digit_class": ("digit_class",),
+    "digit_class": ("digit_class", "digit_class_ab", "digit_class_ba"),  # cyclegan: _ab, _ba
     "cycle_l1": ("cycle_l1", "cycle_l1_a", "cycle_l1_b"),  # unpaired translation (cyclegan)
 }
 # The one table of directions: keys with these prefixes or suffixes are better when lower

@@ -1,8 +1,8 @@
 """Use a trained translator: load G of an image-to-image run, translate files (`dgan translate`).
 
-    T = dgan.load_translator("runs/pix2pix_digits")   # a run, a checkpoint or an export
+    T = dgan.load_translator("runs/pix2pix_mnist")   # a run, a checkpoint or an export
     y = T(x)                                           # [N, C, H, W] in [-1, 1], any H, W
-    T = dgan.load_translator("runs/cyclegan_digits", direction="BtoA")  # G_BA of a CycleGAN
+    T = dgan.load_translator("runs/cyclegan_mnist", direction="BtoA")  # G_BA of a CycleGAN
 
 G is fully convolutional, so any image size works: the input is padded by reflection to a
 multiple of G's total stride (U-Net: 2^levels, CycleGAN's ResNet G: 4) and the output

@@ -1,4 +1,4 @@
-"""CycleGAN (task.name=cyclegan) on built-in digits (domain A) and outlines (domain B):
+"""CycleGAN (task.name=cyclegan) on built-in outlines (domain A) and digits (domain B):
 configuration, the second shard set, training, exact resume with both stream positions,
 the image pools and the LR decay, the sample grid, `dgan translate --direction`, exports
 and `dgan eval` (cycle_l1)."""
@@ -14,13 +14,13 @@ from PIL import Image
 
 from dgan.cli import _resolve_data, _resolve_second, main
 from dgan.config import ConfigError, load_config
-from dgan.data.builtin import fit_resolution, load_mnist, outlines
+from dgan.data.builtin import fit_resolution, halves, load_mnist, outlines
 from dgan.engine.seeding import step_generator
 from dgan.engine.trainer import Trainer
 from dgan.tasks.cyclegan import pool_query
 from dgan.translate import load_translator
 
-CONFIG = "configs/cyclegan_digits.yaml"
+CONFIG = "configs/cyclegan_mnist.yaml"
 TINY = ["model.g_width=4", "model.d_width=4", "model.g_blocks=1", "train.batch_size=2",
         "data.workers=0", "log.progress=off", "log.grid=3", "optim.lr_decay_from=0"]
 
@@ -48,8 +48,9 @@ def run(tmp_path_factory):
 
 def test_configs_and_keys_of_other_tasks():
     cfg = load_config(CONFIG)
-    assert cfg.task.name == "cyclegan" and cfg.data.path_b == "builtin:mnist_outlines"
-    assert (cfg.loss.cycle_weight, cfg.loss.identity_weight) == (10, 0.5)
+    assert cfg.task.name == "cyclegan" and cfg.data.path_b == "builtin:mnist_half2"
+    assert cfg.data.path == "builtin:mnist_outlines_half1"
+    assert (cfg.loss.cycle_weight, cfg.loss.identity_weight) == (10, 1.0)
     big = load_config("configs/cyclegan_256.yaml")
     assert (big.model.g_blocks, big.loss.pool_size, big.train.batch_size) == (9, 50, 1)
     assert big.optim.lr_decay_from * 2 == big.train.steps and big.data.crop == 286
@@ -66,7 +67,7 @@ def test_configs_and_keys_of_other_tasks():
     ]:
         with pytest.raises(ConfigError, match=match):
             load_config(CONFIG, overrides)
-    for base in (None, "configs/pix2pix_digits.yaml"):
+    for base in (None, "configs/pix2pix_mnist.yaml"):
         task = "dcgan" if base is None else "pix2pix"
         for key, value in [("data.path_b", "builtin:mnist"), ("loss.cycle_weight", "5"),
                            ("loss.identity_weight", "0"), ("loss.pool_size", "3"),
@@ -156,15 +157,19 @@ def test_the_two_domains_stream_apart(run):
         Trainer(cfg, _resolve_data(cfg))
     trainer = trainer_of(cfg)
     assert trainer.stream_b is not None and trainer.stream_b.kw["seed"] == cfg.run.seed + 1
-    digits = fit_resolution(load_mnist()[0], 32)
-    known = {"a": {d.tobytes() for d in digits}, "b": {d.tobytes() for d in outlines(digits)}}
+    images, labels = load_mnist()
+    digits = fit_resolution(images, 32)
+    first, second = halves(labels)  # A: outlines of half 1's digits, B: half 2's digits
+    hollow = outlines(digits)
+    known = {"a": {hollow[i].tobytes() for i in first},
+             "b": {digits[i].tobytes() for i in second}}
     for _ in range(2):
         batch = trainer.next_batch()
         for key, name in (("a", "image"), ("b", "image_b")):
             x = batch[name]
             assert x.shape == (2, 1, 32, 32)
             raw = ((x[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
-            assert all(r.tobytes() in known[key] for r in raw), key  # A digits, B outlines
+            assert all(r.tobytes() in known[key] for r in raw), key  # A outlines, B digits
 
 
 def test_training_steps_are_finite_and_the_grid_shows_both_ways(run):
@@ -232,6 +237,13 @@ def test_eval_reports_cycle_l1(run, capsys):
     saved = json.loads((run / "eval-00000002.json").read_text())
     assert saved["images"] == 8 and 0 < saved["cycle_l1"] < 2
     assert saved["cycle_l1"] == pytest.approx((saved["cycle_l1_a"] + saved["cycle_l1_b"]) / 2)
+    # the demo's eval.metrics: each way's digit class and FD/KID against the other domain
+    for key in ("digit_class_ab", "digit_class_ba", "fd_digits_ab", "fd_digits_ba",
+                "kid_digits_ab", "kid_digits_ba"):
+        assert key in out and np.isfinite(saved[key]), key
+    assert 0 <= saved["digit_class_ab"] <= 1 and saved["fd_digits_ab"] > 0
+    assert main(["eval", "--run", str(run), "--n", "8", "--metrics", "digit_class"]) == 0
+    assert "fd_digits" not in capsys.readouterr().out
     assert main(["eval", "--run", str(run), "--metrics", "psnr"]) == 2
 
 

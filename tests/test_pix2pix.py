@@ -21,8 +21,9 @@ from dgan.models.pix2pix import SampleDropout, UNetGenerator
 from dgan.tasks.pix2pix import DROPOUT_PHASE
 from dgan.translate import load_translator
 
-CONFIG = "configs/pix2pix_digits.yaml"
+CONFIG = "configs/pix2pix_mnist.yaml"
 TINY = ["model.g_width=8", "model.d_width=8", "train.batch_size=8", "data.workers=0",
+        "optim.lr_decay_from=0",
         "log.progress=off", "log.grid=4"]
 
 
@@ -51,7 +52,7 @@ def test_configs_and_keys_of_other_tasks():
         (["model.z_dim=128"], r"'model.z_dim'=128 does nothing for task.name=pix2pix"),
         (["loss.r1_gamma=1"], r"'loss.r1_gamma'=1.0 does nothing for task.name=pix2pix"),
         (["loss.pl_weight=2"], r"does nothing for task.name=pix2pix \(a stylegan2 key\)"),
-        (["eval.metrics=[fd]"], r"'eval.metrics': \['fd'\] for task.name=pix2pix"),
+        (["eval.metrics=[coverage]"], r"'eval.metrics': \['coverage'\] for task.name=pix2pix"),
         (["task.direction=CtoD"], r"'task.direction': 'CtoD'; expected one of"),
         (["optim.lr_decay_from=1500"], r"'optim.lr_decay_from': 1500; expected 0"),
     ]:
@@ -204,17 +205,21 @@ def test_eval_reports_psnr_ssim_l1_and_the_digit_class(run, capsys):
     assert "32 pairs" in out and all(m in out for m in ("psnr", "ssim", "l1", "digit_class"))
     saved = json.loads((run / "eval-00000004.json").read_text())
     assert saved["pairs"] == 32 and 0 < saved["psnr"] < 100 and 0 <= saved["digit_class"] <= 1
+    # FD/KID of G(a) against the targets, on the digit classifier's features (no Inception)
+    assert "fd_digits" in out and saved["fd_digits"] > 0 and np.isfinite(saved["kid_digits"])
     # not digits by the user's word: left out with a line saying why
     assert main(["eval", "--run", str(run), "--n", "32", "--digit-metrics", "false"]) == 0
     io = capsys.readouterr()
-    assert "digit_class" not in io.out and "skipped digit_class" in io.err
+    assert "digit_class" not in io.out and "skipped digit_class, fd, kid" in io.err
+    assert "fd_digits" not in io.out and "psnr" in io.out
 
 
 @pytest.mark.slow  # about 15 s on 2 CPU cores
 def test_it_learns_to_fill_outlines(tmp_path):
     """After 200 steps G(outline) is closer to the digit than a black image or the outline
     itself, and structurally similar to it (the outline's SSIM is below 0)."""
-    fit(load_config(CONFIG, [f"run.dir={tmp_path}", "train.steps=200", "model.g_width=16",
+    fit(load_config(CONFIG, [f"run.dir={tmp_path}", "train.steps=200", "optim.lr_decay_from=0",
+                             "model.g_width=16",
                              "model.d_width=16", "data.workers=0", "log.progress=off",
                              "checkpoint.every=200", "log.every=200"]))
     digits = fit_resolution(load_mnist()[0][-256:], 32)

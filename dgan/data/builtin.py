@@ -3,8 +3,12 @@ Stacked MNIST made from it (three digits as R, G, B; 1,000 modes), MNIST edges (
 a digit's outline as image "a", the digit as image "b", for the translation demo) and MNIST
 outlines (the same outlines as single images, for the unpaired CycleGAN demo: shuffled by
 another seed than builtin:mnist, so the two streams never pair a digit with its own
-outline by construction; both use all 5,000 digits). The mode-count metric
-that reads Stacked MNIST samples is dgan.metrics.stacked; data never imports metrics."""
+outline by construction; both use all 5,000 digits), and the unpaired CycleGAN demo's two
+domains, made from disjoint halves of the 5,000 digits (`halves`: 250 of each class per
+half): MNIST outlines half 1 (the outlines of half 1's digits) and MNIST half 2 (half 2's
+digits), so no digit appears in both domains, as itself or as its outline. The mode-count
+metric that reads Stacked MNIST samples is dgan.metrics.stacked; data never imports
+metrics."""
 
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ import numpy as np
 from dgan.cache import cache_root
 from dgan.data.shards import INDEX, encode_image, write_shards
 
-BUILTIN = ("mnist", "stacked_mnist", "mnist_edges", "mnist_outlines")
+BUILTIN = ("mnist", "stacked_mnist", "mnist_edges", "mnist_outlines", "mnist_outlines_half1",
+           "mnist_half2")
 PAIRED = ("a", "b")  # the image keys of paired samples
 DIGITS = [str(d) for d in range(10)]
 STACKED_SAMPLES = 60_000  # ~60 per mode of the 1,000: every mode is present
+HALVES_SEED = 5  # the split of the 5,000 digits into the two halves (`halves`)
 
 
 def load_mnist() -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +77,18 @@ def stacked_mnist(n: int, seed: int, resolution: int = 28) -> tuple[np.ndarray, 
     return np.ascontiguousarray(images), labels
 
 
+def halves(labels: np.ndarray, seed: int = HALVES_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint index arrays into the built-in digits, each with half of every class
+    (250 of each digit: 2,500 per half), sorted; a seeded permutation within each class."""
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for digit in range(10):
+        idx = rng.permutation(np.flatnonzero(labels == digit))
+        first.append(idx[:len(idx) // 2])
+        second.append(idx[len(idx) // 2:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+
+
 def outlines(images: np.ndarray) -> np.ndarray:
     """(N, H, W) uint8 digits -> their outer outlines (N, H, W) uint8: the pixels a 3x3
     dilation of the digit (thresholded at 128) adds, 255 on the outline: a hollow digit."""
@@ -100,6 +118,18 @@ def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
         edges = outlines(fit_resolution(images, resolution))
         order = np.random.default_rng(seed + 1).permutation(len(images))
         encoded = ((encode_image(edges[i]), "png", int(labels[i])) for i in order)
+        return write_shards(encoded, out, name, resolution=resolution, channels=1,
+                            labels=DIGITS, per_shard=per_shard, extra=lambda: {"builtin": name})
+    if name in ("mnist_outlines_half1", "mnist_half2"):
+        images, labels = load_mnist()
+        images = fit_resolution(images, resolution)
+        first, second = halves(labels)
+        if name == "mnist_outlines_half1":
+            images, keep = outlines(images), first
+        else:
+            keep = second
+        order = keep[np.random.default_rng(seed).permutation(len(keep))]
+        encoded = ((encode_image(images[i]), "png", int(labels[i])) for i in order)
         return write_shards(encoded, out, name, resolution=resolution, channels=1,
                             labels=DIGITS, per_shard=per_shard, extra=lambda: {"builtin": name})
     if name == "mnist_edges":

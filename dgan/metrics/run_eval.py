@@ -27,14 +27,16 @@ _MAIN = ("fd", "kid", "pr")
 _said: set[str] = set()  # skip lines already written by this process (once per run)
 
 
-def data_are_digits(cfg: DictConfig, source: Any) -> bool:
+def data_are_digits(cfg: DictConfig, source: Any, path: Optional[str] = None) -> bool:
     """Whether digit-classifier metrics mean something for this run's data:
     eval.digit_metrics true/false, or auto: the data are dgan's built-in digits
-    (data.path builtin:..., or shards whose index.json says they were made from them)."""
+    (data.path builtin:..., or shards whose index.json says they were made from them).
+    `path`: the path `source` was resolved from, when not data.path (e.g. data.path_b)."""
     mode = str(cfg.eval.digit_metrics).lower()
     if mode != "auto":
         return mode == "true"
-    return (str(cfg.data.path or "builtin:mnist").startswith("builtin:")
+    given = path if path is not None else cfg.data.path
+    return (str(given or "builtin:mnist").startswith("builtin:")
             or getattr(source, "builtin", None) is not None)
 
 

@@ -20,8 +20,11 @@ the global RNG, and the pools are this rank's state in checkpoints (`rank_state_
 a resumed run continues exactly. A step whose update is skipped (non-finite) leaves the
 pools as they were.
 The sample grid shows a | G_AB(a) | b | G_BA(b) strips of the first samples the run saw
-(saved with the task's state). Evaluation: cycle_l1, the mean |G_BA(G_AB(a)) - a| over
-data.path and |G_AB(G_BA(b)) - b| over data.path_b (dgan.metrics.translation).
+(saved with the task's state). Evaluation (dgan.metrics.translation): cycle_l1, the mean
+|G_BA(G_AB(a)) - a| over data.path and |G_AB(G_BA(b)) - b| over data.path_b; FD/KID of
+G_AB(a) against B's images and of G_BA(b) against A's (keys ..._ab, ..._ba); on digits
+digit_class_ab / _ba, the share of translations the digit classifier gives the source's
+label.
 """
 
 from __future__ import annotations
@@ -79,8 +82,8 @@ class CycleGAN(Task):
         "data.path_b", "model.g_width", "model.d_width", "model.d_layers", "model.g_blocks",
         "loss.cycle_weight", "loss.identity_weight", "loss.pool_size")
     ignored_keys: ClassVar[tuple[str, ...]] = ("model.z_dim", "loss.r1_gamma")
-    metrics: ClassVar[tuple[str, ...]] = ("cycle_l1",)
-    default_metrics: ClassVar[tuple[str, ...]] = ("cycle_l1",)
+    metrics: ClassVar[tuple[str, ...]] = ("cycle_l1", "digit_class", "fd", "kid")
+    default_metrics: ClassVar[tuple[str, ...]] = ("cycle_l1", "digit_class", "fd", "kid")
     takes_labels = False
     # D's phase takes the fakes of G's phase (one batch each): no micro-batches
     supports_grad_accum = False
@@ -228,4 +231,4 @@ class CycleGAN(Task):
         from dgan.metrics.translation import evaluate_cycle
 
         return evaluate_cycle(self.cfg, self.backend.nets["G"], source, self.second_source,
-                              self.backend.device)
+                              self.backend.device, metrics=self.eval_metrics())

@@ -47,8 +47,9 @@ class Pix2Pix(Task):
     own_keys: ClassVar[tuple[str, ...]] = ("model.g_width", "model.d_width", "model.d_layers",
                                            "loss.l1_weight", "task.direction")
     ignored_keys: ClassVar[tuple[str, ...]] = ("model.z_dim", "loss.r1_gamma")
-    metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim", "l1", "digit_class")
-    default_metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim", "l1", "digit_class")
+    metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim", "l1", "digit_class", "fd", "kid")
+    default_metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim", "l1", "digit_class", "fd",
+                                                  "kid")
     takes_labels = False
 
     def __init__(self, cfg: Any, c_dim: int = 0) -> None:
