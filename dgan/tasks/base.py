@@ -25,7 +25,8 @@ dgan/tasks/ (a `Task` subclass registered with `@register`) plus its config.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
@@ -199,3 +200,15 @@ class Task:
             problems.append(f"train.compile=true is not supported with task.name={cls.name}; "
                             "use train.compile=false")
         return problems
+
+
+@contextlib.contextmanager
+def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
+    """`net` in eval mode for the block (no dropout, running norm statistics), then back in
+    the mode it was in."""
+    was = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was)

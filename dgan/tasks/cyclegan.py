@@ -39,7 +39,7 @@ from torch import nn
 from dgan.engine import losses
 from dgan.engine.seeding import step_generator
 from dgan.tasks import register
-from dgan.tasks.base import Batch, Phase, Task
+from dgan.tasks.base import Batch, Phase, Task, eval_mode
 
 GRID_SAMPLES = 8  # samples in the sample grid (fewer when log.grid is smaller)
 POOL_PHASES = {"a": 23, "b": 24}  # dgan.engine.seeding phases of the pools' draws
@@ -216,15 +216,10 @@ class CycleGAN(Task):
     @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:
         """[n, C, H, 4W]: a | G_AB(a) | b | G_BA(b) of the grid's samples."""
-        g = self.backend.nets["G"]
-        was = g.training
-        g.eval()
-        try:
+        with eval_mode(self.backend.nets["G"]) as g:
             a = self.grid["a"].to(self.backend.device)
             b = self.grid["b"].to(self.backend.device)
             fake_b, fake_a = g.AB(a).float(), g.BA(b).float()
-        finally:
-            g.train(was)
         return torch.cat([a, fake_b, b, fake_a], dim=3)
 
     def evaluate(self, source: Any) -> dict[str, float]:

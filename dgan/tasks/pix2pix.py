@@ -31,7 +31,7 @@ from torch import nn
 from dgan.engine import losses
 from dgan.engine.seeding import sample_seed
 from dgan.tasks import register
-from dgan.tasks.base import Batch, Phase, Task
+from dgan.tasks.base import Batch, Phase, Task, eval_mode
 
 GRID_PAIRS = 8  # pairs in the sample grid (fewer when log.grid is smaller)
 # dgan.engine.seeding phase of G's dropout masks (per sample of the global batch); 17, the
@@ -137,14 +137,9 @@ class Pix2Pix(Task):
     @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:
         """[n, C, H, 3W]: input | G(input) | target of the grid's pairs."""
-        g = self.backend.nets["G"]
-        was = g.training
-        g.eval()
-        try:
+        with eval_mode(self.backend.nets["G"]) as g:
             x = self.grid["x"].to(self.backend.device)
             out = g(x).float()
-        finally:
-            g.train(was)
         return torch.cat([x, out, self.grid["y"].to(out.device)], dim=3)
 
     def evaluate(self, source: Any) -> dict[str, float]:
