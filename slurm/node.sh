@@ -23,12 +23,13 @@ forward() {
 launcher=$!
 trap 'forward USR2' USR2
 trap 'forward TERM' TERM
-rc=0
-# `wait` returns early when a trapped signal arrives; keep waiting for the launcher itself
+# `wait` returns early when a trapped signal arrives: keep waiting while the process
+# lives, then take its exit status (bash keeps it even when it exited before the loop)
 while kill -0 "$launcher" 2>/dev/null; do
     wait "$launcher"
-    rc=$?
 done
+wait "$launcher"
+rc=$?
 if [ -n "$signalled" ] && [ "$rc" -ne 0 ]; then
     rc=$REQUEUE_EXIT_CODE
 fi

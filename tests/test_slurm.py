@@ -36,8 +36,9 @@ while [ "${1#--}" != "$1" ]; do shift; done   # drop srun's own options
 task=$!
 trap 'kill -USR2 $task' USR2
 trap 'kill -TERM $task' TERM
-while kill -0 $task 2>/dev/null; do wait $task; rc=$?; done
-exit $rc
+while kill -0 $task 2>/dev/null; do wait $task; done
+wait $task
+exit $?
 """,
     "torchrun": """#!/bin/bash
 echo "$*" >> "$FAKE_DIR/torchrun.log"
@@ -136,3 +137,28 @@ def test_a_plain_launcher_exit_75_requeues(fake):
     (fake[0] / "bin" / "torchrun").write_text("#!/bin/bash\nexit 75\n")
     assert submit(fake, "slurm/train.sbatch", signal_after_start=False) == 0
     assert log(fake, "scontrol") == "requeue 4242\n"
+
+
+# Sourced by every non-interactive bash (BASH_ENV): in the scripts under slurm/, `trap`
+# returns only once the process started last ($!) is gone, so the launcher has always
+# exited before the script reaches its wait loop -- the race a loaded CI machine hit once.
+LAUNCHER_GONE_FIRST = """
+trap() {
+    builtin trap "$@"
+    case "${BASH_SOURCE[1]:-}" in
+        */slurm/*) while kill -0 "$!" 2>/dev/null; do :; done ;;
+    esac
+}
+"""
+
+
+@pytest.mark.parametrize("script", SCRIPTS[:2])
+@pytest.mark.parametrize("launcher_exit, job_exit, requeued", [(75, 0, True), (3, 3, False)])
+def test_a_launcher_that_exits_before_the_wait_loop_keeps_its_exit_status(
+        fake, script, launcher_exit, job_exit, requeued):
+    tmp, env = fake
+    (tmp / "bin" / "torchrun").write_text(f"#!/bin/bash\nexit {launcher_exit}\n")
+    (tmp / "bash_env").write_text(LAUNCHER_GONE_FIRST)
+    fake = (tmp, dict(env, BASH_ENV=str(tmp / "bash_env")))
+    assert submit(fake, script, signal_after_start=False) == job_exit
+    assert ("requeue 4242" in log(fake, "scontrol")) == requeued
