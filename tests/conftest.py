@@ -34,7 +34,19 @@ def _dgan_cache(tmp_path_factory):
     yield
 
 
+# The files that take longest (seconds on the 2-core CI machine, serial): collected first,
+# so that under xdist (`-n auto --dist loadfile`, the README's test command) they start at
+# once and the short files fill the other workers around them instead of one long file
+# starting last.
+SLOWEST_FILES = ("test_launch.py", "test_stylegan2_train.py", "test_demo_quality.py",
+                 "test_translation_distributed.py", "test_checkpoint_resume.py",
+                 "test_ops_triton.py", "test_ops_compile.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    # stable: each file's own tests keep their order
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
