@@ -221,9 +221,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dgan.sample import load_generator
 
     if _is_translation_run(args.run):
-        if args.best is not None:
-            raise UserError(f"--best {args.best}: not for a translation run yet (during "
-                            "training checkpoint.keep_best picks by its metrics)")
         return _eval_translation(args)
     if args.best is not None and args.best not in {k for ks in METRIC_KEYS.values() for k in ks}:
         raise UserError(f"--best {args.best}: unknown metric; expected one of "
@@ -266,7 +263,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n = args.n or cfg.eval.n
     if args.best is not None:
-        return _eval_best(args.run, args.best, cfg, source, device, metrics, n)
+        def evaluate_step(step: int) -> dict[str, float]:
+            g = load_generator(args.run, str(step))
+            return evaluate_generator(cfg, g.net.to(device), source, device, metrics, n)
+
+        return _eval_best(args.run, args.best, n, evaluate_step)
     assert loaded is not None
     g, step = loaded.net, loaded.step
     results = evaluate_generator(cfg, g.to(device), source, device, metrics, n)
@@ -298,17 +299,17 @@ def _write_eval(run: str, step: int, n: int, results: dict[str, float],
         json.dump({**kept, "step": step, "n": n, **results}, f, indent=1)
 
 
-def _eval_best(run: str, metric: str, cfg: Any, source: Any, device: Any,
-               metrics: list[str], n: int) -> int:
+def _eval_best(run: str, metric: str, n: int,
+               evaluate_step: Callable[[int], dict[str, float]]) -> int:
     """`dgan eval --run RUN --best METRIC`: METRIC of every valid checkpoint of RUN (values
-    stored in eval-<step>.json with the same n are reused), a table, and RUN/best.json."""
+    stored in eval-<step>.json with the same n are reused; `evaluate_step(step)` measures
+    the others, raising InvalidCheckpoint for one it cannot load), a table, and
+    RUN/best.json. For every task: generation and translation runs."""
     import math
 
     from dgan.checkpoint import InvalidCheckpoint, layout
     from dgan.checkpoint import best as best_json
     from dgan.config import metric_direction
-    from dgan.metrics.run_eval import evaluate_generator
-    from dgan.sample import load_generator
 
     direction = metric_direction(metric)
     rows: list[tuple[int, str, float, bool]] = []  # step, checkpoint, value, reused
@@ -324,11 +325,10 @@ def _eval_best(run: str, metric: str, cfg: Any, source: Any, device: Any,
             rows.append((step, path.name, float(value), True))
             continue
         try:
-            g = load_generator(run, str(step))
+            results = evaluate_step(step)
         except InvalidCheckpoint as e:
             sys.stderr.write(f"dgan: eval: skipping {path.name}: {e}\n")
             continue
-        results = evaluate_generator(cfg, g.net.to(device), source, device, metrics, n)
         if metric not in results:
             raise UserError(f"--best {metric}: the evaluation of {path.name} gave no {metric} "
                             f"(it gave {', '.join(sorted(results)) or 'nothing'})")
@@ -379,20 +379,38 @@ def _inception_weights(args: argparse.Namespace) -> None:
         os.environ["DGAN_INCEPTION_WEIGHTS"] = args.inception_weights
 
 
+def _translation_metrics(args: argparse.Namespace, configured: Any,
+                         allowed: tuple[str, ...], what: str) -> list[str]:
+    """The metrics a translation run's `dgan eval` computes: --metrics, else (with --best)
+    the one that gives --best, else the run's eval.metrics that `allowed` has, else all."""
+    from dgan.config import METRIC_KEYS, metric_keys
+
+    if args.metrics:
+        metrics = args.metrics.split(",")
+    elif args.best is not None:
+        metrics = [m for m in allowed if args.best in METRIC_KEYS.get(m, ())][:1] or list(allowed)
+    else:
+        metrics = [m for m in configured if m in allowed] or list(allowed)
+    if set(metrics) - set(allowed):
+        raise UserError(f"--metrics {args.metrics}: {what} computes {','.join(allowed)}, not "
+                        f"{','.join(sorted(set(metrics) - set(allowed)))}")
+    if args.best is not None and args.best not in metric_keys(metrics):
+        raise UserError(f"--best {args.best}: unknown metric for {what}; expected one of "
+                        f"{', '.join(metric_keys(metrics))}")
+    return metrics
+
+
 def _eval_translation(args: argparse.Namespace) -> int:
     """dgan eval of a translation run: PSNR, SSIM, L1, FD/KID of G's outputs against the
-    targets of data.path's pairs (or --data's: held-out pairs), digit_class on digits."""
-    import json
-
+    targets of data.path's pairs (or --data's: held-out pairs), digit_class on digits; with
+    --best, of every checkpoint."""
     import torch
 
     from dgan.checkpoint import InvalidCheckpoint
     from dgan.metrics.evaluate import format_table
     from dgan.metrics.translation import PAIRED_METRICS, evaluate_translation
-    from dgan.translate import TranslateError, load_translator
-
     from dgan.tasks import task_name
-    from dgan.translate import BOTH_WAYS
+    from dgan.translate import BOTH_WAYS, TranslateError, load_translator
 
     try:
         t = load_translator(args.run)
@@ -400,47 +418,52 @@ def _eval_translation(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     cfg = t.config
     if task_name(cfg) in BOTH_WAYS:
-        return _eval_cycle(args, t.step)
+        return _eval_cycle(args)
     if args.data:
         cfg.data.path = args.data
     if args.digit_metrics:
         cfg.eval.digit_metrics = args.digit_metrics
     stored = None if args.data or args.trust_pipe else os.path.join(args.run, "config.yaml")
-    allowed = PAIRED_METRICS
-    metrics = args.metrics.split(",") if args.metrics else [
-        m for m in cfg.eval.metrics if m in allowed] or list(allowed)
-    if set(metrics) - set(allowed):
-        raise UserError(f"--metrics {args.metrics}: a translation run computes "
-                        f"{','.join(allowed)}, not {','.join(sorted(set(metrics) - set(allowed)))}")
+    metrics = _translation_metrics(args, cfg.eval.metrics, PAIRED_METRICS, "a translation run")
     _inception_weights(args)
     source = _resolve_data(cfg, stored)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     src, tgt = ("a", "b") if t.direction == "AtoB" else ("b", "a")
-    try:
-        results = evaluate_translation(cfg, t.net.to(device), source, device, src, tgt, metrics,
-                                       args.n or cfg.eval.n)
-    except ValueError as e:
-        raise UserError(f"data.path {cfg.data.path}: {e}") from None
+    n = args.n or cfg.eval.n
+
+    def evaluate(net: Any) -> dict[str, float]:
+        try:
+            return evaluate_translation(cfg, net.to(device), source, device, src, tgt,
+                                        metrics, n)
+        except ValueError as e:
+            raise UserError(f"data.path {cfg.data.path}: {e}") from None
+
+    if args.best is not None:
+        def evaluate_step(step: int) -> dict[str, float]:
+            try:
+                return evaluate(load_translator(args.run, step, t.direction).net)
+            except TranslateError as e:
+                raise InvalidCheckpoint(str(e)) from None
+
+        return _eval_best(args.run, args.best, n, evaluate_step)
+    results = evaluate(t.net)
     print(f"run {args.run}, step {t.step}, {int(results['pairs'])} pairs of "
           f"{cfg.data.path} ({t.direction})")
     print(format_table({k: v for k, v in results.items() if k != "pairs"}))
-    out = os.path.join(args.run, f"eval-{t.step:08d}.json")
-    with open(out, "w") as f:
-        json.dump({"step": t.step, **results}, f, indent=1)
+    _write_eval(args.run, t.step, n, results, {})
     return 0
 
 
-def _eval_cycle(args: argparse.Namespace, step: int) -> int:
+def _eval_cycle(args: argparse.Namespace) -> int:
     """dgan eval of an unpaired translation run (CycleGAN): cycle_l1, FD/KID of each way's
     translations against the other domain, digit_class on digits, over data.path (domain A;
-    --data: other A images) and data.path_b (domain B)."""
-    import json
-
+    --data: other A images) and data.path_b (domain B); with --best, of every checkpoint."""
     import torch
 
+    from dgan.checkpoint import InvalidCheckpoint
     from dgan.metrics.evaluate import format_table
     from dgan.metrics.translation import CYCLE_METRICS, evaluate_cycle
-    from dgan.translate import load_translation_networks
+    from dgan.translate import TranslateError, load_translation_networks
 
     net, cfg, step, _ = load_translation_networks(args.run)
     config_file = os.path.join(args.run, "config.yaml")
@@ -448,29 +471,35 @@ def _eval_cycle(args: argparse.Namespace, step: int) -> int:
         cfg.data.path = args.data
     if args.digit_metrics:
         cfg.eval.digit_metrics = args.digit_metrics
-    metrics = args.metrics.split(",") if args.metrics else [
-        m for m in cfg.eval.metrics if m in CYCLE_METRICS] or list(CYCLE_METRICS)
-    if set(metrics) - set(CYCLE_METRICS):
-        raise UserError(f"--metrics {args.metrics}: an unpaired translation run computes "
-                        f"{','.join(CYCLE_METRICS)}, not "
-                        f"{','.join(sorted(set(metrics) - set(CYCLE_METRICS)))}")
+    metrics = _translation_metrics(args, cfg.eval.metrics, CYCLE_METRICS,
+                                   "an unpaired translation run")
     _inception_weights(args)
     stored = None if args.data or args.trust_pipe else config_file
     source = _resolve_data(cfg, stored)
     source_b = _resolve_data(cfg, None if args.trust_pipe else config_file, key="path_b")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        results = evaluate_cycle(cfg, net.to(device), source, source_b, device,
-                                 args.n or cfg.eval.n, metrics)
-    except ValueError as e:
-        raise UserError(f"data.path {cfg.data.path}, data.path_b {cfg.data.path_b}: {e}"
-                        ) from None
+    n = args.n or cfg.eval.n
+
+    def evaluate(nets: Any) -> dict[str, float]:
+        try:
+            return evaluate_cycle(cfg, nets.to(device), source, source_b, device, n, metrics)
+        except ValueError as e:
+            raise UserError(f"data.path {cfg.data.path}, data.path_b {cfg.data.path_b}: {e}"
+                            ) from None
+
+    if args.best is not None:
+        def evaluate_step(at: int) -> dict[str, float]:
+            try:
+                return evaluate(load_translation_networks(args.run, at)[0])
+            except TranslateError as e:
+                raise InvalidCheckpoint(str(e)) from None
+
+        return _eval_best(args.run, args.best, n, evaluate_step)
+    results = evaluate(net)
     print(f"run {args.run}, step {step}, {int(results['images'])} images of each domain "
           f"({cfg.data.path}, {cfg.data.path_b})")
     print(format_table({k: v for k, v in results.items() if k != "images"}))
-    out = os.path.join(args.run, f"eval-{step:08d}.json")
-    with open(out, "w") as f:
-        json.dump({"step": step, **results}, f, indent=1)
+    _write_eval(args.run, step, n, results, {})
     return 0
 
 
@@ -755,7 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run a pipe: data.path read from the run's config.yaml (refused "
                     "without it; see docs/data.md)")
     ev.add_argument("--best", metavar="METRIC",
-                    help="evaluate METRIC (a result key, e.g. fd_digits, fid, coverage_min) on "
+                    help="evaluate METRIC (a result key, e.g. fd_digits, fid, coverage_min; psnr, "
+                    "digit_class_ab for translation runs) on "
                     "every valid checkpoint of the run, reusing values stored in "
                     "eval-<step>.json with the same --n; print step/value, mark the best and "
                     "write RUN/best.json (for --ckpt best); see docs/checkpointing.md")
