@@ -8,7 +8,13 @@ domains, made from disjoint halves of the 5,000 digits (`halves`: 250 of each cl
 half): MNIST outlines half 1 (the outlines of half 1's digits) and MNIST half 2 (half 2's
 digits), so no digit appears in both domains, as itself or as its outline. The mode-count
 metric that reads Stacked MNIST samples is dgan.metrics.stacked; data never imports
-metrics."""
+metrics.
+
+For enhancement (super-resolution), `photos` and `photos_heldout`: square RGB tiles of the
+real photographs that scikit-image ships inside its wheel (no download; `pip install
+'dgan[photos]'`), cut at full resolution. `photos` tiles 12 of them (grey ones as RGB) with
+half-tile overlap; `photos_heldout` tiles two others (the cat "chelsea" and "rocket") that
+`photos` never contains, without overlap, for evaluation."""
 
 from __future__ import annotations
 
@@ -24,7 +30,16 @@ from dgan.cache import cache_root
 from dgan.data.shards import INDEX, encode_image, write_shards
 
 BUILTIN = ("mnist", "stacked_mnist", "mnist_edges", "mnist_outlines", "mnist_outlines_half1",
-           "mnist_half2")
+           "mnist_half2", "photos", "photos_heldout")
+# scikit-image's bundled photographs (skimage/data; the names of its own loaders): training
+# photos, then the held-out ones. Left out: its synthetic images, text/page scans, the
+# logo, and motorcycle_right (the stereo twin of motorcycle_left).
+TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "motorcycle_left.png", "hubble_deep_field.jpg",
+                "ihc.png", "retina.jpg", "camera.png", "brick.png", "grass.png", "gravel.png",
+                "moon.png", "coins.png")
+HELDOUT_PHOTOS = ("chelsea.png", "rocket.jpg")
+PHOTOS_INSTALL = "pip install 'dgan[photos]' (scikit-image, whose wheel holds the photos)"
+FLAT_TILE_STD = 4.0  # a tile whose pixels vary less than this (of 255) is background: left out
 PAIRED = ("a", "b")  # the image keys of paired samples
 DIGITS = [str(d) for d in range(10)]
 STACKED_SAMPLES = 60_000  # ~60 per mode of the 1,000: every mode is present
@@ -100,6 +115,42 @@ def outlines(images: np.ndarray) -> np.ndarray:
     return ((dilated & ~on[:, 1:-1, 1:-1]) * 255).astype(np.uint8)
 
 
+def photo_file(name: str) -> Path:
+    """The path of scikit-image's bundled photo `name` (e.g. "astronaut.png")."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"builtin:photos needs scikit-image: {PHOTOS_INSTALL}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / name
+    if not path.is_file():
+        raise ValueError(f"{path}: missing from the installed scikit-image; expected its "
+                         f"bundled photo {name} ({PHOTOS_INSTALL})")
+    return path
+
+
+def photo_tiles(names: tuple[str, ...], size: int, overlap: bool) -> np.ndarray:
+    """(N, size, size, 3) uint8 tiles of the photos `names` at full resolution, in order:
+    row-major per photo, a stride of size / 2 with `overlap` else size; flat tiles
+    (background: std below FLAT_TILE_STD) left out."""
+    from PIL import Image
+
+    stride = max(1, size // 2) if overlap else size
+    tiles = []
+    for name in names:
+        with Image.open(photo_file(name)) as img:
+            pixels = np.asarray(img.convert("RGB"))
+        h, w = pixels.shape[:2]
+        for y in range(0, h - size + 1, stride):
+            for x in range(0, w - size + 1, stride):
+                tile = pixels[y:y + size, x:x + size]
+                if tile.std() >= FLAT_TILE_STD:
+                    tiles.append(tile)
+    if not tiles:
+        raise ValueError(f"builtin:photos at resolution {size}: no tile fits the photos")
+    return np.stack(tiles)
+
+
 def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
                  per_shard: int = 1000, seed: int = 0, samples: int | None = None) -> dict:
     """Write a built-in dataset as shards into `out`. Samples are shuffled (fixed seed).
@@ -142,6 +193,14 @@ def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
         return write_shards(paired, out, name, resolution=resolution, channels=1,
                             labels=DIGITS, per_shard=per_shard,
                             extra=lambda: {"builtin": name, "images": list(PAIRED)})
+    if name in ("photos", "photos_heldout"):
+        tiles = photo_tiles(TRAIN_PHOTOS if name == "photos" else HELDOUT_PHOTOS, resolution,
+                            overlap=name == "photos")
+        order = np.random.default_rng(seed).permutation(len(tiles)) if name == "photos" else (
+            np.arange(len(tiles)))
+        encoded = ((encode_image(tiles[i]), "png", None) for i in order)
+        return write_shards(encoded, out, name, resolution=resolution, channels=3,
+                            per_shard=per_shard, extra=lambda: {"builtin": name})
     if name == "stacked_mnist":
         # Three digits as the R, G and B channels: 1,000 modes (label 100 r + 10 g + b).
         images, labels = stacked_mnist(samples or STACKED_SAMPLES, seed, resolution=resolution)
