@@ -649,9 +649,10 @@ def cmd_ckpt_export(args: argparse.Namespace) -> int:
         weights = write_export(state, chosen, out, args.format)
     except ExportError as e:
         raise UserError(f"{chosen}: {e}") from None
-    written = [weights, out / "config.yaml"] + (
+    written = [*weights, out / "config.yaml"] + (
         [out / EXPORT_CLASSES] if (out / EXPORT_CLASSES).is_file() else [])
-    print(f"dgan: wrote {weights.name.split('.')[0]} of {chosen.name} (step {state['step']}) "
+    nets = " and ".join(w.name.split(".")[0] for w in weights)
+    print(f"dgan: wrote {nets} of {chosen.name} (step {state['step']}) "
           f"to {', '.join(map(str, written[:-1]))} and {written[-1]}")
     return 0
 

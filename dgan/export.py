@@ -10,6 +10,11 @@ unconditional) beside the weights in one of three formats:
 - onnx: `G_ema.onnx` (torch.onnx's exporter, which goes through `torch.export`); needs the
   `onnx` extra (`pip install 'dgan[onnx]'`).
 
+A translation run exports its G instead (no EMA): `G.safetensors` (CycleGAN: both
+directions in one file), or one graph per direction (`G` / `G_AB`, `G_BA` .torchscript.pt
+or .onnx) taking `image` [N, C, H, W] in [-1, 1], H and W multiples of metadata
+`dgan.multiple`.
+
 The graph formats take the inputs `z` [N, z_dim], `c` [N, c_dim] (one-hot, class-
 conditional G only) and, for StyleGAN2, `truncation_psi` (a 0-d float tensor; 1 is none) and
 return images [N, C, H, W] in [-1, 1]; N is free. StyleGAN2's noise inputs are in "const"
@@ -92,9 +97,10 @@ class InferenceGraph(nn.Module):
 
 
 def write_export(state: dict[str, Any], source: Path, out: Path,
-                 fmt: str = DEFAULT_FORMAT) -> Path:
+                 fmt: str = DEFAULT_FORMAT) -> list[Path]:
     """Write G_ema of checkpoint state `state` (read from `source`) into folder `out` in
-    format `fmt`, with config.yaml and classes.json; returns the weights file.
+    format `fmt`, with config.yaml and classes.json; returns the weights files (one; a
+    translation run's graphs: one per direction, see `_write_translator`).
 
     Files are written with ordinary writes, so they get the umask's permissions. Raises
     ExportError when the graph cannot be taken (naming the ops) or `fmt` needs a package
@@ -124,24 +130,80 @@ def write_export(state: dict[str, Any], source: Path, out: Path,
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
     names = state.get("class_names") or [str(i) for i in range(c_dim)]
     (out / EXPORT_CLASSES).write_text(json.dumps(names) + "\n")
-    return weights
+    return [weights]
 
 
-def _write_translator(state: dict[str, Any], source: Path, out: Path, fmt: str) -> Path:
-    """A translation run's G as G.safetensors with config.yaml (what dgan translate reads;
-    a CycleGAN's holds G_AB and G_BA, keys AB.* and BA.*)."""
-    if fmt != "safetensors":
-        raise ExportError(f"--format {fmt}: a translation run exports safetensors only "
-                          "(G.safetensors, read by dgan translate / dgan.load_translator)")
-    from safetensors.torch import save
-
+def _write_translator(state: dict[str, Any], source: Path, out: Path,
+                      fmt: str) -> list[Path]:
+    """A translation run's G with config.yaml. safetensors: G.safetensors (what dgan
+    translate reads; a CycleGAN's holds G_AB and G_BA, keys AB.* and BA.*). torchscript and
+    onnx: one graph per direction (`G` for pix2pix, `G_AB` and `G_BA` for CycleGAN), image
+    [N, C, H, W] in [-1, 1] -> image, N free and H, W any multiples of the network's
+    `multiple` (metadata `dgan.multiple`; dgan translate pads other sizes by reflection).
+    Returns the weights files written."""
     meta = {"step": str(state["step"]), "images_seen": str(state["images_seen"]),
             "source": str(source)}
     out.mkdir(parents=True, exist_ok=True)
-    weights = out / TRANSLATOR_WEIGHTS
-    weights.write_bytes(save({k: v.contiguous() for k, v in state["G"].items()}, metadata=meta))
+    if fmt == "safetensors":
+        from safetensors.torch import save
+
+        files = [out / TRANSLATOR_WEIGHTS]
+        files[0].write_bytes(save({k: v.contiguous() for k, v in state["G"].items()},
+                                  metadata=meta))
+    else:
+        from dgan.config import config_from_yaml_text
+        from dgan.tasks import build_task, task_name
+        from dgan.translate import BOTH_WAYS
+
+        cfg = config_from_yaml_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
+        net = build_task(cfg).build_networks()["G"]
+        net.load_state_dict(state["G"])
+        net.eval().requires_grad_(False)
+        parts = ({"G_AB": net.AB, "G_BA": net.BA} if task_name(cfg) in BOTH_WAYS
+                 else {"G": net})
+        files = []
+        for name, part in parts.items():
+            multiple = int(part.multiple)
+            # at least two multiples: torch.export fixes a dimension traced at size 1
+            side = max(2, -(-int(cfg.data.resolution) // multiple)) * multiple
+            graph = ImageGraph(part, int(cfg.data.channels), side, multiple)
+            data = _graph_bytes_of(graph, fmt, {**meta, "multiple": str(multiple)})
+            files.append(out / f"{name}.{GRAPH_SUFFIX[fmt]}")
+            files[-1].write_bytes(data)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
-    return weights
+    return files
+
+
+GRAPH_SUFFIX = {"torchscript": "torchscript.pt", "onnx": "onnx"}
+
+
+class ImageGraph(nn.Module):
+    """An image-to-image network as the graph formats take it: forward(image) -> image,
+    [N, C, H, W], H and W multiples of `multiple`; example inputs at `side` x `side`."""
+
+    def __init__(self, net: nn.Module, channels: int, side: int, multiple: int) -> None:
+        super().__init__()
+        self.net, self.channels, self.side, self.multiple = net, channels, side, multiple
+
+    def input_names(self) -> list[str]:
+        return ["image"]
+
+    def example_inputs(self, n: int) -> tuple[torch.Tensor, ...]:
+        """n images; n = 3 also changes the height and width (the check of a trace)."""
+        gen = torch.Generator().manual_seed(n)
+        h = self.side + (self.multiple if n == 3 else 0)
+        return (torch.rand(n, self.channels, h, self.side, generator=gen) * 2 - 1,)
+
+    def dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
+        batch = torch.export.Dim("batch", min=1)
+        if self.multiple == 1:
+            return ({0: batch, 2: torch.export.Dim("height", min=1),
+                     3: torch.export.Dim("width", min=1)},)
+        return ({0: batch, 2: self.multiple * torch.export.Dim("height_blocks", min=1),
+                 3: self.multiple * torch.export.Dim("width_blocks", min=1)},)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
 
 
 def _generator(state: dict[str, Any]) -> nn.Module:
@@ -168,7 +230,11 @@ def _reference_ops() -> Iterator[None]:
 
 
 def _graph_bytes(net: nn.Module, fmt: str, meta: dict[str, str]) -> bytes:
-    graph = InferenceGraph(net).eval()
+    return _graph_bytes_of(InferenceGraph(net).eval(), fmt, meta)
+
+
+def _graph_bytes_of(graph: nn.Module, fmt: str, meta: dict[str, str]) -> bytes:
+    """`graph` (InferenceGraph or ImageGraph) in format `fmt`, traced at 2 examples."""
     example = graph.example_inputs(2)
     try:
         with _reference_ops(), torch.no_grad(), warnings.catch_warnings():
@@ -184,10 +250,11 @@ def _graph_bytes(net: nn.Module, fmt: str, meta: dict[str, str]) -> bytes:
         raise ExportError(_explain(e, fmt)) from None
 
 
-def _torchscript(graph: InferenceGraph, example: tuple[torch.Tensor, ...],
+def _torchscript(graph: Any, example: tuple[torch.Tensor, ...],
                  meta: dict[str, str]) -> bytes:
     traced = torch.jit.trace(graph, example, check_trace=False)
-    other = graph.example_inputs(3)  # a trace may have fixed the batch size: check another
+    # a trace may have fixed the batch size (and an image's size): check other sizes
+    other = graph.example_inputs(3)
     err = (traced(*other) - graph(*other)).abs().max().item()
     if not err <= 1e-4:
         raise ExportError(f"the traced generator differs from G by {err:.3g} at batch size 3 "
@@ -199,7 +266,7 @@ def _torchscript(graph: InferenceGraph, example: tuple[torch.Tensor, ...],
     return buf.getvalue()
 
 
-def _onnx(graph: InferenceGraph, example: tuple[torch.Tensor, ...],
+def _onnx(graph: Any, example: tuple[torch.Tensor, ...],
           meta: dict[str, str]) -> bytes:
     try:
         import onnx  # noqa: F401 - torch.onnx needs it (and onnxscript)
@@ -209,8 +276,11 @@ def _onnx(graph: InferenceGraph, example: tuple[torch.Tensor, ...],
                           f"({e})") from None
     import logging
 
-    batch = torch.export.Dim("batch", min=1)
-    dims = ({0: batch},) + ({0: batch},) * graph.conditional + (None,) * graph.stylegan
+    if isinstance(graph, ImageGraph):  # forward(image): the spec of its one argument
+        dims = graph.dynamic_shapes()[0]
+    else:  # forward(*inputs): one spec per input
+        batch = torch.export.Dim("batch", min=1)
+        dims = ({0: batch},) + ({0: batch},) * graph.conditional + (None,) * graph.stylegan
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # per-op registration notes (torchvision ops) on stderr
