@@ -177,7 +177,7 @@ def test_the_cyclegan_demo_domains_are_disjoint_halves(tmp_path):
     assert len(first) == len(second) == 2500 and not set(first) & set(second)
     assert all((labels[h] == d).sum() == 250 for h in (first, second) for d in range(10))
     cfg = load_config(CYC)
-    assert (cfg.data.path, cfg.data.path_b) == ("builtin:mnist_outlines_half1",
+    assert (cfg.data.path, cfg.data.path_b) == ("builtin:mnist_bold_half1",
                                                 "builtin:mnist_half2")
     x = fit_resolution(images, 32)
     # bold: a 3x3 grey-level dilation (one pixel grows to a 3x3 block, never darker)
