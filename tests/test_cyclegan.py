@@ -1,4 +1,4 @@
-"""CycleGAN (task.name=cyclegan) on built-in outlines (domain A) and digits (domain B):
+"""CycleGAN (task.name=cyclegan) on built-in bold digits (domain A) and digits (domain B):
 configuration, the second shard set, training, exact resume with both stream positions,
 the image pools and the LR decay, the sample grid, `dgan translate --direction`, exports
 and `dgan eval` (cycle_l1)."""
@@ -14,7 +14,7 @@ from PIL import Image
 
 from dgan.cli import _resolve_data, _resolve_second, main
 from dgan.config import ConfigError, load_config
-from dgan.data.builtin import fit_resolution, halves, load_mnist, outlines
+from dgan.data.builtin import bold, fit_resolution, halves, load_mnist
 from dgan.engine.seeding import step_generator
 from dgan.engine.trainer import Trainer
 from dgan.tasks.cyclegan import pool_query
@@ -49,7 +49,7 @@ def run(tmp_path_factory):
 def test_configs_and_keys_of_other_tasks():
     cfg = load_config(CONFIG)
     assert cfg.task.name == "cyclegan" and cfg.data.path_b == "builtin:mnist_half2"
-    assert cfg.data.path == "builtin:mnist_outlines_half1"
+    assert cfg.data.path == "builtin:mnist_bold_half1"
     assert (cfg.loss.cycle_weight, cfg.loss.identity_weight) == (10, 1.0)
     big = load_config("configs/cyclegan_256.yaml")
     assert (big.model.g_blocks, big.loss.pool_size, big.train.batch_size) == (9, 50, 1)
@@ -159,9 +159,9 @@ def test_the_two_domains_stream_apart(run):
     assert trainer.stream_b is not None and trainer.stream_b.kw["seed"] == cfg.run.seed + 1
     images, labels = load_mnist()
     digits = fit_resolution(images, 32)
-    first, second = halves(labels)  # A: outlines of half 1's digits, B: half 2's digits
-    hollow = outlines(digits)
-    known = {"a": {hollow[i].tobytes() for i in first},
+    first, second = halves(labels)  # A: bold versions of half 1's digits, B: half 2's digits
+    thick = bold(digits)
+    known = {"a": {thick[i].tobytes() for i in first},
              "b": {digits[i].tobytes() for i in second}}
     for _ in range(2):
         batch = trainer.next_batch()
@@ -169,7 +169,7 @@ def test_the_two_domains_stream_apart(run):
             x = batch[name]
             assert x.shape == (2, 1, 32, 32)
             raw = ((x[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
-            assert all(r.tobytes() in known[key] for r in raw), key  # A outlines, B digits
+            assert all(r.tobytes() in known[key] for r in raw), key  # A bold, B digits
 
 
 def test_training_steps_are_finite_and_the_grid_shows_both_ways(run):

@@ -12,7 +12,15 @@ from torch import nn
 
 from dgan.cli import _resolve_data, _resolve_second
 from dgan.config import ConfigError, load_config, metric_direction
-from dgan.data.builtin import DIGITS, fit_resolution, halves, load_mnist, make_builtin, outlines
+from dgan.data.builtin import (
+    DIGITS,
+    bold,
+    fit_resolution,
+    halves,
+    load_mnist,
+    make_builtin,
+    outlines,
+)
 from dgan.data.shards import encode_image, write_shards
 from dgan.metrics.core import frechet_distance
 from dgan.metrics.digits import DigitClassifier, DigitFeatures
@@ -169,11 +177,17 @@ def test_the_cyclegan_demo_domains_are_disjoint_halves(tmp_path):
     assert len(first) == len(second) == 2500 and not set(first) & set(second)
     assert all((labels[h] == d).sum() == 250 for h in (first, second) for d in range(10))
     cfg = load_config(CYC)
-    assert (cfg.data.path, cfg.data.path_b) == ("builtin:mnist_outlines_half1",
+    assert (cfg.data.path, cfg.data.path_b) == ("builtin:mnist_bold_half1",
                                                 "builtin:mnist_half2")
     x = fit_resolution(images, 32)
-    hollow = outlines(x)
-    want = {"mnist_outlines_half1": {hollow[i].tobytes() for i in first},
+    # bold: a 3x3 grey-level dilation (one pixel grows to a 3x3 block, never darker)
+    dot = np.zeros((1, 5, 5), np.uint8)
+    dot[0, 2, 2] = 200
+    assert (bold(dot)[0] == np.pad(np.full((3, 3), 200, np.uint8), 1)).all()
+    thick, hollow = bold(x), outlines(x)
+    assert (thick >= x).all() and (thick >= 128).sum() > 1.5 * (x >= 128).sum()
+    want = {"mnist_bold_half1": {thick[i].tobytes() for i in first},
+            "mnist_outlines_half1": {hollow[i].tobytes() for i in first},
             "mnist_half2": {x[i].tobytes() for i in second}}
     import webdataset as wds
     from PIL import Image

@@ -5,10 +5,11 @@ outlines (the same outlines as single images, for the unpaired CycleGAN demo: sh
 another seed than builtin:mnist, so the two streams never pair a digit with its own
 outline by construction; both use all 5,000 digits), and the unpaired CycleGAN demo's two
 domains, made from disjoint halves of the 5,000 digits (`halves`: 250 of each class per
-half): MNIST outlines half 1 (the outlines of half 1's digits) and MNIST half 2 (half 2's
-digits), so no digit appears in both domains, as itself or as its outline. The mode-count
-metric that reads Stacked MNIST samples is dgan.metrics.stacked; data never imports
-metrics.
+half): MNIST bold half 1 (half 1's digits made bold, `bold`: the demo's domain A), MNIST
+outlines half 1 (the outlines of half 1's digits; the earlier, harder domain A) and MNIST
+half 2 (half 2's digits, domain B), so no digit appears in both domains, as itself or in
+another style. The mode-count metric that reads Stacked MNIST samples is
+dgan.metrics.stacked; data never imports metrics.
 
 For enhancement (super-resolution), `photos` and `photos_heldout`: square RGB tiles of the
 real photographs that scikit-image ships inside its wheel (no download; `pip install
@@ -30,7 +31,7 @@ from dgan.cache import cache_root
 from dgan.data.shards import INDEX, encode_image, write_shards
 
 BUILTIN = ("mnist", "stacked_mnist", "mnist_edges", "mnist_outlines", "mnist_outlines_half1",
-           "mnist_half2", "photos", "photos_heldout")
+           "mnist_bold_half1", "mnist_half2", "photos", "photos_heldout")
 # scikit-image's bundled photographs (skimage/data; the names of its own loaders): training
 # photos, then the held-out ones. Left out: its synthetic images, text/page scans, the
 # logo, and motorcycle_right (the stereo twin of motorcycle_left).
@@ -115,6 +116,16 @@ def outlines(images: np.ndarray) -> np.ndarray:
     return ((dilated & ~on[:, 1:-1, 1:-1]) * 255).astype(np.uint8)
 
 
+def bold(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) uint8 digits -> bold digits (N, H, W) uint8: a 3x3 grey-level dilation (each
+    pixel the maximum of its 3x3 neighbourhood), so every stroke is about 2 pixels thicker
+    and keeps its anti-aliased edge."""
+    h, w = images.shape[1:]
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)))
+    return np.maximum.reduce([padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+                              for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+
+
 def photo_file(name: str) -> Path:
     """The path of scikit-image's bundled photo `name` (e.g. "astronaut.png")."""
     import importlib.util
@@ -171,12 +182,14 @@ def make_builtin(name: str, out: str | os.PathLike, *, resolution: int = 28,
         encoded = ((encode_image(edges[i]), "png", int(labels[i])) for i in order)
         return write_shards(encoded, out, name, resolution=resolution, channels=1,
                             labels=DIGITS, per_shard=per_shard, extra=lambda: {"builtin": name})
-    if name in ("mnist_outlines_half1", "mnist_half2"):
+    if name in ("mnist_outlines_half1", "mnist_bold_half1", "mnist_half2"):
         images, labels = load_mnist()
         images = fit_resolution(images, resolution)
         first, second = halves(labels)
         if name == "mnist_outlines_half1":
             images, keep = outlines(images), first
+        elif name == "mnist_bold_half1":
+            images, keep = bold(images), first
         else:
             keep = second
         order = keep[np.random.default_rng(seed).permutation(len(keep))]
