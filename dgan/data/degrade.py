@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from dgan.data.jpeg import jpeg
 
@@ -93,40 +94,44 @@ class DegradeConfig:
     def validate(self, prefix: str = "") -> None:
         """Raise ValueError naming the first bad field (`prefix` + its name)."""
         for f in fields(self):
-            v, name = getattr(self, f.name), prefix + f.name
-            if f.name.endswith(("_prob", "_prob2")) or f.name == "second_order":
-                if not 0.0 <= v <= 1.0:
-                    raise ValueError(f"{name}={v}: expected a probability in [0, 1]")
+            v = getattr(self, f.name)
+            is_prob = f.name.endswith(("_prob", "_prob2")) or f.name == "second_order"
+            if is_prob and not 0.0 <= v <= 1.0:
+                raise ValueError(f"{prefix}{f.name}={v}: expected a probability in [0, 1]")
         for s in ("", "2"):
-            get = lambda key: getattr(self, key + s)  # noqa: E731
-            for lo, hi in (("blur_kernel_min", "blur_kernel_max"),
-                           ("blur_sigma_min", "blur_sigma_max"),
-                           ("noise_sigma_min", "noise_sigma_max"),
-                           ("poisson_scale_min", "poisson_scale_max"),
-                           ("jpeg_quality_min", "jpeg_quality_max")):
-                if not 0 <= get(lo) <= get(hi):
-                    raise ValueError(f"{prefix}{lo}{s}={get(lo)}, {prefix}{hi}{s}={get(hi)}: "
-                                     "expected 0 <= min <= max")
-            for key in ("blur_kernel_min", "blur_kernel_max"):
-                if get(key) % 2 != 1:
-                    raise ValueError(f"{prefix}{key}{s}={get(key)}: expected an odd size")
-            if get("blur_sigma_min") <= 0:
-                raise ValueError(f"{prefix}blur_sigma_min{s}={get('blur_sigma_min')}: "
-                                 "expected > 0")
-            if not 0 < get("resize_min") <= 1 <= get("resize_max"):
-                raise ValueError(f"{prefix}resize_min{s}={get('resize_min')}, {prefix}"
-                                 f"resize_max{s}={get('resize_max')}: expected 0 < min <= 1 "
-                                 "<= max")
-            if get("resize_up_prob") + get("resize_down_prob") > 1:
-                raise ValueError(f"{prefix}resize_up_prob{s} + {prefix}resize_down_prob{s} "
-                                 "> 1")
-            if not 1 <= get("jpeg_quality_min") <= get("jpeg_quality_max") <= 100:
-                raise ValueError(f"{prefix}jpeg_quality_min{s}/max{s}: expected qualities "
-                                 "in 1..100, min <= max")
+            self._validate_order(s, prefix)
         bad = [m for m in self.resize_modes if m not in RESIZE_MODES]
         if bad or not self.resize_modes:
             raise ValueError(f"{prefix}resize_modes={list(self.resize_modes)}: expected a "
                              f"non-empty list of {', '.join(RESIZE_MODES)}")
+
+    def _validate_order(self, s: str, prefix: str) -> None:
+        """The ranges of one order ("" or "2")."""
+        def get(key):
+            return getattr(self, key + s)
+
+        def name(key):
+            return f"{prefix}{key}{s}={get(key)}"
+        for lo, hi in (("blur_kernel_min", "blur_kernel_max"),
+                       ("blur_sigma_min", "blur_sigma_max"),
+                       ("noise_sigma_min", "noise_sigma_max"),
+                       ("poisson_scale_min", "poisson_scale_max")):
+            if not 0 <= get(lo) <= get(hi):
+                raise ValueError(f"{name(lo)}, {name(hi)}: expected 0 <= min <= max")
+        for key in ("blur_kernel_min", "blur_kernel_max"):
+            if get(key) % 2 != 1:
+                raise ValueError(f"{name(key)}: expected an odd kernel size")
+        if get("blur_sigma_min") <= 0:
+            raise ValueError(f"{name('blur_sigma_min')}: expected > 0")
+        if not 0 < get("resize_min") <= 1 <= get("resize_max"):
+            raise ValueError(f"{name('resize_min')}, {name('resize_max')}: expected "
+                             "0 < min <= 1 <= max")
+        if get("resize_up_prob") + get("resize_down_prob") > 1:
+            raise ValueError(f"{name('resize_up_prob')}, {name('resize_down_prob')}: "
+                             "expected a sum <= 1 (the rest keeps the size)")
+        if not 1 <= get("jpeg_quality_min") <= get("jpeg_quality_max") <= 100:
+            raise ValueError(f"{name('jpeg_quality_min')}, {name('jpeg_quality_max')}: "
+                             "expected 1 <= min <= max <= 100")
 
 
 @dataclass
@@ -382,8 +387,11 @@ def degrade(hr: torch.Tensor, scale: int, cfg: DegradeConfig,
             generator: torch.Generator) -> torch.Tensor:
     """Degrade HR images [N, C, H, W] (C 1 or 3, float in [0, 1], H and W multiples of
     `scale`) into LR inputs [N, C, H/scale, W/scale] on 8-bit levels in [0, 1], on
-    hr.device, every sample with its own parameters drawn from the CPU `generator`."""
+    hr.device, every sample with its own parameters drawn from the CPU `generator`. `cfg`
+    is a DegradeConfig or an OmegaConf node of one (e.g. the config's sr.degrade)."""
     _check(hr, scale)
+    if not isinstance(cfg, DegradeConfig):
+        cfg = DegradeConfig(**OmegaConf.to_container(cfg, resolve=True))
     cfg.validate()
     return apply_params(hr, scale, cfg, draw_params(hr.shape[0], cfg, generator))
 
