@@ -1,4 +1,4 @@
-"""The `dgan` command line: train, sample, data, ckpt.
+"""The `dgan` command line: train, sample, translate, enhance, eval, data, ckpt.
 
 Errors the user can fix (bad config, missing data, bad run directory) print one line
 `dgan: error: ...` and exit with status 2 before any work starts.
@@ -675,6 +675,29 @@ def cmd_translate(args: argparse.Namespace) -> int:
     return 1 if skipped and not written else 0
 
 
+def cmd_enhance(args: argparse.Namespace) -> int:
+    from dgan.checkpoint import InvalidCheckpoint
+    from dgan.enhance import EnhanceError, enhance_files, load_enhancer
+
+    try:
+        e = load_enhancer(args.run, args.ckpt)
+        if args.scale is not None and args.scale != e.scale:
+            raise UserError(f"--scale {args.scale}: {args.run} is a x{e.scale} model "
+                            f"(sr.scale={e.scale}), and a model's scale is fixed; omit --scale "
+                            f"or give {e.scale}")
+        written, skipped = enhance_files(e, e.scale, args.input, args.out, tile=args.tile,
+                                         pad=args.tile_pad, precision=args.precision)
+    except (InvalidCheckpoint, EnhanceError, FileNotFoundError) as err:
+        raise UserError(str(err)) from None
+    for path, why in skipped:
+        print(f"dgan: skipped {path}: {why}", file=sys.stderr)
+    if not written and not skipped:
+        raise UserError(f"{args.input}: no images (expected {', '.join(_image_exts())})")
+    print(f"dgan: enhanced {len(written)} image(s) x{e.scale} (step {e.step}) into "
+          f"{args.out}" + (f"; skipped {len(skipped)} (listed above)" if skipped else ""))
+    return 1 if skipped and not written else 0
+
+
 def _image_exts() -> tuple[str, ...]:
     from dgan.translate import IMAGE_EXTS
 
@@ -765,6 +788,29 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ckpt", metavar="STEP|PATH", help="the run's checkpoint of this step, "
                     "or a checkpoint directory (default: the newest valid one)")
     tr.set_defaults(func=cmd_translate)
+
+    en = verbs.add_parser(
+        "enhance", help="upscale images with a super-resolution run's G (task.name sr)",
+        description="Upscale IN (a folder, recursively, or one image; any size) by the run's "
+        "sr.scale with G_ema of RUN (a run, checkpoint or export directory) into OUT as PNGs "
+        "with the same relative names. Large images go through G in overlapping tiles, "
+        "cross-faded (see docs/enhancement.md). An alpha channel is upscaled bicubically.")
+    en.add_argument("--run", required=True, help="run, checkpoint or export directory")
+    en.add_argument("input", metavar="IN", help="an image or a folder of images")
+    en.add_argument("out", metavar="OUT", help="output folder")
+    en.add_argument("--scale", type=int, help="checked against the run's sr.scale (a model's "
+                    "scale is fixed; default: that one)")
+    en.add_argument("--tile", type=int, default=512, help="tile size in input pixels (0: the "
+                    "whole image in one pass; default 512)")
+    en.add_argument("--tile-pad", type=int, default=16, metavar="P", help="context pixels "
+                    "around each tile; tiles equal the whole-image result when P is at least "
+                    "G's receptive field radius (default 16)")
+    en.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                    help="autocast dtype (fp16: CUDA only; default fp32)")
+    en.add_argument("--ckpt", metavar="STEP|best|PATH", help="the run's checkpoint of this "
+                    "step, best (the one RUN/best.json names) or a checkpoint directory "
+                    "(default: the newest valid one)")
+    en.set_defaults(func=cmd_enhance)
 
     ev = verbs.add_parser("eval", help="compute metrics of a run's G_ema",
                           description="FD/KID/precision-recall (Inception features when the "

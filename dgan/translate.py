@@ -159,38 +159,51 @@ def _read(path: Path, channels: int) -> tuple[torch.Tensor, Optional[np.ndarray]
     return x, alpha
 
 
-def translate_files(t: TrainedTranslator, src: str | os.PathLike, out: str | os.PathLike
-                    ) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Translate every image under `src` (a folder, recursively, or one file) into `out` as
-    PNG with the same relative name (extension .png); alpha is carried over unchanged.
-    Returns (written, [(input, reason) skipped])."""
-    src, out = Path(src), Path(out)
+def _images(src: Path, out: Path, channels: int, skipped: list[tuple[Path, str]]
+            ) -> Iterator[tuple[Path, Path, torch.Tensor, Optional[np.ndarray]]]:
+    """(file, relative path, [1, C, H, W] in [-1, 1], alpha or None) of every readable image
+    under `src` (see _inputs, _read); an unreadable one is appended to `skipped` as
+    (file, reason) and passed over. Raises FileNotFoundError / TranslateError first when
+    `src` is missing or `out` lies inside it."""
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder")
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents and src.is_dir():
         raise TranslateError(f"{out}: inside the input folder {src}; choose another OUT")
-    written, skipped = [], []
     for path, rel in _inputs(src):
         try:
-            x, alpha = _read(path, t.channels)
+            x, alpha = _read(path, channels)
         except TranslateError as e:
             skipped.append((path, str(e).split(": ", 1)[-1]))
             continue
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             skipped.append((path, f"unreadable image ({type(e).__name__}: {e})"))
             continue
-        y = to_uint8(t(x))[0]
-        if alpha is not None:
-            y = np.concatenate([np.repeat(y, 3, -1) if y.shape[-1] == 1 else y,
-                                alpha[..., None]], -1)
+        yield path, rel, x, alpha
+
+
+def _write(y: np.ndarray, alpha: Optional[np.ndarray], target: Path) -> None:
+    """uint8 [H, W, C] (C 1 or 3) -> PNG `target` (atomically, folders made); with an alpha
+    (uint8 [H, W]) an RGBA PNG (grey repeated into RGB)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if alpha is None:
+        save_png(y, target)
+        return
+    y = np.concatenate([np.repeat(y, 3, -1) if y.shape[-1] == 1 else y, alpha[..., None]], -1)
+    tmp = f"{target}.tmp"
+    Image.fromarray(y, "RGBA").save(tmp, format="PNG")
+    os.replace(tmp, target)
+
+
+def translate_files(t: TrainedTranslator, src: str | os.PathLike, out: str | os.PathLike
+                    ) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Translate every image under `src` (a folder, recursively, or one file) into `out` as
+    PNG with the same relative name (extension .png); alpha is carried over unchanged.
+    Returns (written, [(input, reason) skipped])."""
+    src, out = Path(src), Path(out)
+    written: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for _, rel, x, alpha in _images(src, out, t.channels, skipped):
         target = out / rel.with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if alpha is not None:
-            tmp = f"{target}.tmp"
-            Image.fromarray(y, "RGBA").save(tmp, format="PNG")
-            os.replace(tmp, target)
-        else:
-            save_png(y, target)
+        _write(to_uint8(t(x))[0], alpha, target)
         written.append(target)
     return written, skipped
-
