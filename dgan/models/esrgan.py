@@ -14,8 +14,8 @@ RRDBGenerator(in_ch, out_ch, scale, width, blocks, growth):
   (`growth` channels each), LeakyReLU after the first four; out = x + 0.2 * conv5. An RRDB:
   three dense blocks, out = x + 0.2 * (their chain). No batch norm anywhere. The dense
   blocks' convs start from Kaiming-normal weights scaled by 0.1 with zero biases
-  (ESRGAN's init: each residual branch starts small, so the trunk starts near the identity
-  and deep stacks train stably); the other convs keep torch's default init.
+  (ESRGAN's init: each dense block starts near the identity, so deep stacks train
+  stably); the other convs keep torch's default init.
 UNetDiscriminator(in_ch, width): conv3x3(in -> w), three 4x4 stride-2 convs (w -> 2w -> 4w
   -> 8w), then three (bilinear x2, conv3x3) levels back up (8w -> 4w -> 2w -> w), each
   added to the encoder's features of its resolution (skip connections), two conv3x3 and a

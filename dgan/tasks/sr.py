@@ -35,6 +35,7 @@ of the first crops the run saw (saved with the task's state).
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 import torch
@@ -81,6 +82,25 @@ def bicubic_downscale(hr01: torch.Tensor, scale: int) -> torch.Tensor:
     return lr.clamp(0, 1).mul(255).round().div(255)
 
 
+def prime_adam_state(opt: torch.optim.Optimizer) -> None:
+    """Give every parameter of Adam `opt` without state the state a fresh Adam starts from
+    (step 0, zero moments): its first real step is then the same as a fresh optimizer's,
+    while a checkpoint writer (torch.distributed.checkpoint initialises an optimizer with
+    no state by a zero-lr step, step 1) leaves it alone. So D's optimizer, idle during
+    pretraining, steps the same whether or not a checkpoint was written before its first
+    step."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if opt.state.get(p):
+                continue
+            state = {"step": torch.tensor(0.0),
+                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+            if group.get("amsgrad"):
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            opt.state[p] = state
+
+
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
@@ -125,6 +145,10 @@ class SR(Task):
                             "weights: point loss.perceptual_weights at torchvision's "
                             "vgg19-dcbb9e9d.pth (or a .safetensors of it with "
                             "loss.perceptual_sha256), or set loss.perceptual_weight=0")
+        sha = lw.perceptual_sha256
+        if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(sha).strip()):
+            problems.append(f"bad value for 'loss.perceptual_sha256': {sha!r}; expected 64 hex "
+                            "digits (quote it in YAML), or null for torchvision's file")
         try:
             from dgan.models.vgg import parse_layers
 
@@ -148,9 +172,15 @@ class SR(Task):
                                    growth=m.g_growth),
                 "D": UNetDiscriminator(ch, width=m.d_width)}
 
+    def build_optimizers(self, nets: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        self._optimizers = super().build_optimizers(nets)
+        return self._optimizers
+
     def bind(self, backend: Any, ema_nets: dict[str, nn.Module]) -> None:
         super().bind(backend, ema_nets)
         self.perceptual = self.build_perceptual(self.cfg, backend.device)
+        if getattr(self, "_optimizers", None):  # on the device now
+            prime_adam_state(self._optimizers["D"])
 
     @staticmethod
     def build_perceptual(cfg: DictConfig, device: Any = "cpu") -> Any:
