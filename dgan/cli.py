@@ -222,6 +222,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if _is_translation_run(args.run):
         return _eval_translation(args)
+    if _run_task(args.run) == "sr":
+        raise UserError(f"{args.run}: dgan eval does not evaluate task.name=sr runs yet; their "
+                        "in-training evaluation (eval.every, eval.metrics [psnr_y, ssim_y]) "
+                        "writes psnr_y / ssim_y to the run's log")
     if args.best is not None and args.best not in {k for ks in METRIC_KEYS.values() for k in ks}:
         raise UserError(f"--best {args.best}: unknown metric; expected one of "
                         f"{', '.join(dict.fromkeys(k for ks in METRIC_KEYS.values() for k in ks))}")
@@ -352,6 +356,19 @@ def _eval_best(run: str, metric: str, n: int,
     written = best_json.write_best(run, best)
     print(f"dgan: wrote {written}: {best['checkpoint']} ({metric} {best['value']:.6g})")
     return 0
+
+
+def _run_task(run: str) -> Optional[str]:
+    """The task of run directory `run`'s config.yaml (read as plain YAML; None when it
+    cannot be read)."""
+    from omegaconf import OmegaConf
+
+    from dgan.tasks import task_name
+
+    try:
+        return task_name(OmegaConf.load(os.path.join(run, "config.yaml")))
+    except Exception:  # missing, unreadable or not YAML
+        return None
 
 
 def _is_translation_run(run: str) -> bool:

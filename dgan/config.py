@@ -66,9 +66,24 @@ class TaskConfig:
 
 
 @dataclass
+class SRConfig:
+    """task.name=sr (super-resolution / enhancement, ESRGAN-class): docs/enhancement.md."""
+    scale: int = 4  # 1 (restoration at the same size), 2 or 4
+    # side of the HR crop G learns from each step (a multiple of sr.scale, at most
+    # data.resolution); G sees its degraded sr.patch / sr.scale LR version
+    patch: int = 128
+    # steps of the first stage: G alone with the pixel loss (PSNR-oriented, D untouched);
+    # from this step on the GAN stage (pixel + perceptual + adversarial, D trained)
+    pretrain_steps: int = 0
+    # how the LR input is made from the HR crop: bicubic (antialiased bicubic downscale,
+    # quantised to 8 bits)
+    degradation: str = "bicubic"
+
+
+@dataclass
 class ModelConfig:
-    # dcgan | stylegan2 | pix2pix (U-Net G, PatchGAN D) | cyclegan (ResNet G, PatchGAN D);
-    # task.name says how it trains
+    # dcgan | stylegan2 | pix2pix (U-Net G, PatchGAN D) | cyclegan (ResNet G, PatchGAN D) |
+    # esrgan (RRDB G, U-Net D with spectral norm; task sr); task.name says how it trains
     name: str = "dcgan"
     z_dim: int = 64
     # dcgan
@@ -76,8 +91,11 @@ class ModelConfig:
     d_width: int = 32  # channels of D's first layer; doubles towards low resolution
     # pix2pix: stride-2 layers of the PatchGAN D (3: 70x70 patches)
     d_layers: int = 3
-    # cyclegan: residual blocks of the ResNet G (the paper: 9 at 256, 6 at 128)
+    # cyclegan: residual blocks of the ResNet G (the paper: 9 at 256, 6 at 128); esrgan:
+    # RRDBs of G (ESRGAN: 23)
     g_blocks: int = 9
+    # esrgan: channels each conv of a dense block adds (ESRGAN: 32)
+    g_growth: int = 32
     # stylegan2
     w_dim: int = 512
     channel_base: int = 16384  # channels at resolution r: min(channel_base / r, channel_max)
@@ -105,6 +123,22 @@ class LossConfig:
     # cyclegan: identity L1 |G_AB(b) - b| (and BA) weight, times loss.cycle_weight; 0: off
     identity_weight: float = 0.5
     pool_size: int = 50  # cyclegan: fakes kept per domain for D's updates; 0: no pool
+    # sr: weight of |G(LR) - HR|_1 (both stages)
+    pixel_weight: float = 1.0
+    # sr: weight of the VGG19 perceptual loss (GAN stage); > 0 needs
+    # loss.perceptual_weights; 0: no VGG
+    perceptual_weight: float = 1.0
+    # sr: torchvision's vgg19 weights (vgg19-dcbb9e9d.pth, or a .safetensors of them with
+    # loss.perceptual_sha256); never downloaded
+    perceptual_weights: Optional[str] = None
+    # sr: the sha256 of loss.perceptual_weights when it is not torchvision's own file
+    perceptual_sha256: Optional[str] = None
+    # sr: VGG19 layers NAME:WEIGHT, conv*_* before the ReLU, relu*_* after (Real-ESRGAN's)
+    perceptual_layers: str = "conv1_2:0.1,conv2_2:0.1,conv3_4:1,conv4_4:1,conv5_4:1"
+    # sr: the adversarial loss: vanilla (per-pixel BCE on the U-Net D's map, Real-ESRGAN) |
+    # relativistic (relativistic average, ESRGAN)
+    gan: str = "vanilla"
+    gan_weight: float = 0.1  # sr: weight of G's adversarial loss (GAN stage)
 
 
 @dataclass
@@ -208,6 +242,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    sr: SRConfig = field(default_factory=SRConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -226,26 +261,34 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "backend.name": ("ddp", "deepspeed"),
     "backend.zero_stage": (0, 1, 2, 3),
-    "model.name": ("dcgan", "stylegan2", "pix2pix", "cyclegan"),
+    "model.name": ("dcgan", "stylegan2", "pix2pix", "cyclegan", "esrgan"),
     "task.direction": ("AtoB", "BtoA"),
+    "sr.scale": (1, 2, 4),
+    "sr.degradation": ("bicubic",),
+    "loss.gan": ("vanilla", "relativistic"),
     "model.ops": ("auto", "fused", "reference"),
     "loss.name": ("nonsaturating",),
     "loss.augment": ("none", "ada", "fixed"),
     "log.progress": ("auto", "bar", "lines", "off"),
 }
 RESOLUTIONS = {"dcgan": (28, 32, 64), "stylegan2": (32, 64, 128, 256, 512, 1024),
-               "pix2pix": (32, 64, 128, 256, 512), "cyclegan": (32, 64, 128, 256, 512)}
+               "pix2pix": (32, 64, 128, 256, 512), "cyclegan": (32, 64, 128, 256, 512),
+               # the HR images' side (sr.patch crops of them are trained on)
+               "esrgan": (32, 48, 64, 96, 128, 192, 256, 384, 512)}
 POSITIVE = ("train.batch_size", "train.steps", "checkpoint.every", "checkpoint.keep",
             "log.every", "log.grid", "data.channels", "model.z_dim", "model.g_width",
             "model.d_width", "optim.lr_g", "optim.lr_d", "train.grad_accum", "data.max_member_mb",
-            "run.lock_stale_after", "model.d_layers", "model.g_blocks")
+            "run.lock_stale_after", "model.d_layers", "model.g_blocks", "model.g_growth",
+            "sr.patch")
 NON_NEGATIVE = ("data.workers", "data.shuffle_buffer", "data.crop", "loss.r1_gamma", "eval.every",
                 "loss.pl_weight", "loss.style_mixing", "loss.augment_p", "train.ema_kimg",
                 "backend.expect_world_size", "checkpoint.milestone",
                 "train.max_bad_steps", "loss.l1_weight", "optim.lr_decay_from",
-                "loss.cycle_weight", "loss.identity_weight", "loss.pool_size")
+                "loss.cycle_weight", "loss.identity_weight", "loss.pool_size",
+                "loss.pixel_weight", "loss.perceptual_weight", "loss.gan_weight",
+                "sr.pretrain_steps")
 METRICS = ("fd", "kid", "pr", "fd_digits", "coverage", "modes", "psnr", "ssim", "l1",
-           "digit_class", "cycle_l1")
+           "digit_class", "cycle_l1", "psnr_y", "ssim_y")
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # dgan.trackers.TRACKERS
 # The result keys each eval.metrics name can give (fd/kid/pr: Inception features when its
 # weights are found, else the digit classifier's, keys ending in _digits); the metric
@@ -264,6 +307,10 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
     "l1": ("l1",),
     "digit_class": ("digit_class", "digit_class_ab", "digit_class_ba"),  # cyclegan: _ab, _ba
     "cycle_l1": ("cycle_l1", "cycle_l1_a", "cycle_l1_b"),  # unpaired translation (cyclegan)
+    # super-resolution (sr): G_ema's outputs and bicubic upscaling of the same LR inputs
+    # against the HR images, on the Y channel (dgan.metrics.sr)
+    "psnr_y": ("psnr_y", "psnr_y_bicubic"),
+    "ssim_y": ("ssim_y", "ssim_y_bicubic"),
 }
 # The one table of directions: keys with these prefixes or suffixes are better when lower
 # (distances, divergences); every other metric key is better when higher.

@@ -1,8 +1,8 @@
 """Training tasks by name (`task.name`): one file each, see dgan.tasks.base.
 
 `task.name` null means the task of `model.name` (dcgan -> dcgan, stylegan2 -> stylegan2,
-pix2pix -> pix2pix, cyclegan -> cyclegan), so configs written before tasks existed keep
-working.
+pix2pix -> pix2pix, cyclegan -> cyclegan, esrgan -> sr), so configs written before tasks
+existed keep working.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ __all__ = ["Batch", "Phase", "Task", "build_task", "one_hot", "register", "task_
 TASKS: dict[str, type[Task]] = {}
 # imported on first lookup
 _MODULES = ("dgan.tasks.dcgan", "dgan.tasks.stylegan2", "dgan.tasks.pix2pix",
-            "dgan.tasks.cyclegan")
+            "dgan.tasks.cyclegan", "dgan.tasks.sr")
+# model.name -> its task where the names differ
+MODEL_TASKS = {"esrgan": "sr"}
 
 
 def register(cls: type[Task]) -> type[Task]:
@@ -39,7 +41,9 @@ def _load() -> dict[str, type[Task]]:
 def task_name(cfg: DictConfig) -> str:
     """`task.name`, or the task of `model.name` when it is null."""
     name = OmegaConf.select(cfg, "task.name")
-    return str(name) if name is not None else str(cfg.model.name)
+    if name is not None:
+        return str(name)
+    return MODEL_TASKS.get(str(cfg.model.name), str(cfg.model.name))
 
 
 def task_class(cfg: DictConfig) -> type[Task]:

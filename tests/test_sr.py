@@ -1,0 +1,355 @@
+"""Super-resolution (task.name=sr): the ESRGAN-class networks, crops and degradation keyed by
+(seed, rank, step), the two stages (D untouched while G pretrains), exact resume across the
+stage boundary, the VGG19 perceptual weights' checks, config errors and PSNR/SSIM on Y."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dgan.cli import _resolve_data, main
+from dgan.config import ConfigError, load_config
+from dgan.engine.preempt import REQUEUE_EXIT_CODE, PreemptionFlag
+from dgan.engine.trainer import Trainer
+from dgan.metrics.sr import psnr_y, ssim_y
+from dgan.models.esrgan import RRDB, DenseBlock, RRDBGenerator, SNConv2d, UNetDiscriminator
+from dgan.models.vgg import conv_layers
+from dgan.tasks.sr import SR, bicubic_downscale
+
+CONFIG = "configs/sr_x4_photos.yaml"
+TINY = ["model.g_width=8", "model.g_blocks=1", "model.g_growth=4", "model.d_width=4",
+        "train.batch_size=4", "data.workers=0", "log.progress=off", "log.grid=4",
+        "eval.every=0", "sr.patch=32", "loss.perceptual_weight=0"]
+
+
+def config(run_dir, *extra):
+    return load_config(CONFIG, [f"run.dir={run_dir}", *TINY, *extra])
+
+
+def fit(cfg):
+    trainer = Trainer(cfg, _resolve_data(cfg))
+    assert trainer.fit() == 0
+    return trainer
+
+
+def weights(trainer):
+    """Every network, EMA and optimizer tensor of a trainer, by name (clones)."""
+    out = {}
+    for name, net in {**trainer.backend.nets, **trainer.emas}.items():
+        out.update({f"{name}.{k}": v.clone() for k, v in net.state_dict().items()})
+    for group, opt in trainer.optimizers.items():
+        for pid, st in opt.state_dict()["state"].items():
+            out.update({f"opt_{group}.{pid}.{k}": v.clone() for k, v in st.items()
+                        if torch.is_tensor(v)})
+    return out
+
+
+# -- networks ---------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [1, 2, 4])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_generator_upscales_by_the_scale(scale, channels):
+    torch.manual_seed(0)
+    g = RRDBGenerator(channels, channels, scale, width=8, blocks=2, growth=4)
+    x = torch.randn(2, channels, 8, 12)
+    assert g(x).shape == (2, channels, 8 * scale, 12 * scale)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in g.modules())
+    assert sum(isinstance(m, RRDB) for m in g.modules()) == 2
+    with pytest.raises(ValueError, match="scale 3; expected one of"):
+        RRDBGenerator(1, 1, 3)
+
+
+def test_dense_blocks_start_small():
+    """ESRGAN's init: Kaiming-normal x 0.1, zero biases, so each dense block starts near
+    the identity."""
+    torch.manual_seed(0)
+    block = DenseBlock(64, 32)
+    conv = block.convs[4]
+    fan_in = conv.weight[0].numel()
+    assert conv.weight.std().item() == pytest.approx(0.1 * math.sqrt(2 / fan_in), rel=0.05)
+    assert torch.all(conv.bias == 0)
+    small = DenseBlock(16, 8)
+    x = torch.randn(2, 16, 8, 8)
+    assert (small(x) - x).abs().mean() < 0.02 * x.abs().mean()
+
+
+def test_unet_discriminator_gives_a_logit_per_pixel_with_spectral_norm():
+    torch.manual_seed(0)
+    d = UNetDiscriminator(3, width=4)
+    for shape in [(2, 3, 32, 32), (1, 3, 24, 40), (1, 3, 9, 13)]:
+        assert d(torch.randn(shape)).shape == (shape[0], 1, *shape[2:])
+    sn = [m for m in d.modules() if isinstance(m, SNConv2d)]
+    assert len(sn) == 8
+    d(torch.randn(1, 3, 16, 16))
+    for m in sn:  # one power iteration per forward: the norm converges to 1
+        for _ in range(300):
+            w = m.normalised_weight().detach()
+        s = torch.linalg.matrix_norm(w.flatten(1), ord=2)
+        assert s.item() == pytest.approx(1.0, rel=1e-2)
+    d.eval()
+    u = [m.sn_u.clone() for m in sn]
+    d(torch.randn(1, 3, 16, 16))
+    assert all(torch.equal(a, m.sn_u) for a, m in zip(u, sn))  # eval: estimate kept
+    with pytest.raises(ValueError, match="at least 8x8"):
+        d(torch.randn(1, 3, 4, 16))
+
+
+# -- crops and degradation ----------------------------------------------------------------
+def _task(tmp_path, rank=0, *extra):
+    task = SR(config(tmp_path / "r", *extra))
+    task.backend = SimpleNamespace(rank=rank, device=torch.device("cpu"))
+    return task
+
+
+def test_crops_and_degradation_are_keyed_by_seed_rank_and_step(tmp_path):
+    images = torch.rand(6, 3, 48, 48) * 2 - 1
+    extra = ("data.resolution=48", "sr.patch=16", "data.channels=3")
+
+    def drawn(step, rank=0, seed=0):
+        task = _task(tmp_path, rank, *extra, f"run.seed={seed}")
+        batch = {"image": images.clone(), "label": None}
+        task.draw(step, batch)
+        return batch["hr"], batch["lr"]
+
+    hr, lr = drawn(3)
+    assert hr.shape == (6, 3, 16, 16) and lr.shape == (6, 3, 4, 4)
+    h2, l2 = drawn(3)
+    assert torch.equal(hr, h2) and torch.equal(lr, l2)  # a resumed run's step draws the same
+    for other in (drawn(4), drawn(3, rank=1), drawn(3, seed=1)):
+        assert not torch.equal(hr, other[0])
+    # each crop is a window of its own image
+    for img, crop in zip(images, hr):
+        windows = img.unfold(1, 16, 1).unfold(2, 16, 1)  # [C, 33, 33, 16, 16]
+        assert (windows - crop[:, None, None]).abs().flatten(3).amax(3).amax(0).min() == 0
+    # LR: antialiased bicubic of the crop, on 8-bit levels
+    want = F.interpolate((hr + 1) / 2, size=(4, 4), mode="bicubic", antialias=True,
+                         align_corners=False).clamp(0, 1)
+    got = (lr + 1) / 2
+    assert torch.allclose(got, (want * 255).round() / 255, atol=1e-6)
+    assert torch.allclose(got * 255, (got * 255).round(), atol=1e-4)
+    assert torch.equal(bicubic_downscale(torch.full((1, 1, 8, 8), 0.5), 1),
+                       torch.full((1, 1, 8, 8), 128 / 255))
+
+
+# -- training: stages and resume ----------------------------------------------------------
+def test_d_is_untouched_while_g_pretrains_then_trained(tmp_path):
+    cfg = config(tmp_path / "a", "sr.pretrain_steps=2", "train.steps=2")
+    init = weights(Trainer(cfg, _resolve_data(cfg)))
+    pre = fit(cfg)
+    after_pre = weights(pre)
+    d_keys = [k for k in init if k.startswith("D.")]
+    assert d_keys and all(torch.equal(init[k], after_pre[k]) for k in d_keys)
+    d_state = pre.optimizers["D"].state_dict()["state"]  # D's Adam never stepped
+    assert d_state and all(st["step"] == 0 and not st["exp_avg"].any()
+                           and not st["exp_avg_sq"].any() for st in d_state.values())
+    assert not all(torch.equal(init[k], after_pre[k]) for k in init if k.startswith("G."))
+    gan = fit(config(tmp_path / "a", "sr.pretrain_steps=2", "train.steps=3"))
+    after = weights(gan)
+    assert not all(torch.equal(after_pre[k], after[k]) for k in d_keys)
+    assert all(st["step"] == 1 for st in gan.optimizers["D"].state_dict()["state"].values())
+
+
+class StopAt(PreemptionFlag):
+    """A preemption agreed once the trainer has finished step `at` (saved, exit 75)."""
+
+    def __init__(self, trainer, at):
+        super().__init__()
+        self.trainer, self.at = trainer, at
+
+    def agreed(self, all_reduce, device="cpu"):
+        return self.trainer.step == self.at
+
+
+@pytest.mark.parametrize("stop", [1, 2])  # before the boundary, and exactly at it
+def test_resume_across_the_stage_boundary_is_exact(tmp_path, stop):
+    """4 steps at once (pretraining 0-1, GAN 2-3, lr decaying from step 1, checkpoints only
+    at the end) = stopped (preempted) after `stop` steps, then a new Trainer resuming to 4;
+    G, D, G_ema and both optimizers bit for bit."""
+    extra = ["sr.pretrain_steps=2", "optim.lr_decay_from=1", "loss.gan=relativistic",
+             "checkpoint.every=100", "log.every=1", "train.steps=4"]
+    straight = fit(config(tmp_path / "a", *extra))
+    cfg = config(tmp_path / "b", *extra)
+    first = Trainer(cfg, _resolve_data(cfg))
+    assert first.fit(StopAt(first, stop)) == REQUEUE_EXIT_CODE and first.step == stop
+    resumed = fit(config(tmp_path / "b", *extra))
+    assert resumed.step == 4
+    want, got = weights(straight), weights(resumed)
+    assert want.keys() == got.keys() and any(k.startswith("opt_D.") for k in want)
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+
+
+def test_grad_accum_gives_the_fakes_of_each_micro_batch_to_d(tmp_path):
+    cfg = config(tmp_path / "a", "train.grad_accum=2", "train.batch_size=2",
+                 "sr.pretrain_steps=0", "train.steps=1")
+    trainer = Trainer(cfg, _resolve_data(cfg))
+    stats = trainer.train_step(trainer.next_batch())
+    assert {"loss/D", "loss/G_adv", "loss/G_pixel"} <= set(stats)
+    assert trainer.task._fakes == []  # every fake consumed by D's phase, none left over
+
+
+def test_grid_and_evaluation(tmp_path, capsys):
+    cfg = config(tmp_path / "a", "sr.pretrain_steps=1", "train.steps=2", "eval.n=8")
+    trainer = fit(cfg)
+    grid = trainer.sample_grid()
+    assert grid.shape == (4, 1, 32, 128)
+    hr, lr = trainer.task.grid["hr"], trainer.task.grid["lr"]
+    assert torch.equal(grid[..., 96:], hr)
+    assert torch.equal(grid[..., :32], F.interpolate(lr, scale_factor=4, mode="nearest"))
+    results = trainer.evaluate()
+    assert set(results) == {"psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic", "images"}
+    assert results["images"] == 8
+    assert 5 < results["psnr_y_bicubic"] < 100 and 0 < results["ssim_y_bicubic"] < 1
+    capsys.readouterr()
+    assert main(["eval", "--run", str(tmp_path / "a")]) == 2  # not wired yet: one line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not evaluate task.name=sr runs yet" in err[0], err
+
+
+# -- the perceptual loss's weights --------------------------------------------------------
+def fake_vgg19(path, drop=None, reshape=None, extra=True):
+    """A state dict with torchvision's vgg19 `features` layout, random values (small
+    storage: each weight a random per-output-channel value expanded to its shape)."""
+    torch.manual_seed(0)
+    state = {}
+    for name, (i, cin, cout) in conv_layers().items():
+        state[f"features.{i}.weight"] = (torch.randn(cout, 1, 1, 1) * 0.05).expand(cout, cin, 3, 3)
+        state[f"features.{i}.bias"] = torch.zeros(cout)
+    if extra:
+        state["classifier.0.weight"] = torch.zeros(2, 2)
+    if drop:
+        del state[drop]
+    if reshape:
+        state[reshape] = torch.zeros(3, 3)
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _perceptual(tmp_path, path, *extra):
+    return config(tmp_path / "r", "loss.perceptual_weight=1", f"loss.perceptual_weights={path}",
+                  "sr.pretrain_steps=0", "train.steps=1", *extra)
+
+
+def _one_line_error(cfg, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        Trainer(cfg, _resolve_data(cfg))
+    assert "\n" not in str(e.value), str(e.value)
+
+
+def test_perceptual_loss_trains_with_a_vgg19_file(tmp_path):
+    path = tmp_path / "vgg.pth"
+    sha = fake_vgg19(path)
+    cfg = _perceptual(tmp_path, path, f"loss.perceptual_sha256={sha}",
+                      "loss.perceptual_layers=conv2_2:0.5,relu3_1:1")
+    trainer = Trainer(cfg, _resolve_data(cfg))
+    vgg = trainer.task.perceptual.net
+    assert len(vgg.convs) == 5 and not any(p.requires_grad for p in vgg.parameters())
+    assert torch.equal(vgg.convs[3].weight, torch.load(path, weights_only=True)["features.7.weight"])
+    stats = trainer.train_step(trainer.next_batch())
+    assert stats["loss/G_perceptual"] > 0
+
+
+def test_perceptual_weights_errors_are_one_line(tmp_path):
+    path = tmp_path / "vgg.pth"
+    sha = fake_vgg19(path)
+    _one_line_error(_perceptual(tmp_path, tmp_path / "nope.pth"),
+                    r"nope.pth: no such file; expected torchvision's VGG19")
+    _one_line_error(_perceptual(tmp_path, path),  # no sha256 given: torchvision's file wanted
+                    rf"vgg.pth: sha256 {sha} is not torchvision's vgg19-dcbb9e9d.pth")
+    _one_line_error(_perceptual(tmp_path, path, "loss.perceptual_sha256=" + "ab" * 32),
+                    rf"vgg.pth: sha256 {sha}, expected (ab){{32}} \(loss.perceptual_sha256\)")
+    missing = tmp_path / "missing.safetensors"
+    sha = fake_vgg19(missing, drop="features.34.weight")
+    _one_line_error(_perceptual(tmp_path, missing, f"loss.perceptual_sha256={sha}"),
+                    r"missing.safetensors: no tensor features.34.weight \(conv5_4\); expected "
+                    r"torchvision's vgg19 layout")
+    bad = tmp_path / "bad.pth"
+    sha = fake_vgg19(bad, reshape="features.5.weight")
+    _one_line_error(_perceptual(tmp_path, bad, f"loss.perceptual_sha256={sha}"),
+                    r"bad.pth: features.5.weight \(conv2_1\) has shape \[3, 3\], expected "
+                    r"\[128, 64, 3, 3\]")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    sha = hashlib.sha256(b"not a checkpoint").hexdigest()
+    _one_line_error(_perceptual(tmp_path, junk, f"loss.perceptual_sha256={sha}"),
+                    r"junk.pth: cannot read it")
+
+
+def test_train_cli_reports_a_missing_vgg_file_in_one_line(tmp_path, capsys):
+    assert main(["train", CONFIG, f"run.dir={tmp_path / 'r'}", *TINY[:-1],
+                 "loss.perceptual_weight=1", f"loss.perceptual_weights={tmp_path / 'x.pth'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "x.pth: no such file" in err[0], err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+# -- configuration ------------------------------------------------------------------------
+def test_config_errors():
+    cfg = load_config(CONFIG)
+    assert cfg.task.name == "sr" and cfg.sr.scale == 4 and cfg.model.name == "esrgan"
+    load_config(CONFIG, ["task.name=null"])  # model.name=esrgan means task sr
+    load_config(CONFIG, ["checkpoint.keep_best=psnr_y"])
+    for overrides, match in [
+        (["sr.scale=3"], r"'sr.scale': 3; expected one of \[1, 2, 4\]"),
+        (["sr.scale=2", "sr.patch=31"], r"'sr.patch': 31; expected a multiple of sr.scale=2"),
+        (["sr.patch=30"], r"'sr.patch': 30; expected a multiple of sr.scale=4"),
+        (["sr.patch=64"], r"'sr.patch': 64; expected 8 .. data.resolution=32"),
+        (["sr.degradation=realistic"], r"'sr.degradation': 'realistic'; expected one of "
+                                       r"\['bicubic'\]"),
+        (["loss.gan=lsgan"], r"'loss.gan': 'lsgan'; expected one of"),
+        (["loss.perceptual_weight=1"], r"loss.perceptual_weight=1.0 needs VGG19 weights: point "
+                                       r"loss.perceptual_weights at .* or set "
+                                       r"loss.perceptual_weight=0"),
+        (["loss.perceptual_layers=conv9_9:1"], r"'loss.perceptual_layers': 'conv9_9:1'"),
+        (["loss.perceptual_sha256=abc"], r"'loss.perceptual_sha256': 'abc'; expected 64 hex"),
+        (["loss.pixel_weight=0"], r"sr.pretrain_steps=300 trains G on the pixel loss alone"),
+        (["loss.l1_weight=5"], r"'loss.l1_weight'=5.0 does nothing for task.name=sr"),
+        (["model.z_dim=8"], r"'model.z_dim'=8 does nothing for task.name=sr"),
+        (["eval.metrics=[fd]"], r"'eval.metrics': \['fd'\] for task.name=sr"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(CONFIG, overrides)
+    for key in ("sr.scale=2", "sr.pretrain_steps=5", "loss.gan=relativistic",
+                "loss.perceptual_weight=0"):
+        with pytest.raises(ConfigError, match=r"does nothing for task.name=dcgan \(a sr key\)"):
+            load_config(None, [key])
+    with pytest.raises(ConfigError, match=r"task.name=pix2pix .*\(a sr key\)"):
+        load_config("configs/pix2pix_mnist.yaml", ["sr.patch=64"])
+
+
+# -- PSNR / SSIM on Y ---------------------------------------------------------------------
+def test_psnr_and_ssim_on_y():
+    torch.manual_seed(0)
+    x = (torch.randint(40, 200, (2, 3, 32, 32)).float() / 127.5) - 1
+    assert torch.all(psnr_y(x, x, 4) == 100.0)  # identical: the 100 dB cap
+    assert torch.allclose(ssim_y(x, x, 4), torch.ones(2))
+    for d in (1, 5):  # +d levels in R, G and B: Y moves by d x 219 / 255 levels
+        y = x + d / 127.5
+        want = 20 * math.log10(255 / (d * 219 / 255))
+        assert torch.allclose(psnr_y(x, y, 4), torch.full((2,), want, dtype=torch.float32),
+                              atol=1e-3)
+        grey = x[:, :1]
+        assert torch.allclose(psnr_y(grey, grey + d / 127.5),
+                              torch.full((2,), want, dtype=torch.float32), atol=1e-3)
+    # only the border differs: cropped away
+    y = x.clone()
+    y[..., :2, :] = -1
+    assert torch.all(psnr_y(x, y, 2) == 100.0) and torch.all(psnr_y(x, y, 0) < 100.0)
+    assert torch.all(ssim_y(x, x.flip(-1), 4) < 0.5)
+    # Y weights: a pure-green change moves Y most, pure blue least
+    base = torch.zeros(1, 3, 16, 16) - 1
+    errs = []
+    for c in range(3):
+        y = base.clone()
+        y[:, c] += 20 / 127.5
+        errs.append(psnr_y(base, y).item())
+    assert errs[1] < errs[0] < errs[2]
