@@ -223,9 +223,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if _is_translation_run(args.run):
         return _eval_translation(args)
     if _run_task(args.run) == "sr":
-        raise UserError(f"{args.run}: dgan eval does not evaluate task.name=sr runs yet; their "
-                        "in-training evaluation (eval.every, eval.metrics [psnr_y, ssim_y]) "
-                        "writes psnr_y / ssim_y to the run's log")
+        return _eval_sr(args)
     if args.best is not None and args.best not in {k for ks in METRIC_KEYS.values() for k in ks}:
         raise UserError(f"--best {args.best}: unknown metric; expected one of "
                         f"{', '.join(dict.fromkeys(k for ks in METRIC_KEYS.values() for k in ks))}")
@@ -517,6 +515,57 @@ def _eval_cycle(args: argparse.Namespace) -> int:
           f"({cfg.data.path}, {cfg.data.path_b})")
     print(format_table({k: v for k, v in results.items() if k != "images"}))
     _write_eval(args.run, step, n, results, {})
+    return 0
+
+
+def _eval_sr(args: argparse.Namespace) -> int:
+    """dgan eval of a super-resolution run: PSNR and SSIM on Y of G_ema's outputs and of
+    bicubic upscaling against the HR images of data.path (or --data's: held-out photos),
+    each degraded as in training (the same draws in every evaluation); with --best, of
+    every checkpoint."""
+    import torch
+
+    from dgan.checkpoint import InvalidCheckpoint
+    from dgan.config import ConfigError
+    from dgan.enhance import EnhanceError, load_enhancer
+    from dgan.metrics.evaluate import format_table
+    from dgan.metrics.sr import SR_METRICS, evaluate_sr
+    from dgan.tasks import build_task
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        e = load_enhancer(args.run, device=device)
+    except (InvalidCheckpoint, EnhanceError, ConfigError) as err:
+        raise UserError(str(err)) from None
+    cfg = e.config
+    if args.data:
+        cfg.data.path = args.data
+    stored = None if args.data or args.trust_pipe else os.path.join(args.run, "config.yaml")
+    metrics = _translation_metrics(args, cfg.eval.metrics, SR_METRICS,
+                                   "a super-resolution run")
+    source = _resolve_data(cfg, stored)
+    task = build_task(cfg)
+    n = args.n or cfg.eval.n
+
+    def evaluate(net: Any) -> dict[str, float]:
+        try:
+            return evaluate_sr(cfg, net, source, device, task.degrade_eval, metrics, n)
+        except ValueError as err:
+            raise UserError(f"data.path {cfg.data.path}: {err}") from None
+
+    if args.best is not None:
+        def evaluate_step(step: int) -> dict[str, float]:
+            try:
+                return evaluate(load_enhancer(args.run, step, device=device).net)
+            except EnhanceError as err:
+                raise InvalidCheckpoint(str(err)) from None
+
+        return _eval_best(args.run, args.best, n, evaluate_step)
+    results = evaluate(e.net)
+    print(f"run {args.run}, step {e.step}, {int(results['images'])} images of "
+          f"{cfg.data.path} (x{e.scale}, LR by sr.degradation={cfg.sr.degradation})")
+    print(format_table({k: v for k, v in results.items() if k != "images"}))
+    _write_eval(args.run, e.step, n, results, {})
     return 0
 
 

@@ -17,6 +17,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from dgan.data.degrade_config import DegradeConfig
+
 DEFAULT_CONFIG_NAME = "quickstart"
 
 
@@ -76,8 +78,10 @@ class SRConfig:
     # from this step on the GAN stage (pixel + perceptual + adversarial, D trained)
     pretrain_steps: int = 0
     # how the LR input is made from the HR crop: bicubic (antialiased bicubic downscale,
-    # quantised to 8 bits)
+    # quantised to 8 bits) | realistic (Real-ESRGAN-style blur, resize, noise and JPEG,
+    # twice, with the probabilities and ranges of sr.degrade; dgan.data.degrade)
     degradation: str = "bicubic"
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
 
 
 @dataclass
@@ -264,7 +268,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.name": ("dcgan", "stylegan2", "pix2pix", "cyclegan", "esrgan"),
     "task.direction": ("AtoB", "BtoA"),
     "sr.scale": (1, 2, 4),
-    "sr.degradation": ("bicubic",),
+    "sr.degradation": ("bicubic", "realistic"),
     "loss.gan": ("vanilla", "relativistic"),
     "model.ops": ("auto", "fused", "reference"),
     "loss.name": ("nonsaturating",),

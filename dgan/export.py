@@ -13,7 +13,9 @@ unconditional) beside the weights in one of three formats:
 A translation run exports its G instead (no EMA): `G.safetensors` (CycleGAN: both
 directions in one file), or one graph per direction (`G` / `G_AB`, `G_BA` .torchscript.pt
 or .onnx) taking `image` [N, C, H, W] in [-1, 1], H and W multiples of metadata
-`dgan.multiple`.
+`dgan.multiple`. A super-resolution run (task.name sr) exports its G_ema: the same three
+formats, the graphs taking `image` [N, C, h, w] of any size and giving it `dgan.scale` times
+larger.
 
 The graph formats take the inputs `z` [N, z_dim], `c` [N, c_dim] (one-hot, class-
 conditional G only) and, for StyleGAN2, `truncation_psi` (a 0-d float tensor; 1 is none) and
@@ -111,8 +113,12 @@ def write_export(state: dict[str, Any], source: Path, out: Path,
     from dgan.tasks import task_name
     from dgan.translate import TRANSLATION_TASKS
 
+    from dgan.enhance import ENHANCEMENT_TASKS
+
     if task_name(OmegaConf.create(state["config"])) in TRANSLATION_TASKS:
         return _write_translator(state, source, out, fmt)
+    if task_name(OmegaConf.create(state["config"])) in ENHANCEMENT_TASKS:
+        return _write_enhancer(state, source, out, fmt)
     c_dim = int(state.get("c_dim", 0))
     meta = {"step": str(state["step"]), "images_seen": str(state["images_seen"]),
             "c_dim": str(c_dim), "source": str(source)}
@@ -172,6 +178,37 @@ def _write_translator(state: dict[str, Any], source: Path, out: Path,
             files[-1].write_bytes(data)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(state["config"])))
     return files
+
+
+def _write_enhancer(state: dict[str, Any], source: Path, out: Path, fmt: str) -> list[Path]:
+    """A super-resolution run's G_ema with config.yaml: `G_ema.safetensors` (what dgan
+    enhance and dgan.load_enhancer read), or a graph `G_ema.torchscript.pt` / `.onnx` taking
+    `image` [N, C, h, w] in [-1, 1] (any N, h, w) and giving [N, C, h x sr.scale, w x
+    sr.scale] (dgan enhance adds the tiling)."""
+    meta = {"step": str(state["step"]), "images_seen": str(state["images_seen"]),
+            "source": str(source)}
+    cfg_yaml = OmegaConf.to_yaml(OmegaConf.create(state["config"]))
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / FILES[fmt]
+    if fmt == "safetensors":
+        from safetensors.torch import save
+
+        weights.write_bytes(save({k: v.contiguous() for k, v in state["G_ema"].items()},
+                                 metadata=meta))
+    else:
+        from dgan.config import config_from_yaml_text
+        from dgan.tasks import build_task
+
+        cfg = config_from_yaml_text(cfg_yaml)
+        net = build_task(cfg).build_networks()["G"]
+        net.load_state_dict(state["G_ema"])
+        net.eval().requires_grad_(False)
+        side = max(2, int(cfg.sr.patch) // int(cfg.sr.scale))
+        meta["scale"] = str(cfg.sr.scale)
+        graph = ImageGraph(net, int(cfg.data.channels), side, 1)
+        weights.write_bytes(_graph_bytes_of(graph, fmt, {**meta, "multiple": "1"}))
+    (out / "config.yaml").write_text(cfg_yaml)
+    return [weights]
 
 
 GRAPH_SUFFIX = {"torchscript": "torchscript.pt", "onnx": "onnx"}

@@ -1,6 +1,6 @@
 """Super-resolution (task.name=sr): the ESRGAN-class networks, crops and degradation keyed by
 (seed, rank, step), the two stages (D untouched while G pretrains), exact resume across the
-stage boundary, the VGG19 perceptual weights' checks, config errors and PSNR/SSIM on Y."""
+stage boundary, the VGG19 perceptual weights' checks, config errors, PSNR/SSIM on Y, and dgan eval / ckpt export / enhance of a trained run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,6 +136,36 @@ def test_crops_and_degradation_are_keyed_by_seed_rank_and_step(tmp_path):
                        torch.full((1, 1, 8, 8), 128 / 255))
 
 
+def test_realistic_degradation_is_keyed_by_seed_rank_and_step(tmp_path):
+    """sr.degradation=realistic: dgan.data.degrade with the generator of (run.seed, rank,
+    step, DEGRADE_PHASE); the same step degrades the same crops the same way (a resumed
+    run), another step, rank or seed differently, and not as bicubic does."""
+    from dgan.data.degrade import degrade
+    from dgan.engine.seeding import step_generator
+    from dgan.tasks.sr import DEGRADE_PHASE
+
+    images = torch.rand(4, 3, 48, 48) * 2 - 1
+    extra = ("data.resolution=48", "sr.patch=32", "data.channels=3",
+             "sr.degradation=realistic")
+
+    def drawn(step, rank=0, seed=0):
+        task = _task(tmp_path, rank, *extra, f"run.seed={seed}")
+        batch = {"image": images.clone(), "label": None, "hr": images[:, :, :32, :32]}
+        task.draw(step, batch)
+        return batch["lr"], task
+
+    lr, task = drawn(3)
+    assert lr.shape == (4, 3, 8, 8)
+    assert torch.equal(lr, drawn(3)[0])
+    for other in (drawn(4)[0], drawn(3, rank=1)[0], drawn(3, seed=1)[0]):
+        assert not torch.equal(lr, other)
+    want = degrade((images[:, :, :32, :32] + 1) / 2, 4, task.cfg.sr.degrade,
+                   step_generator(0, 0, 3, DEGRADE_PHASE)) * 2 - 1
+    assert torch.equal(lr, want)
+    assert not torch.allclose(lr, bicubic_downscale((images[:, :, :32, :32] + 1) / 2, 4) * 2 - 1,
+                              atol=0.02)
+
+
 # -- training: stages and resume ----------------------------------------------------------
 def test_d_is_untouched_while_g_pretrains_then_trained(tmp_path):
     cfg = config(tmp_path / "a", "sr.pretrain_steps=2", "train.steps=2")
@@ -170,7 +201,8 @@ def test_resume_across_the_stage_boundary_is_exact(tmp_path, stop):
     at the end) = stopped (preempted) after `stop` steps, then a new Trainer resuming to 4;
     G, D, G_ema and both optimizers bit for bit."""
     extra = ["sr.pretrain_steps=2", "optim.lr_decay_from=1", "loss.gan=relativistic",
-             "checkpoint.every=100", "log.every=1", "train.steps=4"]
+             "checkpoint.every=100", "log.every=1", "train.steps=4",
+             "sr.degradation=realistic"]
     straight = fit(config(tmp_path / "a", *extra))
     cfg = config(tmp_path / "b", *extra)
     first = Trainer(cfg, _resolve_data(cfg))
@@ -205,9 +237,14 @@ def test_grid_and_evaluation(tmp_path, capsys):
     assert results["images"] == 8
     assert 5 < results["psnr_y_bicubic"] < 100 and 0 < results["ssim_y_bicubic"] < 1
     capsys.readouterr()
-    assert main(["eval", "--run", str(tmp_path / "a")]) == 2  # not wired yet: one line
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "does not evaluate task.name=sr runs yet" in err[0], err
+    # dgan eval of the run measures what the in-training evaluation measured (G_ema, the
+    # same images, the same degradation draws)
+    assert main(["eval", "--run", str(tmp_path / "a")]) == 0
+    import json
+
+    saved = json.loads((tmp_path / "a" / "eval-00000002.json").read_text())
+    for key, value in results.items():
+        assert saved[key] == pytest.approx(value, rel=1e-6), key
 
 
 # -- the perceptual loss's weights --------------------------------------------------------
@@ -303,8 +340,12 @@ def test_config_errors():
         (["sr.scale=2", "sr.patch=31"], r"'sr.patch': 31; expected a multiple of sr.scale=2"),
         (["sr.patch=30"], r"'sr.patch': 30; expected a multiple of sr.scale=4"),
         (["sr.patch=64"], r"'sr.patch': 64; expected 8 .. data.resolution=32"),
-        (["sr.degradation=realistic"], r"'sr.degradation': 'realistic'; expected one of "
-                                       r"\['bicubic'\]"),
+        (["sr.degradation=jpeg"], r"'sr.degradation': 'jpeg'; expected one of "
+                                  r"\['bicubic', 'realistic'\]"),
+        (["sr.degradation=realistic", "sr.degrade.jpeg_quality_min=0"],
+         r"sr.degrade.jpeg_quality_min=0, sr.degrade.jpeg_quality_max=95: expected 1 <= min"),
+        (["sr.degrade.blur_prob=0.5"], r"'sr.degrade' does nothing with "
+                                       r"sr.degradation=bicubic"),
         (["loss.gan=lsgan"], r"'loss.gan': 'lsgan'; expected one of"),
         (["loss.perceptual_weight=1"], r"loss.perceptual_weight=1.0 needs VGG19 weights: point "
                                        r"loss.perceptual_weights at .* or set "
@@ -319,7 +360,7 @@ def test_config_errors():
         with pytest.raises(ConfigError, match=match):
             load_config(CONFIG, overrides)
     for key in ("sr.scale=2", "sr.pretrain_steps=5", "loss.gan=relativistic",
-                "loss.perceptual_weight=0"):
+                "loss.perceptual_weight=0", "sr.degrade.blur_prob=0.5"):
         with pytest.raises(ConfigError, match=r"does nothing for task.name=dcgan \(a sr key\)"):
             load_config(None, [key])
     with pytest.raises(ConfigError, match=r"task.name=pix2pix .*\(a sr key\)"):
@@ -353,3 +394,61 @@ def test_psnr_and_ssim_on_y():
         y[:, c] += 20 / 127.5
         errs.append(psnr_y(base, y).item())
     assert errs[1] < errs[0] < errs[2]
+
+
+# -- after training: dgan eval, export, enhance -------------------------------------------
+@pytest.fixture(scope="module")
+def sr_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sr-run") / "run"
+    fit(config(d, "sr.pretrain_steps=1", "train.steps=2", "checkpoint.every=1",
+               "checkpoint.keep=2", "log.every=1"))
+    return d
+
+
+def test_dgan_eval_and_eval_best_of_an_sr_run(sr_run, capsys):
+    import json
+
+    assert main(["eval", "--run", str(sr_run), "--n", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "8 images of builtin:mnist (x4, LR by sr.degradation=bicubic)" in out
+    saved = json.loads((sr_run / "eval-00000002.json").read_text())
+    assert saved["n"] == 8 and saved["images"] == 8
+    for key in ("psnr_y", "psnr_y_bicubic", "ssim_y", "ssim_y_bicubic"):
+        assert key in out and 0 < saved[key] < 100, key
+    assert main(["eval", "--run", str(sr_run), "--n", "8", "--best", "psnr_y"]) == 0
+    capsys.readouterr()
+    best = json.loads((sr_run / "best.json").read_text())
+    values = {s: json.loads((sr_run / f"eval-{s:08d}.json").read_text())["psnr_y"]
+              for s in (1, 2)}
+    assert best["step"] == max(values, key=values.get) and best["metric"] == "psnr_y"
+    assert main(["eval", "--run", str(sr_run), "--best", "fid"]) == 2
+    assert "unknown metric for a super-resolution run" in capsys.readouterr().err
+
+
+def test_export_and_enhance_an_sr_run(sr_run, tmp_path, capsys):
+    from PIL import Image
+
+    from dgan.enhance import load_enhancer
+
+    run = load_enhancer(sr_run, device="cpu")
+    x = torch.rand(2, 1, 9, 7) * 2 - 1
+    assert main(["ckpt", "export", str(sr_run), str(tmp_path / "st")]) == 0
+    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["G_ema.safetensors",
+                                                                    "config.yaml"]
+    exported = load_enhancer(tmp_path / "st", device="cpu")
+    assert exported.scale == 4 and exported.step == 2
+    with torch.no_grad():
+        assert torch.equal(exported.net(x), run.net(x))
+        assert main(["ckpt", "export", str(sr_run), str(tmp_path / "ts"), "--format",
+                     "torchscript"]) == 0
+        graph = torch.jit.load(str(tmp_path / "ts" / "G_ema.torchscript.pt"))
+        torch.testing.assert_close(graph(x), run.net(x), atol=1e-5, rtol=0)
+    capsys.readouterr()
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray((np.arange(30 * 20).reshape(30, 20) % 256).astype(np.uint8)).save(
+        src / "a.png")
+    assert main(["enhance", "--run", str(sr_run), str(src), str(tmp_path / "out"), "--tile",
+                 "8", "--tile-pad", "4"]) == 0
+    with Image.open(tmp_path / "out" / "a.png") as img:
+        assert img.size == (80, 120) and img.mode == "L"

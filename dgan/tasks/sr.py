@@ -4,7 +4,8 @@ Real-ESRGAN, Wang et al. 2021). model.name=esrgan (its task when task.name is nu
 Data: single-image HR shards (the stream's "image", [-1, 1] at data.resolution). Each step,
 per sample, a random sr.patch x sr.patch window of the HR image (its corner drawn from a
 generator seeded by (run.seed, rank, step, CROP_PHASE), samples in batch order), and the LR
-input G learns from: `_degrade` of that crop (sr.degradation: bicubic, an antialiased
+input G learns from: `_degrade` of that crop (sr.degradation: realistic, Real-ESRGAN's
+degradations drawn from (run.seed, rank, step, DEGRADE_PHASE), or bicubic, an antialiased
 bicubic downscale by sr.scale quantised to 8-bit levels). Networks (dgan.models.esrgan),
 one optimizer group each (Adam): "G" an RRDB generator (LR -> HR), "D" a U-Net
 discriminator with spectral norm (a realness logit per pixel). "G_ema": the EMA of G
@@ -40,7 +41,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dgan.engine import ema, losses
@@ -113,7 +114,7 @@ class SR(Task):
     emas: ClassVar[dict[str, str]] = {"G_ema": "G"}
     own_keys: ClassVar[tuple[str, ...]] = (
         "model.g_width", "model.d_width", "model.g_blocks", "model.g_growth", "train.ema_beta",
-        "sr.scale", "sr.patch", "sr.pretrain_steps", "sr.degradation",
+        "sr.scale", "sr.patch", "sr.pretrain_steps", "sr.degradation", "sr.degrade",
         "loss.pixel_weight", "loss.perceptual_weight", "loss.perceptual_weights",
         "loss.perceptual_sha256", "loss.perceptual_layers", "loss.gan", "loss.gan_weight")
     ignored_keys: ClassVar[tuple[str, ...]] = ("model.z_dim", "loss.r1_gamma")
@@ -155,6 +156,14 @@ class SR(Task):
             parse_layers(lw.perceptual_layers)
         except ValueError as e:
             problems.append(f"bad value for 'loss.perceptual_layers': {e}")
+        if s.degradation == "realistic":
+            try:
+                OmegaConf.to_object(s.degrade).validate("sr.degrade.")
+            except ValueError as e:
+                problems.append(f"bad value: {e}")
+        elif s.degrade != defaults.sr.degrade:
+            problems.append(f"'sr.degrade' does nothing with sr.degradation={s.degradation}; "
+                            "set sr.degradation=realistic or remove it")
         if s.pretrain_steps > 0 and lw.pixel_weight <= 0:
             problems.append(f"sr.pretrain_steps={s.pretrain_steps} trains G on the pixel loss "
                             "alone: set loss.pixel_weight > 0 (or sr.pretrain_steps=0)")
@@ -218,7 +227,12 @@ class SR(Task):
         kind = self.cfg.sr.degradation
         if kind == "bicubic":
             return bicubic_downscale(hr01, self.scale)
-        raise ValueError(f"sr.degradation {kind!r}: expected bicubic")  # config refuses it
+        if kind == "realistic":
+            from dgan.data.degrade import degrade
+
+            gen = step_generator(self.cfg.run.seed, rank, step, DEGRADE_PHASE)
+            return degrade(hr01, self.scale, self.cfg.sr.degrade, gen)
+        raise ValueError(f"sr.degradation {kind!r}: expected bicubic or realistic")
 
     def degrade_eval(self, hr: torch.Tensor) -> torch.Tensor:
         """HR in [-1, 1] -> LR in [-1, 1] for evaluation (step EVAL_STEP, rank 0: the same
