@@ -3,14 +3,13 @@
 Image values: the nets see and return [-1, 1]; the 1/255 and 4/255 bounds are on the
 [0, 1] scale, i.e. on (y + 1) / 2.
 
-Until the SR task (task.name sr) is on this branch, `load_enhancer` and the CLI are tested
-with a stand-in task "sr_test" (one conv + pixel shuffle G, registered for the test) and a
-config schema with an `sr.scale` key added for the test: replace both with the real task.
+`load_enhancer` and the CLI are tested here with a stand-in task "sr_test" (one conv +
+pixel shuffle G, registered for the test: exact expectations of G's output); a run of the
+real task (task.name sr) is enhanced, exported and evaluated in tests/test_sr.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -241,6 +240,7 @@ class StandInSR(Task):
 
     name = "sr_test"
     models = ("pix2pix",)
+    own_keys = ("sr.scale",)
     takes_labels = False
 
     def network_names(self) -> tuple[str, ...]:
@@ -251,24 +251,13 @@ class StandInSR(Task):
         return {"G": nn.Sequential(nn.Conv2d(c, c * s * s, 3, padding=1), nn.PixelShuffle(s))}
 
 
-@dataclasses.dataclass
-class SRKeys:
-    scale: int = 2
-
-
-@dataclasses.dataclass
-class ConfigWithSR(dgan.config.Config):
-    sr: SRKeys = dataclasses.field(default_factory=SRKeys)
-
-
 @pytest.fixture
 def sr_run(tmp_path, monkeypatch):
     """A run with checkpoints of steps 3 and 5 of task sr_test at x2, RGB; G_ema differs
     from G (and between the steps)."""
-    monkeypatch.setattr(dgan.config, "Config", ConfigWithSR)
     monkeypatch.setitem(TASKS, "sr_test", StandInSR)
     monkeypatch.setattr(dgan.enhance, "ENHANCEMENT_TASKS", ("sr", "sr_test"))
-    cfg = OmegaConf.merge(OmegaConf.structured(ConfigWithSR), {
+    cfg = OmegaConf.merge(OmegaConf.structured(dgan.config.Config), {
         "task": {"name": "sr_test"}, "model": {"name": "pix2pix"},
         "data": {"channels": 3, "resolution": 32}, "sr": {"scale": 2},
         "train": {"precision": "fp32"}})
