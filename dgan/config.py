@@ -356,7 +356,8 @@ def _unknown_key(key: str, where: str) -> ConfigError:
 def _check_keys(node: Any, where: str, prefix: str = "") -> None:
     """Fail on keys that the schema does not have, suggesting the closest valid ones."""
     valid = set(all_keys())
-    groups = {k.split(".")[0] for k in valid}
+    # every section, nested ones too (sr.degrade)
+    groups = {".".join(k.split(".")[:i]) for k in valid for i in range(1, k.count(".") + 1)}
     if not isinstance(node, dict):
         raise ConfigError(f"{where}: expected a mapping of config groups, got {type(node).__name__}")
     for k, v in node.items():

@@ -357,7 +357,7 @@ def test_config_errors():
                                        r"loss.perceptual_weight=0"),
         (["loss.perceptual_layers=conv9_9:1"], r"'loss.perceptual_layers': 'conv9_9:1'"),
         (["loss.perceptual_sha256=abc"], r"'loss.perceptual_sha256': 'abc'; expected 64 hex"),
-        (["loss.pixel_weight=0"], r"sr.pretrain_steps=800 trains G on the pixel loss alone"),
+        (["loss.pixel_weight=0"], r"sr.pretrain_steps=1200 trains G on the pixel loss alone"),
         (["loss.l1_weight=5"], r"'loss.l1_weight'=5.0 does nothing for task.name=sr"),
         (["model.z_dim=8"], r"'model.z_dim'=8 does nothing for task.name=sr"),
         (["eval.metrics=[fd]"], r"'eval.metrics': \['fd'\] for task.name=sr"),
@@ -457,3 +457,18 @@ def test_export_and_enhance_an_sr_run(sr_run, tmp_path, capsys):
                  "8", "--tile-pad", "4"]) == 0
     with Image.open(tmp_path / "out" / "a.png") as img:
         assert img.size == (80, 120) and img.mode == "L"
+
+
+def test_a_saved_config_with_the_nested_degrade_section_loads(tmp_path):
+    """config.yaml as a run writes it (sr.degrade nested two levels deep) loads back; a key
+    unknown inside it is named."""
+    from omegaconf import OmegaConf
+
+    cfg = config(tmp_path / "r", "sr.degradation=realistic", "sr.degrade.blur_prob=0.5")
+    saved = tmp_path / "config.yaml"
+    saved.write_text(OmegaConf.to_yaml(cfg))
+    again = load_config(str(saved))
+    assert again.sr.degrade.blur_prob == 0.5 and again.sr.degradation == "realistic"
+    saved.write_text(OmegaConf.to_yaml(cfg).replace("blur_prob: 0.5", "blur_prb: 0.5"))
+    with pytest.raises(ConfigError, match=r"unknown config key 'sr.degrade.blur_prb'"):
+        load_config(str(saved))
