@@ -165,7 +165,7 @@ def test_two_ranks_equal_one_rank_with_the_double_batch(equivalence, case):
     assert ref["phases"] == got["phases"] == [["G"], ["G"], ["G", "D"], ["G", "D"]]
     for net in ("G", "D", "G_ema"):
         for x, y in zip(ref[net], got[net]):
-            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6, msg=lambda m: f"{net}: {m}")
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6, msg=lambda m, net=net: f"{net}: {m}")
     assert ref["lrs"] == pytest.approx(got["lrs"], rel=1e-12)
     assert ref["lrs"][-1]["G"][0] < ref["lrs"][0]["G"][0]  # the decay acted
     # the equality is not trivial: every network moved by far more than the tolerance

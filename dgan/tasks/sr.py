@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +81,7 @@ def random_crops(images: torch.Tensor, patch: int, gens: Sequence[torch.Generato
     crops = []
     for img, gen in zip(images, gens):
         t = int(torch.randint(h - patch + 1, (1,), generator=gen))
-        l = int(torch.randint(w - patch + 1, (1,), generator=gen))  # noqa: E741
+        l = int(torch.randint(w - patch + 1, (1,), generator=gen))
         crops.append(img[:, t:t + patch, l:l + patch])
     return torch.stack(crops)
 
@@ -240,7 +240,7 @@ class SR(Task):
         t = self.cfg.train
         return self.backend.rank * t.batch_size * t.grad_accum
 
-    def _degrade(self, hr01: torch.Tensor, step: int, first: Optional[int]) -> torch.Tensor:
+    def _degrade(self, hr01: torch.Tensor, step: int, first: int | None) -> torch.Tensor:
         """HR crops [N, C, P, P] in [0, 1] -> their LR inputs [N, C, P / scale, P / scale] in
         [0, 1]. The one place the degradation is chosen (sr.degradation). Draws, for
         degradations that make any: in training (`first`, the global index of row 0), each
