@@ -1,5 +1,5 @@
 """Super-resolution (task.name=sr): the ESRGAN-class networks, crops and degradation keyed by
-(seed, rank, step), the two stages (D untouched while G pretrains), exact resume across the
+(seed, step, global sample index), the two stages (D untouched while G pretrains), exact resume across the
 stage boundary, the VGG19 perceptual weights' checks, config errors, PSNR/SSIM on Y, and dgan eval / ckpt export / enhance of a trained run."""
 
 from __future__ import annotations
@@ -110,22 +110,40 @@ def _task(tmp_path, rank=0, *extra):
     return task
 
 
-def test_crops_and_degradation_are_keyed_by_seed_rank_and_step(tmp_path):
+def test_crops_and_degradation_are_keyed_by_seed_step_and_global_index(tmp_path):
+    """Each crop's corner comes from (run.seed, step, CROP_PHASE, the sample's index in the
+    step's global batch): not from the rank, so row i of rank 0's batch of 2B is row i - B
+    of rank 1's batch of B (with B = batch_size x grad_accum)."""
     images = torch.rand(6, 3, 48, 48) * 2 - 1
     extra = ("data.resolution=48", "sr.patch=16", "data.channels=3")
 
-    def drawn(step, rank=0, seed=0):
-        task = _task(tmp_path, rank, *extra, f"run.seed={seed}")
-        batch = {"image": images.clone(), "label": None}
+    def drawn(step, rank=0, seed=0, rows=slice(None), *more):
+        task = _task(tmp_path, rank, *extra, f"run.seed={seed}", *more)
+        batch = {"image": images[rows].clone(), "label": None}
         task.draw(step, batch)
         return batch["hr"], batch["lr"]
 
-    hr, lr = drawn(3)
+    hr, lr = drawn(3, 0, 0, slice(None), "train.batch_size=6")
     assert hr.shape == (6, 3, 16, 16) and lr.shape == (6, 3, 4, 4)
-    h2, l2 = drawn(3)
+    h2, l2 = drawn(3, 0, 0, slice(None), "train.batch_size=6")
     assert torch.equal(hr, h2) and torch.equal(lr, l2)  # a resumed run's step draws the same
-    for other in (drawn(4), drawn(3, rank=1), drawn(3, seed=1)):
+    for other in (drawn(4, 0, 0, slice(None), "train.batch_size=6"),
+                  drawn(3, 0, 1, slice(None), "train.batch_size=6")):
         assert not torch.equal(hr, other[0])
+    # the split: rank 0 with 3 rows, rank 1 with 3 rows (one micro-batch, or three of one)
+    for more in (["train.batch_size=3"], ["train.batch_size=1", "train.grad_accum=3"]):
+        h0, l0 = drawn(3, 0, 0, slice(0, 3), *more)
+        h1, l1 = drawn(3, 1, 0, slice(3, 6), *more)
+        assert torch.equal(hr[:3], h0) and torch.equal(lr[:3], l0), more
+        assert torch.equal(hr[3:], h1) and torch.equal(lr[3:], l1), more
+    # a rank's rows are not the other rank's draws: rank 1 with rank 0's images crops them
+    # elsewhere (the index, not the image or the row in the rank's batch, keys the draw)
+    assert not torch.equal(drawn(3, 1, 0, slice(0, 3), "train.batch_size=3")[0], hr[:3])
+    same = images[:1].expand(6, -1, -1, -1)  # one image 6 times: 6 different windows
+    task = _task(tmp_path, 0, *extra, "train.batch_size=6")
+    batch = {"image": same.clone(), "label": None}
+    task.draw(3, batch)
+    assert len({c.numpy().tobytes() for c in batch["hr"]}) == 6
     # each crop is a window of its own image
     for img, crop in zip(images, hr):
         windows = img.unfold(1, 16, 1).unfold(2, 16, 1)  # [C, 33, 33, 16, 16]
@@ -140,34 +158,48 @@ def test_crops_and_degradation_are_keyed_by_seed_rank_and_step(tmp_path):
                        torch.full((1, 1, 8, 8), 128 / 255))
 
 
-def test_realistic_degradation_is_keyed_by_seed_rank_and_step(tmp_path):
-    """sr.degradation=realistic: dgan.data.degrade with the generator of (run.seed, rank,
-    step, DEGRADE_PHASE); the same step degrades the same crops the same way (a resumed
-    run), another step, rank or seed differently, and not as bicubic does."""
+def test_realistic_degradation_is_keyed_by_seed_step_and_global_index(tmp_path):
+    """sr.degradation=realistic: each crop degraded alone (dgan.data.degrade on [1, C, P, P])
+    with the generator of (run.seed, step, DEGRADE_PHASE, its global index); the same step
+    degrades the same crops the same way (a resumed run), another step or seed differently,
+    a sample the same on whichever rank it lands, and not as bicubic does. The evaluation's
+    draws stay one generator of (run.seed, rank 0, EVAL_STEP) per batch, on every rank."""
     from dgan.data.degrade import degrade
-    from dgan.engine.seeding import step_generator
-    from dgan.tasks.sr import DEGRADE_PHASE
+    from dgan.engine.seeding import sample_generator, step_generator
+    from dgan.tasks.sr import DEGRADE_PHASE, EVAL_STEP
 
     images = torch.rand(4, 3, 48, 48) * 2 - 1
     extra = ("data.resolution=48", "sr.patch=32", "data.channels=3",
              "sr.degradation=realistic")
 
-    def drawn(step, rank=0, seed=0):
-        task = _task(tmp_path, rank, *extra, f"run.seed={seed}")
-        batch = {"image": images.clone(), "label": None, "hr": images[:, :, :32, :32]}
+    def drawn(step, rank=0, seed=0, rows=slice(None), batch_size=4):
+        task = _task(tmp_path, rank, *extra, f"run.seed={seed}",
+                     f"train.batch_size={batch_size}")
+        hr = images[rows, :, :32, :32]
+        batch = {"image": images[rows].clone(), "label": None, "hr": hr}
         task.draw(step, batch)
         return batch["lr"], task
 
     lr, task = drawn(3)
     assert lr.shape == (4, 3, 8, 8)
     assert torch.equal(lr, drawn(3)[0])
-    for other in (drawn(4)[0], drawn(3, rank=1)[0], drawn(3, seed=1)[0]):
+    for other in (drawn(4)[0], drawn(3, seed=1)[0]):
         assert not torch.equal(lr, other)
-    want = degrade((images[:, :, :32, :32] + 1) / 2, 4, task.cfg.sr.degrade,
-                   step_generator(0, 0, 3, DEGRADE_PHASE)) * 2 - 1
+    hr01 = (images[:, :, :32, :32] + 1) / 2
+    want = torch.cat([degrade(hr01[i:i + 1], 4, task.cfg.sr.degrade,
+                              sample_generator(0, 3, DEGRADE_PHASE, i)) * 2 - 1
+                      for i in range(4)])
     assert torch.equal(lr, want)
-    assert not torch.allclose(lr, bicubic_downscale((images[:, :, :32, :32] + 1) / 2, 4) * 2 - 1,
-                              atol=0.02)
+    # 2 ranks x 2 rows = 1 rank x 4 rows; rank 1 degrading rank 0's crops does it otherwise
+    assert torch.equal(drawn(3, 0, 0, slice(0, 2), 2)[0], lr[:2])
+    assert torch.equal(drawn(3, 1, 0, slice(2, 4), 2)[0], lr[2:])
+    assert not torch.equal(drawn(3, 1, 0, slice(0, 2), 2)[0], lr[:2])
+    assert not torch.allclose(lr, bicubic_downscale(hr01, 4) * 2 - 1, atol=0.02)
+    # the evaluation: the same on rank 0 and rank 1, as before this change (one generator)
+    ev = task.degrade_eval(images[:, :, :32, :32])
+    assert torch.equal(ev, _task(tmp_path, 1, *extra).degrade_eval(images[:, :, :32, :32]))
+    assert torch.equal(ev, degrade(hr01, 4, task.cfg.sr.degrade,
+                                   step_generator(0, 0, EVAL_STEP, DEGRADE_PHASE)) * 2 - 1)
 
 
 # -- training: stages and resume ----------------------------------------------------------

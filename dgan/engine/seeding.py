@@ -6,8 +6,8 @@ that a task picks per kind of draw (DCGAN: 0 D's latents, 1 G's latents, 2 fake 
 StyleGAN2: 17 for the global torch RNG of the whole step); tasks keep their numbers so
 that runs stay reproducible across versions.
 
-Draws that must not depend on the process a sample lands in (pix2pix's dropout masks) use
-`sample_seed`: (seed, step, phase, the sample's index in the step's global batch), the same
+Draws that must not depend on the process a sample lands in (pix2pix's dropout masks, the
+sr task's crops and degradations) use `sample_seed` / `sample_generator`: (seed, step, phase, the sample's index in the step's global batch), the same
 on every rank and for any split of the global batch over ranks and micro-batches.
 """
 
@@ -34,6 +34,11 @@ def step_generator(seed: int, rank: int, step: int, phase: int) -> torch.Generat
     """A CPU generator seeded by `step_seed`; draw on the CPU and move, so that the bytes do
     not depend on the device."""
     return torch.Generator().manual_seed(step_seed(seed, rank, step, phase))
+
+
+def sample_generator(seed: int, step: int, phase: int, index: int) -> torch.Generator:
+    """A CPU generator seeded by `sample_seed`: one sample's own draws (draw on the CPU)."""
+    return torch.Generator().manual_seed(sample_seed(seed, step, phase, index))
 
 
 def seed_global(seed: int, rank: int, step: int, phase: int) -> None:

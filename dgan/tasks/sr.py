@@ -2,11 +2,18 @@
 Real-ESRGAN, Wang et al. 2021). model.name=esrgan (its task when task.name is null).
 
 Data: single-image HR shards (the stream's "image", [-1, 1] at data.resolution). Each step,
-per sample, a random sr.patch x sr.patch window of the HR image (its corner drawn from a
-generator seeded by (run.seed, rank, step, CROP_PHASE), samples in batch order), and the LR
-input G learns from: `_degrade` of that crop (sr.degradation: realistic, Real-ESRGAN's
-degradations drawn from (run.seed, rank, step, DEGRADE_PHASE), or bicubic, an antialiased
-bicubic downscale by sr.scale quantised to 8-bit levels). Networks (dgan.models.esrgan),
+per sample, a random sr.patch x sr.patch window of the HR image (its corner drawn from the
+sample's own generator, seeded by (run.seed, step, CROP_PHASE, the sample's index in the
+step's global batch)), and the LR input G learns from: `_degrade` of that crop
+(sr.degradation: realistic, Real-ESRGAN's degradations of each crop alone, drawn from its
+own generator of (run.seed, step, DEGRADE_PHASE, its global index); or bicubic, an
+antialiased bicubic downscale by sr.scale quantised to 8-bit levels, no draws). The global
+index is dgan.engine.seeding.sample_seed's (rank x batch_size x grad_accum + the row in the
+rank's batch, as pix2pix's dropout), so a sample's crop and LR input are the same whatever
+rank and micro-batch it lands in: 2 ranks see what 1 rank with the doubled batch sees, and
+a resumed run what the uninterrupted one saw, with no RNG state to save. (With
+loss.gan=vanilla, the default, 2 ranks then train as 1 rank with the doubled batch;
+relativistic's means over the micro-batch differ with the split.) Networks (dgan.models.esrgan),
 one optimizer group each (Adam): "G" an RRDB generator (LR -> HR), "D" a U-Net
 discriminator with spectral norm (a realness logit per pixel). "G_ema": the EMA of G
 (decay train.ema_beta, ramped up over the first steps as dcgan's), which samples and
@@ -37,6 +44,7 @@ of the first crops the run saw (saved with the task's state).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -45,14 +53,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dgan.engine import ema, losses
-from dgan.engine.seeding import step_generator
+from dgan.engine.seeding import sample_generator, step_generator
 from dgan.tasks import register
 from dgan.tasks.base import Batch, Phase, Task, eval_mode
 
 GRID_SAMPLES = 8  # crops in the sample grid (fewer when log.grid is smaller)
-CROP_PHASE = 30  # dgan.engine.seeding phase of the HR crops' corners
-DEGRADE_PHASE = 31  # phase of the degradation's own draws (none for bicubic)
-EVAL_STEP = 2**31 - 1  # the `step` the evaluation's degradations are keyed by
+# dgan.engine.seeding phases (per sample of the global batch: sample_seed)
+CROP_PHASE = 30  # the HR crops' corners
+DEGRADE_PHASE = 31  # the degradation's own draws (none for bicubic)
+EVAL_STEP = 2**31 - 1  # the `step` the evaluation's degradations are keyed by (step_seed)
 
 
 def stage(step: int, pretrain_steps: int) -> str:
@@ -60,16 +69,21 @@ def stage(step: int, pretrain_steps: int) -> str:
     return "pretrain" if step < pretrain_steps else "gan"
 
 
-def random_crops(images: torch.Tensor, patch: int, gen: torch.Generator) -> torch.Tensor:
-    """One patch x patch window per image, its corner uniform over the image, drawn from
-    `gen` (on the CPU) two integers per image in batch order."""
+def random_crops(images: torch.Tensor, patch: int, gens: Sequence[torch.Generator]
+                 ) -> torch.Tensor:
+    """One patch x patch window per image, its corner uniform over the image: image i's top
+    then left drawn from its own CPU generator gens[i]."""
     n, _, h, w = images.shape
     if patch > min(h, w):
         raise ValueError(f"sr.patch {patch} is larger than the images ({h}x{w})")
-    tops = torch.randint(h - patch + 1, (n,), generator=gen).tolist()
-    lefts = torch.randint(w - patch + 1, (n,), generator=gen).tolist()
-    return torch.stack([img[:, t:t + patch, l:l + patch]
-                        for img, t, l in zip(images, tops, lefts)])
+    if len(gens) != n:
+        raise ValueError(f"random_crops: {len(gens)} generators for {n} images")
+    crops = []
+    for img, gen in zip(images, gens):
+        t = int(torch.randint(h - patch + 1, (1,), generator=gen))
+        l = int(torch.randint(w - patch + 1, (1,), generator=gen))
+        crops.append(img[:, t:t + patch, l:l + patch])
+    return torch.stack(crops)
 
 
 def bicubic_downscale(hr01: torch.Tensor, scale: int) -> torch.Tensor:
@@ -220,35 +234,55 @@ class SR(Task):
         self._fakes = []
 
     # -- data -----------------------------------------------------------------------------
-    def _degrade(self, hr01: torch.Tensor, step: int, rank: int) -> torch.Tensor:
+    def first_index(self) -> int:
+        """The index in the step's global batch of row 0 of this rank's batch
+        (dgan.engine.seeding.sample_seed: rank x train.batch_size x train.grad_accum)."""
+        t = self.cfg.train
+        return self.backend.rank * t.batch_size * t.grad_accum
+
+    def _degrade(self, hr01: torch.Tensor, step: int, first: int | None) -> torch.Tensor:
         """HR crops [N, C, P, P] in [0, 1] -> their LR inputs [N, C, P / scale, P / scale] in
-        [0, 1]. The one place the degradation is chosen (sr.degradation); draws, for
-        degradations that make any, come from (run.seed, rank, step, DEGRADE_PHASE)."""
+        [0, 1]. The one place the degradation is chosen (sr.degradation). Draws, for
+        degradations that make any: in training (`first`, the global index of row 0), each
+        crop degraded alone from its own generator of (run.seed, step, DEGRADE_PHASE,
+        first + row); for the evaluation (`first` None), the whole batch from the generator
+        of (run.seed, rank 0, step, DEGRADE_PHASE)."""
         kind = self.cfg.sr.degradation
         if kind == "bicubic":
             return bicubic_downscale(hr01, self.scale)
         if kind == "realistic":
-            from dgan.data.degrade import degrade
+            from dgan.data.degrade import DegradeConfig, degrade
 
-            gen = step_generator(self.cfg.run.seed, rank, step, DEGRADE_PHASE)
-            return degrade(hr01, self.scale, self.cfg.sr.degrade, gen)
+            cfg = DegradeConfig(**OmegaConf.to_container(self.cfg.sr.degrade, resolve=True))
+            seed = self.cfg.run.seed
+            if first is None:
+                return degrade(hr01, self.scale, cfg,
+                               step_generator(seed, 0, step, DEGRADE_PHASE))
+            if len(hr01) == 0:
+                return degrade(hr01, self.scale, cfg, torch.Generator())
+            return torch.cat([
+                degrade(hr01[i:i + 1], self.scale, cfg,
+                        sample_generator(seed, step, DEGRADE_PHASE, first + i))
+                for i in range(len(hr01))])
         raise ValueError(f"sr.degradation {kind!r}: expected bicubic or realistic")
 
     def degrade_eval(self, hr: torch.Tensor) -> torch.Tensor:
-        """HR in [-1, 1] -> LR in [-1, 1] for evaluation (step EVAL_STEP, rank 0: the same
-        inputs in every evaluation)."""
-        return self._degrade((hr.float() + 1) / 2, EVAL_STEP, 0) * 2 - 1
+        """HR in [-1, 1] -> LR in [-1, 1] for evaluation (step EVAL_STEP, rank 0's generator
+        for each whole batch: the same inputs in every evaluation and on every rank)."""
+        return self._degrade((hr.float() + 1) / 2, EVAL_STEP, None) * 2 - 1
 
     def draw(self, step: int, batch: Batch) -> None:
+        first = self.first_index()
         if "hr" not in batch:
             images = batch["image"]
             assert images is not None
-            gen = step_generator(self.cfg.run.seed, self.backend.rank, step, CROP_PHASE)
-            batch["hr"] = random_crops(images, int(self.cfg.sr.patch), gen)
+            gens = [sample_generator(self.cfg.run.seed, step, CROP_PHASE, first + i)
+                    for i in range(len(images))]
+            batch["hr"] = random_crops(images, int(self.cfg.sr.patch), gens)
         hr = batch["hr"]
         assert hr is not None
         if "lr" not in batch:
-            batch["lr"] = self._degrade((hr.float() + 1) / 2, step, self.backend.rank) * 2 - 1
+            batch["lr"] = self._degrade((hr.float() + 1) / 2, step, first) * 2 - 1
         want = min(GRID_SAMPLES, self.cfg.log.grid)
         have = len(self.grid["hr"]) if self.grid else 0
         if have < want:  # the first crops this rank sees, kept for the whole run
