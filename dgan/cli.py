@@ -543,6 +543,7 @@ def _eval_sr(args: argparse.Namespace) -> int:
     stored = None if args.data or args.trust_pipe else os.path.join(args.run, "config.yaml")
     metrics = _translation_metrics(args, cfg.eval.metrics, SR_METRICS,
                                    "a super-resolution run")
+    _inception_weights(args)
     source = _resolve_data(cfg, stored)
     task = build_task(cfg)
     n = args.n or cfg.eval.n

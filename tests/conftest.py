@@ -43,6 +43,24 @@ SLOWEST_FILES = ("test_launch.py", "test_stylegan2_train.py", "test_demo_quality
                  "test_ops_triton.py", "test_ops_compile.py")
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_compile_cache():
+    """A compiled in-process run points TORCHINDUCTOR_CACHE_DIR at its run directory
+    (dgan.tasks.stylegan2.use_compile_cache); put the variable back after each test, or a
+    later test's launched ranks would take it for one the user exported and use that cache
+    instead of their own run directory's (a failure that depended on which tests an xdist
+    worker had run before)."""
+    import dgan.tasks.stylegan2 as sg2
+
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    yield
+    if before is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+    sg2._CACHE_SET_HERE = None
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
     # stable: each file's own tests keep their order

@@ -392,7 +392,7 @@ def test_config_errors():
         (["loss.pixel_weight=0"], r"sr.pretrain_steps=1200 trains G on the pixel loss alone"),
         (["loss.l1_weight=5"], r"'loss.l1_weight'=5.0 does nothing for task.name=sr"),
         (["model.z_dim=8"], r"'model.z_dim'=8 does nothing for task.name=sr"),
-        (["eval.metrics=[fd]"], r"'eval.metrics': \['fd'\] for task.name=sr"),
+        (["eval.metrics=[cycle_l1]"], r"'eval.metrics': \['cycle_l1'\] for task.name=sr"),
     ]:
         with pytest.raises(ConfigError, match=match):
             load_config(CONFIG, overrides)
@@ -458,7 +458,7 @@ def test_dgan_eval_and_eval_best_of_an_sr_run(sr_run, capsys):
     values = {s: json.loads((sr_run / f"eval-{s:08d}.json").read_text())["psnr_y"]
               for s in (1, 2)}
     assert best["step"] == max(values, key=values.get) and best["metric"] == "psnr_y"
-    assert main(["eval", "--run", str(sr_run), "--best", "fid"]) == 2
+    assert main(["eval", "--run", str(sr_run), "--best", "digit_class"]) == 2
     assert "unknown metric for a super-resolution run" in capsys.readouterr().err
 
 
@@ -504,3 +504,42 @@ def test_a_saved_config_with_the_nested_degrade_section_loads(tmp_path):
     saved.write_text(OmegaConf.to_yaml(cfg).replace("blur_prob: 0.5", "blur_prb: 0.5"))
     with pytest.raises(ConfigError, match=r"unknown config key 'sr.degrade.blur_prb'"):
         load_config(str(saved))
+
+
+def test_fd_kid_of_the_outputs_and_of_bicubic_against_the_hr_images(tmp_path, capsys):
+    """eval.metrics fd, kid: G's outputs and bicubic upscaling against the HR images (digit
+    features on the built-in digits; the FID Inception's with its weights): a G that is
+    bicubic upscaling scores exactly bicubic's numbers, a G that ignores its input far
+    worse; on photos without the Inception weights they are left out with one line."""
+    from torch import nn
+
+    from dgan.metrics.sr import bicubic_up, evaluate_sr
+
+    cfg = config(tmp_path / "r", "eval.metrics=[psnr_y,fd,kid]")
+    task = _task(tmp_path)
+    source = _resolve_data(cfg)
+
+    class Bicubic(nn.Module):
+        def forward(self, lr):
+            return bicubic_up(lr, 4)
+
+    class Blank(nn.Module):
+        def forward(self, lr):
+            return torch.full((len(lr), lr.shape[1], lr.shape[2] * 4, lr.shape[3] * 4), -1.0)
+
+    cpu = torch.device("cpu")
+    same = evaluate_sr(cfg, Bicubic(), source, cpu, task.degrade_eval, ["psnr_y", "fd", "kid"],
+                       n=64)
+    assert {"fd_digits", "fd_digits_bicubic", "kid_digits", "kid_digits_bicubic"} <= set(same)
+    assert same["fd_digits"] == pytest.approx(same["fd_digits_bicubic"])
+    assert same["psnr_y"] == pytest.approx(same["psnr_y_bicubic"])
+    blank = evaluate_sr(cfg, Blank(), source, cpu, task.degrade_eval, ["fd", "kid"], n=64)
+    assert blank["fd_digits"] > 1.3 * blank["fd_digits_bicubic"]  # 836 vs 549 measured
+    assert blank["kid_digits"] > blank["kid_digits_bicubic"]
+    assert "psnr_y" not in blank
+    # not digits by the user's word: no digit features for fd/kid, said in one line
+    cfg.eval.digit_metrics = "false"
+    capsys.readouterr()
+    other = evaluate_sr(cfg, Bicubic(), source, cpu, task.degrade_eval, ["psnr_y", "fd"], n=8)
+    assert set(other) == {"psnr_y", "psnr_y_bicubic", "images"}
+    assert "skipped fd: eval.digit_metrics=false" in capsys.readouterr().err

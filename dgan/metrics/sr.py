@@ -30,7 +30,8 @@ from torch import nn
 from dgan.metrics.distributed import rank_and_world, split_count
 from dgan.metrics.quality import psnr, ssim
 
-SR_METRICS = ("psnr_y", "ssim_y")
+SR_METRICS = ("psnr_y", "ssim_y", "fd", "kid")  # what an sr run can be evaluated by
+SR_DEFAULT = ("psnr_y", "ssim_y")
 EVAL_SEED = 99991  # the order images are read in (one pass: each image once)
 EVAL_BATCH = 8
 _LUMA = (65.481, 128.553, 24.966)
@@ -93,11 +94,16 @@ def evaluate_sr(cfg: DictConfig, g: nn.Module, source: Any, device: torch.device
                 metrics: Optional[Sequence[str]] = None, n: Optional[int] = None
                 ) -> dict[str, float]:
     """{metric key: mean over images} (module doc) for `metrics` among psnr_y, ssim_y
-    (default both). `degrade(hr)`: HR [N, C, H, W] in [-1, 1] -> LR in [-1, 1]. Call on every
-    rank; the same dict on every rank."""
+    (default both), fd and kid (G_ema's outputs against the HR images, keys fid / kid with
+    the FID Inception's weights, fd_digits / kid_digits on the built-in digits; each also
+    for bicubic upscaling, keys ..._bicubic; as dgan.metrics.translation computes them).
+    `degrade(hr)`: HR [N, C, H, W] in [-1, 1] -> LR in [-1, 1]. Call on every rank; the
+    same dict on every rank."""
     from dgan.data.stream import DataStream
+    from dgan.metrics.translation import _Distances, honest_metrics
 
-    chosen = [m for m in (metrics or SR_METRICS) if m in SR_METRICS]
+    chosen = [m for m in (metrics or SR_DEFAULT) if m in SR_METRICS]
+    chosen = honest_metrics(cfg, [("path", source)], chosen)
     if not chosen:
         return {}
     scale = int(cfg.sr.scale)
@@ -106,6 +112,7 @@ def evaluate_sr(cfg: DictConfig, g: nn.Module, source: Any, device: torch.device
     if side - 2 * border < 11 and "ssim_y" in chosen:
         raise ValueError(f"ssim_y needs images of at least {11 + 2 * border} pixels a side "
                          f"after the {border}-pixel border crop, got {side}")
+    distances = _Distances(chosen, cfg.data.channels, device)
     limit = n or cfg.eval.n
     rank, world = rank_and_world()
     stream = DataStream(source, batch_size=EVAL_BATCH, resolution=cfg.data.resolution,
@@ -135,6 +142,8 @@ def evaluate_sr(cfg: DictConfig, g: nn.Module, source: Any, device: torch.device
             if "ssim_y" in chosen:
                 sums[2] += ssim_y(out, hr, border).double().sum()
                 sums[4] += ssim_y(bic, hr, border).double().sum()
+            distances.add("out", out, hr)
+            distances.add("bicubic", bic, None)
     finally:
         stream.close()
         g.train(was)
@@ -147,6 +156,7 @@ def evaluate_sr(cfg: DictConfig, g: nn.Module, source: Any, device: torch.device
         values.update(psnr_y=sums[1].item() / count, psnr_y_bicubic=sums[3].item() / count)
     if "ssim_y" in chosen:
         values.update(ssim_y=sums[2].item() / count, ssim_y_bicubic=sums[4].item() / count)
+    values.update(distances.result([("out", "out", ""), ("bicubic", "out", "_bicubic")]))
     if rank == 0:
         sys.stderr.write(f"dgan: eval: {count} images in {time.perf_counter() - start:.1f} s\n")
     return {**values, "images": float(count)}

@@ -132,7 +132,7 @@ class SR(Task):
         "loss.pixel_weight", "loss.perceptual_weight", "loss.perceptual_weights",
         "loss.perceptual_sha256", "loss.perceptual_layers", "loss.gan", "loss.gan_weight")
     ignored_keys: ClassVar[tuple[str, ...]] = ("model.z_dim", "loss.r1_gamma")
-    metrics: ClassVar[tuple[str, ...]] = ("psnr_y", "ssim_y")
+    metrics: ClassVar[tuple[str, ...]] = ("psnr_y", "ssim_y", "fd", "kid")
     default_metrics: ClassVar[tuple[str, ...]] = ("psnr_y", "ssim_y")
     takes_labels = False
 
