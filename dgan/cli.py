@@ -301,6 +301,18 @@ def _write_eval(run: str, step: int, n: int, results: dict[str, float],
         json.dump({**kept, "step": step, "n": n, **results}, f, indent=1)
 
 
+def _report_eval(run: str, step: int, n: int, results: dict[str, float], count_key: str,
+                 what: str) -> int:
+    """Print `results` of a translation / sr run's `dgan eval` (`count_key`: how many were
+    measured, `what` those were) as a table and store them in RUN/eval-<step>.json."""
+    from dgan.metrics.evaluate import format_table
+
+    print(f"run {run}, step {step}, {int(results[count_key])} {what}")
+    print(format_table({k: v for k, v in results.items() if k != count_key}))
+    _write_eval(run, step, n, results, {})
+    return 0
+
+
 def _eval_best(run: str, metric: str, n: int,
                evaluate_step: Callable[[int], dict[str, float]]) -> int:
     """`dgan eval --run RUN --best METRIC`: METRIC of every valid checkpoint of RUN (values
@@ -422,7 +434,6 @@ def _eval_translation(args: argparse.Namespace) -> int:
     import torch
 
     from dgan.checkpoint import InvalidCheckpoint
-    from dgan.metrics.evaluate import format_table
     from dgan.metrics.translation import PAIRED_METRICS, evaluate_translation
     from dgan.tasks import task_name
     from dgan.translate import BOTH_WAYS, TranslateError, load_translator
@@ -462,11 +473,8 @@ def _eval_translation(args: argparse.Namespace) -> int:
 
         return _eval_best(args.run, args.best, n, evaluate_step)
     results = evaluate(t.net)
-    print(f"run {args.run}, step {t.step}, {int(results['pairs'])} pairs of "
-          f"{cfg.data.path} ({t.direction})")
-    print(format_table({k: v for k, v in results.items() if k != "pairs"}))
-    _write_eval(args.run, t.step, n, results, {})
-    return 0
+    return _report_eval(args.run, t.step, n, results, "pairs",
+                        f"pairs of {cfg.data.path} ({t.direction})")
 
 
 def _eval_cycle(args: argparse.Namespace) -> int:
@@ -476,7 +484,6 @@ def _eval_cycle(args: argparse.Namespace) -> int:
     import torch
 
     from dgan.checkpoint import InvalidCheckpoint
-    from dgan.metrics.evaluate import format_table
     from dgan.metrics.translation import CYCLE_METRICS, evaluate_cycle
     from dgan.translate import TranslateError, load_translation_networks
 
@@ -511,11 +518,8 @@ def _eval_cycle(args: argparse.Namespace) -> int:
 
         return _eval_best(args.run, args.best, n, evaluate_step)
     results = evaluate(net)
-    print(f"run {args.run}, step {step}, {int(results['images'])} images of each domain "
-          f"({cfg.data.path}, {cfg.data.path_b})")
-    print(format_table({k: v for k, v in results.items() if k != "images"}))
-    _write_eval(args.run, step, n, results, {})
-    return 0
+    return _report_eval(args.run, step, n, results, "images",
+                        f"images of each domain ({cfg.data.path}, {cfg.data.path_b})")
 
 
 def _eval_sr(args: argparse.Namespace) -> int:
@@ -528,7 +532,6 @@ def _eval_sr(args: argparse.Namespace) -> int:
     from dgan.checkpoint import InvalidCheckpoint
     from dgan.config import ConfigError
     from dgan.enhance import EnhanceError, load_enhancer
-    from dgan.metrics.evaluate import format_table
     from dgan.metrics.sr import SR_METRICS, evaluate_sr
     from dgan.tasks import build_task
 
@@ -563,11 +566,9 @@ def _eval_sr(args: argparse.Namespace) -> int:
 
         return _eval_best(args.run, args.best, n, evaluate_step)
     results = evaluate(e.net)
-    print(f"run {args.run}, step {e.step}, {int(results['images'])} images of "
-          f"{cfg.data.path} (x{e.scale}, LR by sr.degradation={cfg.sr.degradation})")
-    print(format_table({k: v for k, v in results.items() if k != "images"}))
-    _write_eval(args.run, e.step, n, results, {})
-    return 0
+    return _report_eval(args.run, e.step, n, results, "images",
+                        f"images of {cfg.data.path} (x{e.scale}, LR by "
+                        f"sr.degradation={cfg.sr.degradation})")
 
 
 def _checkpoint_arg(path: Path) -> Optional[Path]:

@@ -21,6 +21,13 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum `t` over the ranks in place (nothing outside a process group); returns it."""
+    if is_distributed():
+        dist.all_reduce(t)
+    return t
+
+
 def rank_and_world() -> tuple[int, int]:
     """(rank, world_size) of this process; (0, 1) without torch.distributed."""
     if dist.is_available() and dist.is_initialized():

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from dgan.metrics.distributed import rank_and_world, split_count
+from dgan.metrics.distributed import all_reduce_sum, rank_and_world, split_count
 from dgan.metrics.quality import psnr, ssim
 
 SR_METRICS = ("psnr_y", "ssim_y", "fd", "kid")  # what an sr run can be evaluated by
@@ -78,14 +78,6 @@ def bicubic_up(lr: torch.Tensor, scale: int) -> torch.Tensor:
         return lr.float()
     return F.interpolate(lr.float(), scale_factor=scale, mode="bicubic",
                          align_corners=False).clamp(-1, 1)
-
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
 
 
 @torch.no_grad()
@@ -147,7 +139,7 @@ def evaluate_sr(cfg: DictConfig, g: nn.Module, source: Any, device: torch.device
     finally:
         stream.close()
         g.train(was)
-    _all_reduce(sums)
+    all_reduce_sum(sums)
     count = int(sums[0].item())
     if count == 0:
         raise ValueError("no images to evaluate: the shards yielded none")

@@ -31,7 +31,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from dgan.metrics.distributed import broadcast_object, gather_features, rank_and_world, split_count
+from dgan.metrics.distributed import (all_reduce_sum, broadcast_object, gather_features,
+                                      rank_and_world, split_count)
 from dgan.metrics.quality import psnr, ssim
 
 EVAL_SEED = 99991  # the order pairs are read in (single pass: each pair once either way)
@@ -41,14 +42,6 @@ CYCLE_METRICS = ("cycle_l1", "digit_class", "fd", "kid")
 DISTANCES = ("fd", "kid")  # on Inception features, else (digits only) the digit classifier's
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
-
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
 
 
 def _say(line: str) -> None:
@@ -223,7 +216,7 @@ def evaluate_translation(cfg: DictConfig, g: nn.Module, source: Any, device: tor
     finally:
         stream.close()
         g.train(was)
-    _all_reduce(sums)
+    all_reduce_sum(sums)
     count = int(sums[0].item())
     if count == 0:
         raise ValueError("no pairs to evaluate: the shards yielded none")
@@ -298,7 +291,7 @@ def evaluate_cycle(cfg: DictConfig, g: nn.Module, source_a: Any, source_b: Any,
                 stream.close()
     finally:
         g.train(was)
-    _all_reduce(sums)
+    all_reduce_sum(sums)
     if sums[0, 0].item() == 0 or sums[1, 0].item() == 0:
         raise ValueError("no images to evaluate: the shards of a domain yielded none")
     values: dict[str, float] = {}

@@ -202,6 +202,20 @@ class Task:
         return problems
 
 
+class KeepsGrid:
+    """Task state of a task that shows the first inputs it saw as its sample grid (pix2pix,
+    CycleGAN, sr): `self.grid`, {name: CPU tensor}, saved with the run so that a resumed
+    run's grids show the same inputs."""
+
+    grid: dict[str, torch.Tensor]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"grid": dict(self.grid)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.grid = {k: v.float().cpu() for k, v in (state.get("grid") or {}).items()}
+
+
 @contextlib.contextmanager
 def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
     """`net` in eval mode for the block (no dropout, running norm statistics), then back in

@@ -39,7 +39,7 @@ from torch import nn
 from dgan.engine import losses
 from dgan.engine.seeding import step_generator
 from dgan.tasks import register
-from dgan.tasks.base import Batch, Phase, Task, eval_mode
+from dgan.tasks.base import Batch, KeepsGrid, Phase, Task, eval_mode
 
 GRID_SAMPLES = 8  # samples in the sample grid (fewer when log.grid is smaller)
 POOL_PHASES = {"a": 23, "b": 24}  # dgan.engine.seeding phases of the pools' draws
@@ -73,7 +73,7 @@ def pool_query(pool: Optional[torch.Tensor], images: torch.Tensor, size: int,
 
 
 @register
-class CycleGAN(Task):
+class CycleGAN(KeepsGrid, Task):
     name = "cyclegan"
     models = ("cyclegan",)
     data_keys: ClassVar[tuple[str, ...]] = ("image",)  # domain A, from data.path
@@ -196,12 +196,6 @@ class CycleGAN(Task):
         return stats
 
     # -- state, grid, evaluation ----------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"grid": dict(self.grid)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.grid = {k: v.float().cpu() for k, v in (state.get("grid") or {}).items()}
-
     def rank_state_dict(self) -> dict[str, Any]:
         """This rank's image pools (fakes of its own batches), on the CPU."""
         return {"pools": {k: (v.detach().cpu().clone() if v is not None else None)

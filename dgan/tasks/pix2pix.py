@@ -31,7 +31,7 @@ from torch import nn
 from dgan.engine import losses
 from dgan.engine.seeding import sample_seed
 from dgan.tasks import register
-from dgan.tasks.base import Batch, Phase, Task, eval_mode
+from dgan.tasks.base import Batch, KeepsGrid, Phase, Task, eval_mode
 
 GRID_PAIRS = 8  # pairs in the sample grid (fewer when log.grid is smaller)
 # dgan.engine.seeding phase of G's dropout masks (per sample of the global batch); 17, the
@@ -40,7 +40,7 @@ DROPOUT_PHASE = 18
 
 
 @register
-class Pix2Pix(Task):
+class Pix2Pix(KeepsGrid, Task):
     name = "pix2pix"
     models = ("pix2pix",)
     data_keys: ClassVar[tuple[str, ...]] = ("a", "b")
@@ -128,12 +128,6 @@ class Pix2Pix(Task):
                       "loss/G_l1": l1.detach()}
 
     # -- state, grid, evaluation ----------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"grid": dict(self.grid)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.grid = {k: v.float().cpu() for k, v in (state.get("grid") or {}).items()}
-
     @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:
         """[n, C, H, 3W]: input | G(input) | target of the grid's pairs."""

@@ -55,7 +55,7 @@ from torch import nn
 from dgan.engine import ema, losses
 from dgan.engine.seeding import sample_generator, step_generator
 from dgan.tasks import register
-from dgan.tasks.base import Batch, Phase, Task, eval_mode
+from dgan.tasks.base import Batch, KeepsGrid, Phase, Task, eval_mode
 
 GRID_SAMPLES = 8  # crops in the sample grid (fewer when log.grid is smaller)
 # dgan.engine.seeding phases (per sample of the global batch: sample_seed)
@@ -121,7 +121,7 @@ def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
 
 
 @register
-class SR(Task):
+class SR(KeepsGrid, Task):
     name = "sr"
     models = ("esrgan",)
     data_keys: ClassVar[tuple[str, ...]] = ("image",)
@@ -344,12 +344,6 @@ class SR(Task):
         return stats
 
     # -- state, grid, evaluation ----------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"grid": dict(self.grid)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.grid = {k: v.float().cpu() for k, v in (state.get("grid") or {}).items()}
-
     @torch.no_grad()
     def sample_grid(self) -> torch.Tensor:
         """[n, C, P, 4P]: LR (nearest-upscaled) | bicubic | G_ema(LR) | HR of the grid's
